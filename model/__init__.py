@@ -1,0 +1,1 @@
+"""The DeepFM library: config, feature encoding, modules, model, training, metrics, export."""

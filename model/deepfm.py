@@ -1,0 +1,301 @@
+"""DeepFM with TorchEasyRec's semantics (DESIGN.md section 5).
+
+Inputs are the encoder's tensors (see ``model.features``):
+``sparse [B, F_s] int64``, ``multi [B, F_m, L] int64`` (-1 = padding), ``dense [B, F_d] float``.
+
+    y_wide = sum over wide features and wide_embedding_dim components      [B, 1]
+    y_fm   = FM(fm group embeddings [B, N, D])                              [B, D]
+    y_deep = deep_MLP(cat(deep group embeddings, deep dense numbers))      [B, H]
+    no final:   logits = y_wide + sum_d y_fm + Linear(y_deep)               [B, C]
+    with final: logits = Linear(final_MLP(cat(y_wide, y_fm, y_deep)))       [B, C]
+
+Embeddings live in one concatenated table per embedding dim (per-feature row offsets, one
+gather for all fields of that dim); the wide part has its own table of
+``wide_embedding_dim``. A feature in both the fm and deep groups shares its rows.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import FeatureGroups, ModelConfig
+from model.features import InputSpec, SparseInput
+from model.modules import MLP, FactorizationMachine
+
+_INIT_FNS = {
+    "uniform_": nn.init.uniform_,
+    "normal_": nn.init.normal_,
+    "zeros_": nn.init.zeros_,
+    "constant_": nn.init.constant_,
+    "trunc_normal_": nn.init.trunc_normal_,
+    "xavier_uniform_": nn.init.xavier_uniform_,
+    "xavier_normal_": nn.init.xavier_normal_,
+}
+
+
+def parse_init_fn(spec: str):
+    """``"nn.init.uniform_,a=-0.01,b=0.01"`` -> a function ``tensor -> tensor`` (TorchEasyRec's
+    ``wide_init_fn`` syntax, parsed without eval)."""
+    name, *args = [p.strip() for p in spec.split(",")]
+    short = name.removeprefix("torch.").removeprefix("nn.").removeprefix("init.")
+    if short not in _INIT_FNS:
+        raise ValueError(
+            f"unknown init function {name!r}; expected one of "
+            + ", ".join(f"nn.init.{n}" for n in _INIT_FNS)
+        )
+    kwargs = {}
+    for a in args:
+        key, eq, value = a.partition("=")
+        if not eq:
+            raise ValueError(f"init function argument {a!r} must be key=value")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"init function argument {a!r}: value is not a literal") from None
+    fn = _INIT_FNS[short]
+
+    def init(t: torch.Tensor) -> torch.Tensor:
+        return fn(t, **kwargs)
+
+    return init
+
+
+class EmbeddingTable(nn.Module):
+    """Several features' embeddings in one table; each row is ``[deep part (dim) | wide part
+    (wide_dim)]``, so one gather serves the deep, fm and wide groups.
+
+    ``forward(sparse [B, F_s], multi [B, F_m, L]) -> [B, F_s + F_m, dim + wide_dim]``:
+    single-valued lookups, then pooled (sum or mean) multi-valued lookups. The two parts of a
+    row are separate parameters of the model (elementwise optimizers update them
+    independently); they only share storage. The last row is a zero padding row.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        wide_dim: int,
+        sparse: list[tuple[int, SparseInput]],
+        multi: list[tuple[int, SparseInput]],
+        wide_init_fn=None,
+    ) -> None:
+        super().__init__()
+        feats = [s for _, s in sparse] + [m for _, m in multi]
+        offsets = [0]
+        for f in feats:
+            offsets.append(offsets[-1] + f.num_embeddings)
+        self.dim = dim
+        self.field_names = [f.name for f in feats]
+        self.num_fields = len(feats)
+        self.num_sparse = len(sparse)
+        self.pad_row = offsets[-1]
+        self.embedding = nn.Embedding(
+            offsets[-1] + 1, dim + wide_dim, padding_idx=self.pad_row, sparse=True
+        )
+        with torch.no_grad():
+            for f, start in zip(feats, offsets, strict=False):
+                block = self.embedding.weight[start : start + f.num_embeddings]
+                bound = math.sqrt(1.0 / f.num_embeddings)  # torchrec's default init
+                nn.init.uniform_(block, -bound, bound)
+                if wide_init_fn is not None and wide_dim > 0:
+                    wide = torch.empty(f.num_embeddings, wide_dim)
+                    wide_init_fn(wide)
+                    block[:, dim:] = wide
+            self.embedding.weight[self.pad_row].zero_()
+        self.sparse_all = [c for c, _ in sparse] == list(range(len(sparse)))
+        self.register_buffer("sparse_cols", _long([c for c, _ in sparse]))
+        self.register_buffer("multi_cols", _long([c for c, _ in multi]))
+        self.register_buffer("sparse_offsets", _long(offsets[: len(sparse)]))
+        self.register_buffer("multi_offsets", _long(offsets[len(sparse) : len(feats)]))
+        self.register_buffer(
+            "multi_mean", torch.tensor([m.pooling == "mean" for _, m in multi], dtype=torch.bool)
+        )
+
+    def forward(self, sparse: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.num_sparse > 0:
+            idx = sparse if self.sparse_all else sparse.index_select(1, self.sparse_cols)
+            parts.append(self.embedding(idx + self.sparse_offsets))
+        if self.num_fields > self.num_sparse:
+            ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
+            valid = ids >= 0
+            rows = torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row)
+            pooled = self.embedding(rows).sum(dim=2)  # padding rows are zero
+            count = valid.sum(dim=2, keepdim=True).clamp_min(1).to(pooled.dtype)
+            pooled = torch.where(self.multi_mean[:, None], pooled / count, pooled)
+            parts.append(pooled)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _long(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _select(x: torch.Tensor, cols: torch.Tensor, take_all: bool) -> torch.Tensor:
+    return x if take_all else x.index_select(1, cols)
+
+
+class DeepFM(nn.Module):
+    """``forward(sparse [B, F_s], multi [B, F_m, L], dense [B, F_d]) -> logits [B, C]``.
+
+    Build it with ``DeepFM(model_cfg, feature_groups, input_spec)``; ``predict`` returns
+    TorchEasyRec's prediction dict (``logits``/``probs`` or ``y``).
+    """
+
+    def __init__(self, cfg: ModelConfig, groups: FeatureGroups, spec: InputSpec) -> None:
+        super().__init__()
+        self.loss_kind = cfg.losses[0].kind
+        self.num_class = cfg.num_class
+        inputs = {s.name: s for s in spec.sparse + spec.multi}
+        fm_names = groups.fm or groups.deep
+        deep_fm = set(fm_names) | {n for n in groups.deep if n in inputs}
+        # One table per embedding dim of the deep/fm features; a wide-only feature joins
+        # the FM's table (its deep part is then unused).
+        fm_dim = inputs[fm_names[0]].embedding_dim
+        dims = sorted({inputs[n].embedding_dim for n in deep_fm})
+        embedded = [n for n in spec_order(spec) if n in deep_fm or n in groups.wide]
+
+        def table_dim(name: str) -> int:
+            return inputs[name].embedding_dim if name in deep_fm else fm_dim
+
+        init_fn = parse_init_fn(cfg.wide_init_fn) if cfg.wide_init_fn else None
+        wide_dim = cfg.wide_embedding_dim
+        sparse_pos = {s.name: i for i, s in enumerate(spec.sparse)}
+        multi_pos = {m.name: i for i, m in enumerate(spec.multi)}
+        tables = []
+        for d in dims:
+            members = [n for n in embedded if table_dim(n) == d]
+            tables.append(
+                EmbeddingTable(
+                    d,
+                    wide_dim,
+                    [(sparse_pos[n], inputs[n]) for n in members if n in sparse_pos],
+                    [(multi_pos[n], inputs[n]) for n in members if n in multi_pos],
+                    wide_init_fn=init_fn,
+                )
+            )
+        self.tables = nn.ModuleList(tables)
+
+        # Which fields of each table's output feed the wide sum and the deep MLP.
+        wide = set(groups.wide)
+        deep = set(groups.deep)
+        self._wide_all: list[bool] = []
+        self._deep_all: list[bool] = []
+        self._has_wide: list[bool] = []
+        self._has_deep: list[bool] = []
+        deep_in = 0
+        for t, table in enumerate(tables):
+            w_cols = [i for i, n in enumerate(table.field_names) if n in wide]
+            d_cols = [i for i, n in enumerate(table.field_names) if n in deep]
+            self.register_buffer(f"wide_cols_{t}", _long(w_cols))
+            self.register_buffer(f"deep_cols_{t}", _long(d_cols))
+            self._wide_all.append(len(w_cols) == table.num_fields)
+            self._deep_all.append(len(d_cols) == table.num_fields)
+            self._has_wide.append(len(w_cols) > 0)
+            self._has_deep.append(len(d_cols) > 0)
+            deep_in += len(d_cols) * table.dim
+
+        # FM: the fm group (or the deep group), all of one dim, in one table.
+        self.fm_table = dims.index(fm_dim)
+        fm_fields = tables[self.fm_table].field_names
+        fm_cols = [fm_fields.index(n) for n in fm_names]
+        self.fm_all = fm_cols == list(range(len(fm_fields)))
+        self.register_buffer("fm_cols", _long(fm_cols))
+        self.fm = FactorizationMachine()
+
+        dense_pos = {n: i for i, n in enumerate(spec.dense)}
+        dense_cols = [dense_pos[n] for n in groups.deep if n in dense_pos]
+        self.register_buffer("dense_cols", _long(dense_cols))
+        self.num_dense = len(dense_cols)
+        self.dense_all = dense_cols == list(range(len(spec.dense)))
+        self.deep_in_features = deep_in + len(dense_cols)
+
+        self.deep = MLP(self.deep_in_features, **_mlp_kwargs(cfg.deep))
+        out_dim = self.deep.output_dim()
+        self.final: MLP | None = None
+        if cfg.final is not None:
+            self.final = MLP(1 + fm_dim + out_dim, **_mlp_kwargs(cfg.final))
+            out_dim = self.final.output_dim()
+        self.output = nn.Linear(out_dim, cfg.num_class)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The sparse-gradient tables (for the sparse optimizer)."""
+        return [t.embedding.weight for t in self.tables]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def forward(
+        self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        y_wide = torch.zeros(sparse.shape[0], 1, dtype=torch.float32, device=sparse.device)
+        deep_parts = []
+        y_fm = None
+        for t, table in enumerate(self.tables):
+            emb = table(sparse, multi)  # [B, N_t, D_t + wide_dim]
+            d = table.dim
+            if self._has_wide[t]:
+                w = _select(emb, getattr(self, f"wide_cols_{t}"), self._wide_all[t])
+                y_wide = y_wide + w[:, :, d:].sum(dim=(1, 2)).unsqueeze(1)  # [B, 1]
+            if t == self.fm_table:
+                y_fm = self.fm(_select(emb, self.fm_cols, self.fm_all)[:, :, :d])  # [B, D]
+            if self._has_deep[t]:
+                x = _select(emb, getattr(self, f"deep_cols_{t}"), self._deep_all[t])
+                deep_parts.append(x[:, :, :d].reshape(x.shape[0], -1))
+        if self.num_dense > 0:
+            deep_parts.append(_select(dense, self.dense_cols, self.dense_all))
+        deep_in = deep_parts[0] if len(deep_parts) == 1 else torch.cat(deep_parts, dim=1)
+        y_deep = self.deep(deep_in)  # [B, H]
+        assert y_fm is not None
+        if self.final is None:
+            return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
+        return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
+
+    def predict(
+        self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return to_predictions(self(sparse, multi, dense), self.loss_kind)
+
+
+def spec_order(spec: InputSpec) -> list[str]:
+    """Embedded input names: single-valued, then multi-valued (the tables' field order)."""
+    return [s.name for s in spec.sparse] + [m.name for m in spec.multi]
+
+
+def to_predictions(logits: torch.Tensor, loss_kind: str) -> dict[str, torch.Tensor]:
+    """``logits [B, C]`` -> ``{"logits": [B], "probs": [B]}`` (binary), ``{"logits": [B, C],
+    "probs": [B, C], "probs1": [B]}`` (softmax, probs1 when C == 2) or ``{"y": [B]}`` (L2)."""
+    if loss_kind == "binary_cross_entropy":
+        z = logits.squeeze(1)
+        return {"logits": z, "probs": torch.sigmoid(z)}
+    if loss_kind == "softmax_cross_entropy":
+        probs = F.softmax(logits, dim=1)
+        out = {"logits": logits, "probs": probs}
+        if logits.shape[1] == 2:
+            out["probs1"] = probs[:, 1]
+        return out
+    return {"y": logits.squeeze(1)}
+
+
+def score_of(predictions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The [B] score that AUC-type metrics rank: probs, probs1 or y."""
+    for key in ("probs1", "y"):
+        if key in predictions:
+            return predictions[key]
+    return predictions["probs"]
+
+
+def _mlp_kwargs(m) -> dict:
+    return {
+        "hidden_units": m.hidden_units,
+        "dropout_ratio": m.dropout_ratio,
+        "activation": m.activation,
+        "use_bn": m.use_bn,
+        "use_ln": m.use_ln,
+        "bias": m.bias,
+    }

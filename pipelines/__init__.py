@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline, its compile/upload/run commands, and the ``deepfm`` CLI."""
