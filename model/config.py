@@ -186,6 +186,9 @@ class TrainConfig:
     sparse_optimizer: SparseOptimizerConfig = field(default_factory=SparseOptimizerConfig)
     dense_optimizer: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
     mixed_precision: Literal["bf16", "fp16"] | None = None
+    # Sparse embedding gradients (true), dense (false), or auto: sparse on CPU, dense on a
+    # GPU when all tables together hold at most 2**27 values.
+    sparse_gradients: bool | None = None
     num_threads: int | None = None
     save_checkpoints_steps: int = 0
     log_steps: int = 200
@@ -229,7 +232,9 @@ class Config:
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        """Plain data that ``config_from_dict`` turns back into an equal Config (explicit
+        nulls kept: ``activation: null`` is not the default)."""
+        return dataclasses.asdict(self)
 
     def input_columns(self) -> list[str]:
         """The raw columns the features read (what scoring needs)."""
@@ -237,14 +242,6 @@ class Config:
 
 
 # ------------------------------------------------------------------------ validation
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
 
 
 def _type_name(tp: Any) -> str:

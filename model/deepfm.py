@@ -71,8 +71,10 @@ class EmbeddingTable(nn.Module):
 
     ``forward(sparse [B, F_s], multi [B, F_m, L]) -> [B, F_s + F_m, dim + wide_dim]``:
     single-valued lookups, then pooled (sum or mean) multi-valued lookups. The two parts of a
-    row are separate parameters of the model (elementwise optimizers update them
-    independently); they only share storage. The last row is a zero padding row.
+    row are separate parameters of the model that share storage: elementwise optimizers
+    (Adagrad, Adam, SGD) update them exactly as two tables; row-wise Adagrad keeps one
+    accumulator for the whole row. Padding ids (-1) of multi-valued features are
+    masked out of the pooling.
     """
 
     def __init__(
@@ -81,7 +83,9 @@ class EmbeddingTable(nn.Module):
         wide_dim: int,
         sparse: list[tuple[int, SparseInput]],
         multi: list[tuple[int, SparseInput]],
+        num_sparse_inputs: int,
         wide_init_fn=None,
+        sparse_gradients: bool = True,
     ) -> None:
         super().__init__()
         feats = [s for _, s in sparse] + [m for _, m in multi]
@@ -92,10 +96,12 @@ class EmbeddingTable(nn.Module):
         self.field_names = [f.name for f in feats]
         self.num_fields = len(feats)
         self.num_sparse = len(sparse)
+        # Padding (-1) looks up a last, unused row with weight 0 in the pooling, so its
+        # gradient is always zero (cheaper than nn.Embedding's padding_idx, which filters
+        # the sparse gradient; and no real row is touched, so momentum optimizers leave
+        # every real row alone).
         self.pad_row = offsets[-1]
-        self.embedding = nn.Embedding(
-            offsets[-1] + 1, dim + wide_dim, padding_idx=self.pad_row, sparse=True
-        )
+        self.embedding = nn.Embedding(offsets[-1] + 1, dim + wide_dim, sparse=sparse_gradients)
         with torch.no_grad():
             for f, start in zip(feats, offsets, strict=False):
                 block = self.embedding.weight[start : start + f.num_embeddings]
@@ -106,7 +112,7 @@ class EmbeddingTable(nn.Module):
                     wide_init_fn(wide)
                     block[:, dim:] = wide
             self.embedding.weight[self.pad_row].zero_()
-        self.sparse_all = [c for c, _ in sparse] == list(range(len(sparse)))
+        self.sparse_all = [c for c, _ in sparse] == list(range(num_sparse_inputs))
         self.register_buffer("sparse_cols", _long([c for c, _ in sparse]))
         self.register_buffer("multi_cols", _long([c for c, _ in multi]))
         self.register_buffer("sparse_offsets", _long(offsets[: len(sparse)]))
@@ -115,18 +121,28 @@ class EmbeddingTable(nn.Module):
             "multi_mean", torch.tensor([m.pooling == "mean" for _, m in multi], dtype=torch.bool)
         )
 
+    def _lookup(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows [*] -> [*, dim + wide_dim]``. With dense gradients a plain index_select,
+        whose backward is one atomic index_add on a GPU (nn.Embedding's dense backward
+        sorts the indices first)."""
+        if self.embedding.sparse:
+            return self.embedding(rows)
+        flat = self.embedding.weight.index_select(0, rows.reshape(-1))
+        return flat.view(*rows.shape, flat.shape[-1])
+
     def forward(self, sparse: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
         parts = []
         if self.num_sparse > 0:
             idx = sparse if self.sparse_all else sparse.index_select(1, self.sparse_cols)
-            parts.append(self.embedding(idx + self.sparse_offsets))
+            parts.append(self._lookup(idx + self.sparse_offsets))
         if self.num_fields > self.num_sparse:
             ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
             valid = ids >= 0
             rows = torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row)
-            pooled = self.embedding(rows).sum(dim=2)  # padding rows are zero
-            count = valid.sum(dim=2, keepdim=True).clamp_min(1).to(pooled.dtype)
-            pooled = torch.where(self.multi_mean[:, None], pooled / count, pooled)
+            count = valid.sum(dim=2, keepdim=True).clamp_min(1)  # [B, F_m, 1]
+            # weight 1 (sum) or 1 / count (mean) per value, 0 for padding
+            weight = torch.where(self.multi_mean[:, None], 1.0 / count, 1.0) * valid
+            pooled = (self._lookup(rows) * weight.unsqueeze(-1)).sum(dim=2)
             parts.append(pooled)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
@@ -143,13 +159,23 @@ class DeepFM(nn.Module):
     """``forward(sparse [B, F_s], multi [B, F_m, L], dense [B, F_d]) -> logits [B, C]``.
 
     Build it with ``DeepFM(model_cfg, feature_groups, input_spec)``; ``predict`` returns
-    TorchEasyRec's prediction dict (``logits``/``probs`` or ``y``).
+    TorchEasyRec's prediction dict (``logits``/``probs`` or ``y``). ``sparse_gradients``
+    makes the tables' gradients sparse (rows touched by the batch only: right for large
+    tables and on CPU); dense gradients avoid the sort that deduplicates rows, which is
+    faster on a GPU for tables that fit comfortably in its memory.
     """
 
-    def __init__(self, cfg: ModelConfig, groups: FeatureGroups, spec: InputSpec) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        groups: FeatureGroups,
+        spec: InputSpec,
+        sparse_gradients: bool = True,
+    ) -> None:
         super().__init__()
         self.loss_kind = cfg.losses[0].kind
         self.num_class = cfg.num_class
+        self.wide_dim = cfg.wide_embedding_dim
         inputs = {s.name: s for s in spec.sparse + spec.multi}
         fm_names = groups.fm or groups.deep
         deep_fm = set(fm_names) | {n for n in groups.deep if n in inputs}
@@ -175,7 +201,9 @@ class DeepFM(nn.Module):
                     wide_dim,
                     [(sparse_pos[n], inputs[n]) for n in members if n in sparse_pos],
                     [(multi_pos[n], inputs[n]) for n in members if n in multi_pos],
+                    num_sparse_inputs=len(spec.sparse),
                     wide_init_fn=init_fn,
+                    sparse_gradients=sparse_gradients,
                 )
             )
         self.tables = nn.ModuleList(tables)
@@ -237,16 +265,16 @@ class DeepFM(nn.Module):
         deep_parts = []
         y_fm = None
         for t, table in enumerate(self.tables):
-            emb = table(sparse, multi)  # [B, N_t, D_t + wide_dim]
-            d = table.dim
+            # split (not slicing) so the backward is one concatenation, no zero-filled copies
+            emb, wide_emb = table(sparse, multi).split([table.dim, self.wide_dim], dim=2)
             if self._has_wide[t]:
-                w = _select(emb, getattr(self, f"wide_cols_{t}"), self._wide_all[t])
-                y_wide = y_wide + w[:, :, d:].sum(dim=(1, 2)).unsqueeze(1)  # [B, 1]
+                w = _select(wide_emb, getattr(self, f"wide_cols_{t}"), self._wide_all[t])
+                y_wide = y_wide + w.sum(dim=(1, 2)).unsqueeze(1)  # [B, 1]
             if t == self.fm_table:
-                y_fm = self.fm(_select(emb, self.fm_cols, self.fm_all)[:, :, :d])  # [B, D]
+                y_fm = self.fm(_select(emb, self.fm_cols, self.fm_all))  # [B, D]
             if self._has_deep[t]:
                 x = _select(emb, getattr(self, f"deep_cols_{t}"), self._deep_all[t])
-                deep_parts.append(x[:, :, :d].reshape(x.shape[0], -1))
+                deep_parts.append(x.reshape(x.shape[0], -1))
         if self.num_dense > 0:
             deep_parts.append(_select(dense, self.dense_cols, self.dense_all))
         deep_in = deep_parts[0] if len(deep_parts) == 1 else torch.cat(deep_parts, dim=1)

@@ -61,7 +61,7 @@ def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64)
     rate = float(np.clip(y.mean(), _EPS, 1 - _EPS))
     base = -(rate * np.log(rate) + (1 - rate) * np.log1p(-rate))
-    return logloss(y, probs) / base
+    return float(logloss(y, probs) / base)
 
 
 def calibration(labels: np.ndarray, probs: np.ndarray) -> float:

@@ -34,6 +34,7 @@ from model.optim import build_dense_optimizer, build_sparse_optimizer
 
 CHECKPOINT_DIR = "checkpoints"
 _KEEP_CHECKPOINTS = 3
+_DENSE_GRADIENT_MAX_VALUES = 2**27
 
 
 @dataclass
@@ -123,7 +124,7 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA GPU is available here")
-    if device == "cuda" and _world_size() > 1:
+    if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(device)
 
@@ -254,7 +255,15 @@ def train(
         + (f", {len(eval_data):,} eval rows" if eval_data else "")
     )
 
-    model = DeepFM(cfg.model, cfg.feature_groups, encoder.input_spec()).to(dev)
+    spec = encoder.input_spec()
+    sparse_grads = tc.sparse_gradients
+    if sparse_grads is None:
+        table_values = sum(
+            s.num_embeddings * (s.embedding_dim + cfg.model.wide_embedding_dim)
+            for s in spec.sparse + spec.multi
+        )
+        sparse_grads = dev.type != "cuda" or table_values > _DENSE_GRADIENT_MAX_VALUES
+    model = DeepFM(cfg.model, cfg.feature_groups, spec, sparse_gradients=sparse_grads).to(dev)
     sparse_params = model.embedding_parameters()
     sparse_opt = build_sparse_optimizer(sparse_params, tc.sparse_optimizer)
     dense_opt = build_dense_optimizer(model.dense_parameters(), tc.dense_optimizer, dev)
@@ -275,17 +284,39 @@ def train(
             dense_opt.load_state_dict(state["dense_optimizer"])
             start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
             global_step, history = state["global_step"], state["history"]
+            if state["best"] is not None:
+                best = (state["best"]["score"], state["best"]["model"])
             log(f"resumed from {ckpt} (epoch {start_epoch + 1}, step {global_step})")
+
+    def checkpoint(epoch: int, step_in_epoch: int) -> None:
+        """Write ``ckpt-<global_step>.pt`` (rank 0): weights, optimizers, progress, best."""
+        if rank != 0 or ckpt_root is None:
+            return
+        _save_checkpoint(
+            ckpt_root,
+            {
+                "model": model.state_dict(),
+                "sparse_optimizer": sparse_opt.state_dict(),
+                "dense_optimizer": dense_opt.state_dict(),
+                "encoders": json.loads(json.dumps(encoder.state())),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "history": json.loads(json.dumps(history)),
+                "best": None if best is None else {"score": best[0], "model": best[1]},
+            },
+        )
 
     train_model: torch.nn.Module = model
     sync_sparse = None
     if world > 1:
-        ignore = [n for n, p in model.named_parameters() if any(p is s for s in sparse_params)]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
+        if sparse_grads:  # DDP cannot all-reduce sparse gradients on NCCL: gather them
+            names = [n for n, p in model.named_parameters() if any(p is s for s in sparse_params)]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+            sync_sparse = _SparseGradSync(sparse_params, world)
         train_model = DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-        sync_sparse = _SparseGradSync(sparse_params, world)
 
     n = len(train_data)
     shard = math.ceil(n / world)
@@ -348,25 +379,18 @@ def train(
                 and global_step % tc.save_checkpoints_steps == 0
                 and not last
             ):
-                _save_checkpoint(
-                    ckpt_root,
-                    model,
-                    sparse_opt,
-                    dense_opt,
-                    encoder,
-                    epoch,
-                    step + 1,
-                    global_step,
-                    history,
-                    rank,
-                )
+                checkpoint(epoch, step + 1)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - t0
-        train_samples += (steps_per_epoch - first) * tc.batch_size * world
+        epoch_seconds = time.perf_counter() - t0
+        epoch_samples = max(shard - first * tc.batch_size, 0) * world
+        train_seconds += epoch_seconds
+        train_samples += epoch_samples
         record = {
             "epoch": epoch + 1,
             "train_loss": float(epoch_loss) / max(steps_per_epoch - first, 1),
+            "train_seconds": epoch_seconds,
+            "train_samples_per_s": epoch_samples / max(epoch_seconds, 1e-9),
         }
         if eval_data is not None:
             metrics, _ = evaluate(cfg, model, eval_data)
@@ -381,18 +405,7 @@ def train(
                 best = (current, {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(record)
         if ckpt_root is not None and tc.save_checkpoints_steps:
-            _save_checkpoint(
-                ckpt_root,
-                model,
-                sparse_opt,
-                dense_opt,
-                encoder,
-                epoch + 1,
-                0,
-                global_step,
-                history,
-                rank,
-            )
+            checkpoint(epoch + 1, 0)
         if best is not None and eval_data is not None and len(history) > tc.early_stop_patience:
             recent = [
                 h.get("eval_auc", -h.get("eval_mse", 0.0))
@@ -416,28 +429,12 @@ def _float_predictions(model: DeepFM, logits: torch.Tensor) -> dict[str, torch.T
     return to_predictions(logits.float(), model.loss_kind)
 
 
-def _save_checkpoint(
-    root, model, sparse_opt, dense_opt, encoder, epoch, step_in_epoch, global_step, history, rank
-) -> None:
-    if rank != 0:
-        return
+def _save_checkpoint(root: Path, state: dict) -> None:
     folder = root / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ckpt-{global_step:09d}.pt"
+    path = folder / f"ckpt-{state['global_step']:09d}.pt"
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "sparse_optimizer": sparse_opt.state_dict(),
-            "dense_optimizer": dense_opt.state_dict(),
-            "encoders": json.loads(json.dumps(encoder.state())),
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": global_step,
-            "history": history,
-        },
-        tmp,
-    )
+    torch.save(state, tmp)
     tmp.replace(path)  # a reader never sees a half-written checkpoint
     for old in _checkpoints(root)[:-_KEEP_CHECKPOINTS]:
         old.unlink()

@@ -11,6 +11,7 @@ Wrong input exits with status 2 and one line naming the setting, file or column 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -43,7 +44,11 @@ def _parse_sets(items: list[str]) -> dict:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=4096")
-        out[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        out[key] = parsed
     return out
 
 

@@ -1,0 +1,257 @@
+"""Feast definitions of the deepfm project: entities -> sources -> feature views -> service.
+
+``build`` reads top to bottom like the schema: the objects are named here, and everything
+else comes from ``features.yaml`` (``spec.py``). That covers each view's fields and types,
+its entity and TTL, and each source's file and timestamp field, so adding a feature is one
+edit there. ``check_definitions`` compares a set of Feast objects with the spec and names the
+first feature, view, entity or source that differs. ``build`` runs it on what it made, and
+``feature_repo.store`` runs it on a deployed registry.
+
+``feast -c feature_repo apply`` imports this file as the top-level module ``definitions`` (the
+other modules are in ``.feastignore``) and collects the module-level objects at the bottom.
+Source paths are absolute: Feast's duckdb offline store reads a relative ``FileSource`` path
+from the working directory, not from the repo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, Project, ValueType
+from feast.repo_contents import RepoContents
+from feast.types import Array, Float64, Int64, String
+
+if __package__:
+    from .spec import FeatureSpec, SpecError, load_spec
+else:  # imported by Feast's CLI as a top-level module, with feature_repo/ on sys.path
+    from spec import FeatureSpec, SpecError, load_spec
+
+FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String, "list<int64>": Array(Int64)}
+"""Spec dtype -> Feast type of a feature view field."""
+
+VALUE_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
+"""Spec dtype -> Feast value type of an entity's join key."""
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The Feast objects of one repo, in apply order."""
+
+    entities: tuple[Entity, ...]
+    sources: tuple[FileSource, ...]
+    feature_views: tuple[FeatureView, ...]
+    feature_services: tuple[FeatureService, ...]
+
+    def repo_contents(self, project: str) -> RepoContents:
+        """What ``feast apply`` would collect from a repo holding these objects."""
+        return RepoContents(
+            projects=[Project(name=project)],
+            data_sources=list(self.sources),
+            feature_views=list(self.feature_views),
+            on_demand_feature_views=[],
+            stream_feature_views=[],
+            label_views=[],
+            entities=list(self.entities),
+            feature_services=list(self.feature_services),
+            permissions=[],
+        )
+
+
+def build(spec: FeatureSpec, repo_dir: str | Path) -> Definitions:
+    """The Feast objects of ``spec``, reading the sources under ``data_dir(repo_dir)``.
+
+    Raises:
+        SpecError: if the spec lacks an object named here or has one that is not built here.
+    """
+    # Entities: who the features describe, and the entity rows' column that identifies them.
+    user = _entity(spec, "user")
+    adgroup = _entity(spec, "adgroup")
+
+    # Sources: parquet files with an event-time column. The impressions are no view's
+    # source; they are registered so the registry knows where the entity rows live.
+    impressions = _file_source(spec, "impressions", repo_dir)
+    user_profile_source = _file_source(spec, "user_profile", repo_dir)
+    ad_feature_source = _file_source(spec, "ad_feature", repo_dir)
+
+    # Feature views: the features of one entity, read from one source, valid for a TTL.
+    user_profile = _feature_view(spec, "user_profile", user, user_profile_source)
+    ad_feature = _feature_view(spec, "ad_feature", adgroup, ad_feature_source)
+
+    # The feature service: the one name that training and serving ask Feast for.
+    deepfm_ranking = FeatureService(
+        name="deepfm_ranking",
+        features=[user_profile, ad_feature],
+        description="Every feature DeepFM reads from Feast (feature_repo/features.yaml)",
+    )
+
+    definitions = Definitions(
+        entities=(user, adgroup),
+        sources=(impressions, user_profile_source, ad_feature_source),
+        feature_views=(user_profile, ad_feature),
+        feature_services=(deepfm_ranking,),
+    )
+    check_definitions(spec, definitions, repo_dir, where="feature_repo/definitions.py")
+    return definitions
+
+
+def _entity(spec: FeatureSpec, name: str) -> Entity:
+    entity = _lookup(spec.entities, name, "entity", spec)
+    return Entity(
+        name=name,
+        join_keys=[entity.join_key],
+        value_type=VALUE_TYPES[spec.feature(entity.join_key).dtype],
+        description=entity.description,
+    )
+
+
+def _file_source(spec: FeatureSpec, name: str, repo_dir: str | Path) -> FileSource:
+    source = _lookup(spec.sources, name, "source", spec)
+    return FileSource(
+        name=name,
+        path=str(spec.source_path(name, repo_dir)),
+        timestamp_field=source.timestamp_field,
+        description=source.description,
+    )
+
+
+def _feature_view(
+    spec: FeatureSpec, name: str, entity: Entity, source: FileSource
+) -> FeatureView:
+    view = _lookup(spec.feature_views, name, "feature view", spec)
+    return FeatureView(
+        name=name,
+        entities=[entity],
+        ttl=view.ttl,
+        schema=[
+            Field(name=f.name, dtype=FEAST_TYPES[f.dtype], description=f.description)
+            for f in spec.view_features(name)
+        ],
+        source=source,
+        online=True,
+        description=view.description,
+    )
+
+
+def _lookup(known: dict, name: str, what: str, spec: FeatureSpec):
+    if name not in known:
+        raise SpecError(
+            f"{spec.path.name}: no {what} {name!r}, which feature_repo/definitions.py defines "
+            f"(the spec has: {', '.join(known)})"
+        )
+    return known[name]
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def check_definitions(
+    spec: FeatureSpec,
+    definitions: Definitions,
+    repo_dir: str | Path,
+    *,
+    where: str,
+    hint: str = "",
+) -> None:
+    """Raise SpecError naming the first object or feature where ``definitions`` (described
+    as ``where`` in the message, followed by ``hint``) and ``spec`` differ: entities and
+    their join keys, sources with their paths under ``data_dir(repo_dir)`` and timestamp
+    fields, views with their entity, source, TTL and fields (name and type), and the
+    feature service, which must serve every feature of every view."""
+    name = spec.path.name
+
+    def fail(message: str) -> SpecError:
+        return SpecError(f"{message}{hint}")
+
+    entities = {e.name: e for e in definitions.entities}
+    _same_names("entity", spec.entities, entities, name, where, fail)
+    for entity in spec.entities.values():
+        if entities[entity.name].join_key != entity.join_key:
+            raise fail(
+                f"entity {entity.name!r}: join key {entities[entity.name].join_key!r} in "
+                f"{where}, {entity.join_key!r} in {name}"
+            )
+
+    sources = {s.name: s for s in definitions.sources}
+    _same_names("source", spec.sources, sources, name, where, fail)
+    for source in spec.sources.values():
+        path = str(spec.source_path(source.name, repo_dir))
+        if sources[source.name].path != path:
+            raise fail(
+                f"source {source.name!r} reads {sources[source.name].path} in {where}, "
+                f"but {name} and the data directory give {path}"
+            )
+        if sources[source.name].timestamp_field != source.timestamp_field:
+            raise fail(
+                f"source {source.name!r}: timestamp field "
+                f"{sources[source.name].timestamp_field!r} in {where}, "
+                f"{source.timestamp_field!r} in {name}"
+            )
+
+    views = {v.name: v for v in definitions.feature_views}
+    _same_names("feature view", spec.feature_views, views, name, where, fail)
+    for view in spec.feature_views.values():
+        fv = views[view.name]
+        got = {
+            "entity": fv.entities,
+            "source": fv.batch_source.name if fv.batch_source else None,
+            "ttl": fv.ttl,
+        }
+        want = {"entity": [view.entity], "source": view.source, "ttl": view.ttl}
+        for key, value in want.items():
+            if got[key] != value:
+                raise fail(
+                    f"feature view {view.name!r}: {key} {got[key]} in {where}, {value} in {name}"
+                )
+        fields = {f.name: f.dtype for f in fv.features}
+        for feature in spec.view_features(view.name):
+            if feature.name not in fields:
+                raise fail(
+                    f"feature {feature.name!r} of view {view.name!r} in {name} is not in "
+                    f"the Feast view {view.name!r} ({where})"
+                )
+            if fields[feature.name] != FEAST_TYPES[feature.dtype]:
+                raise fail(
+                    f"feature {feature.name!r} of view {view.name!r}: type "
+                    f"{fields[feature.name]} in {where}, {feature.dtype} in {name}"
+                )
+        spec_names = {f.name for f in spec.view_features(view.name)}
+        for field in fields:
+            if field not in spec_names:
+                raise fail(
+                    f"feature {field!r} is in the Feast view {view.name!r} ({where}) "
+                    f"but not in {name}"
+                )
+
+    services = {s.name: s for s in definitions.feature_services}
+    _same_names("feature service", {spec.feature_service: None}, services, name, where, fail)
+    served = {
+        p.name: [f.name for f in p.features]
+        for p in services[spec.feature_service].feature_view_projections
+    }
+    for view in spec.feature_views:
+        want = [f.name for f in spec.view_features(view)]
+        if sorted(served.get(view, [])) != sorted(want):
+            raise fail(
+                f"feature service {spec.feature_service!r} serves "
+                f"{served.get(view, [])} of view {view!r} in {where}; {name} lists {want}"
+            )
+
+
+def _same_names(what: str, spec_objects: dict, feast_objects: dict, name, where, fail) -> None:
+    for key in spec_objects:
+        if key not in feast_objects:
+            raise fail(f"{what} {key!r} of {name} is not in {where}")
+    for key in feast_objects:
+        if key not in spec_objects:
+            raise fail(f"{what} {key!r} is in {where} but not in {name}")
+
+
+# ----------------------------------------------------------- what `feast apply` collects
+
+_REPO_DIR = Path(__file__).resolve().parent
+_definitions = build(load_spec(_REPO_DIR / "features.yaml"), _REPO_DIR)
+user, adgroup = _definitions.entities
+impressions, user_profile_source, ad_feature_source = _definitions.sources
+user_profile, ad_feature = _definitions.feature_views
+(deepfm_ranking,) = _definitions.feature_services

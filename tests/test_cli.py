@@ -1,0 +1,365 @@
+"""Tests of the ``deepfm`` command line (pipelines/cli.py): data generate, train, evaluate and
+predict round trip; --help everywhere; bad input exits 2 with one line naming the problem."""
+
+import contextlib
+import importlib
+import io
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from model.export import load
+from model.metrics import auc
+from model.train import time_split
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "deepfm.yaml"
+SETS = {"model.deep.hidden_units": "[32,16]", "train.batch_size": 512, "train.num_threads": 1}
+SMALL = [*(a for k, v in SETS.items() for a in ("--set", f"{k}={v}")), "--device", "cpu"]
+FILES = {"impressions", "user_profile", "ad_feature", "click_prob", "flat"}
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` -> (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def usage_error(argv: list[str], command: str) -> str:
+    """Run a command that must fail with exit 2 and one line; return that line's message."""
+    code, out, err = run(argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    prefix = f"deepfm {command}: error: "
+    assert lines[0].startswith(prefix), lines[0]
+    return lines[0].removeprefix(prefix)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> tuple[Path, str, str]:
+    out = tmp_path_factory.mktemp("sample")
+    code, stdout, stderr = run(["data", "generate", "--rows", 20_000, "--seed", 3, "--out", out])
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def split(generated, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """The eval rows the train command's default time split (10%) holds out, as a file."""
+    flat = pd.read_parquet(generated[0] / "flat.parquet")
+    _, eval_df = time_split(flat, "event_timestamp", 0.1)
+    path = tmp_path_factory.mktemp("eval") / "eval.parquet"
+    eval_df.to_parquet(path)
+    return path, eval_df
+
+
+@pytest.fixture(scope="module")
+def trained(generated, tmp_path_factory) -> tuple[Path, dict]:
+    model_dir = tmp_path_factory.mktemp("train") / "model"
+    argv = ["train", "--config", CONFIG, "--data", generated[0] / "flat.parquet"]
+    code, stdout, stderr = run([*argv, "--model-dir", model_dir, *SMALL])
+    assert code == 0, stderr
+    return model_dir, json.loads(stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------- commands
+
+
+def test_data_generate_writes_the_files(generated):
+    out, stdout, stderr = generated
+    assert {p.stem for p in out.glob("*.parquet")} == FILES
+    listed = dict(line.split(": ", 1) for line in stdout.strip().splitlines())
+    assert set(listed) == FILES
+    assert all(Path(p) == out / f"{name}.parquet" for name, p in listed.items())
+    assert len(pd.read_parquet(out / "flat.parquet")) == 20_000
+    assert "generating 20,000 impressions (seed 3)" in stderr and "done in" in stderr
+
+
+def test_data_generate_is_deterministic_for_a_seed(generated, tmp_path):
+    code, _, _ = run(["data", "generate", "--rows", 20_000, "--seed", 3, "--out", tmp_path])
+    assert code == 0
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "flat.parquet"), pd.read_parquet(generated[0] / "flat.parquet")
+    )
+
+
+def test_train_writes_a_model_directory_and_prints_a_summary(trained, split):
+    model_dir, summary = trained
+    assert summary["model_dir"] == str(model_dir.resolve())
+    assert summary["count"] == len(split[1]) == 2_000
+    assert summary["global_step"] == 36  # ceil(18,000 / 512)
+    assert 0.5 < summary["auc"] < 1
+    model = load(model_dir)
+    assert model.cfg.model.deep.hidden_units == [32, 16]  # --set reached the config
+    assert model.cfg.train.batch_size == 512
+    assert model.metrics["auc"] == pytest.approx(summary["auc"], abs=1e-6)
+    assert model.metrics["global_step"] == 36
+    assert [h["epoch"] for h in model.metrics["history"]] == [1]
+
+
+def test_train_evaluate_predict_round_trip(trained, split, tmp_path):
+    model_dir, _ = trained
+    eval_path, eval_df = split
+    saved = json.loads((model_dir / "metrics.json").read_text())
+
+    metrics_path = tmp_path / "metrics.json"
+    code, stdout, stderr = run(
+        ["evaluate", "--model", model_dir, "--data", eval_path, "--output", metrics_path]
+    )
+    assert code == 0, stderr
+    metrics = json.loads(stdout)
+    assert json.loads(metrics_path.read_text()) == metrics
+    # the same rows the train command evaluated: the same numbers
+    for key in ("auc", "logloss", "grouped_auc", "calibration", "count"):
+        assert metrics[key] == saved[key], key
+
+    scores_path = tmp_path / "scores.parquet"
+    code, _, stderr = run(
+        [
+            "predict",
+            "--model",
+            model_dir,
+            "--input",
+            eval_path,
+            "--output",
+            scores_path,
+            "--keep",
+            "user_id",
+        ]
+    )
+    assert code == 0, stderr
+    assert f"wrote 2,000 scores to {scores_path}" in stderr
+    scores = pd.read_parquet(scores_path)
+    assert list(scores.columns) == ["user_id", "score"]
+    assert scores["user_id"].tolist() == eval_df["user_id"].tolist()
+    assert np.array_equal(scores["score"].to_numpy(), load(model_dir).predict(eval_df))
+    assert auc(eval_df["clk"].to_numpy(), scores["score"].to_numpy()) == saved["auc"]
+
+
+def test_predict_writes_csv_to_stdout_without_output(trained, split):
+    model_dir, _ = trained
+    eval_path, eval_df = split
+    code, stdout, stderr = run(
+        ["predict", "--model", model_dir, "--input", eval_path, "--keep", "user_id,adgroup_id"]
+    )
+    assert code == 0, stderr
+    table = pd.read_csv(io.StringIO(stdout))
+    assert list(table.columns) == ["user_id", "adgroup_id", "score"]
+    assert len(table) == len(eval_df)
+    np.testing.assert_allclose(table["score"], load(model_dir).predict(eval_df), rtol=1e-12)
+
+
+def test_floating_point_error_exits_1_naming_the_step(generated, tmp_path):
+    code, _, err = run(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--data",
+            generated[0] / "flat.parquet",
+            "--model-dir",
+            tmp_path / "m",
+            *SMALL,
+            "--set",
+            "train.dense_optimizer.lr=1.0e+30",
+        ]
+    )
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("deepfm train: error: training loss became nan at step ")
+    assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["data", "--help"],
+        ["data", "generate", "--help"],
+        ["train", "--help"],
+        ["evaluate", "--help"],
+        ["predict", "--help"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: deepfm")
+    assert "--help" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["train"], ["train", "--config", "x.yaml"], ["nope"], ["data"], ["predict", "--model"]],
+    ids=lambda a: " ".join(a) or "nothing",
+)
+def test_argparse_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "usage: deepfm" in done.stdout
+
+
+def test_console_script_is_declared():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    target = project["scripts"]["deepfm"]
+    assert target == "pipelines.cli:main"
+    module, func = target.split(":")
+    assert getattr(importlib.import_module(module), func) is main
+
+
+# ----------------------------------------------------------------------- bad inputs
+
+
+def _train(data: Path, config: Path = CONFIG, *extra) -> list:
+    return ["train", "--config", config, "--data", data, *SMALL, *extra]
+
+
+def test_missing_data_file(tmp_path):
+    missing = tmp_path / "nope.parquet"
+    message = usage_error([*_train(missing), "--model-dir", tmp_path / "m"], "train")
+    assert message == f"--data {missing} does not exist"
+
+
+def test_unreadable_data_file(tmp_path):
+    bad = tmp_path / "rows.parquet"
+    bad.write_text("not parquet")
+    message = usage_error(_train(bad), "train")
+    assert message.startswith(f"--data {bad} is not a readable parquet file")
+
+
+def test_missing_config_file(generated, tmp_path):
+    missing = tmp_path / "cfg.yaml"
+    message = usage_error(_train(generated[0] / "flat.parquet", missing), "train")
+    assert message == f"config file {missing} does not exist"
+
+
+def test_config_with_an_unknown_key(generated, tmp_path):
+    data = yaml.safe_load(CONFIG.read_text())
+    data["train"]["batch_sise"] = 64
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    message = usage_error(_train(generated[0] / "flat.parquet", bad), "train")
+    assert message.startswith(f"{bad}: train.batch_sise: unknown key")
+
+
+def test_set_without_equals(generated):
+    message = usage_error(
+        [*_train(generated[0] / "flat.parquet"), "--set", "train.batch_size"], "train"
+    )
+    assert message.startswith("--set 'train.batch_size': expected KEY=VALUE")
+
+
+def test_set_of_an_unknown_or_invalid_key(generated):
+    flat = generated[0] / "flat.parquet"
+    message = usage_error([*_train(flat), "--set", "train.epochs=3"], "train")
+    assert "train.epochs: unknown key" in message
+    message = usage_error([*_train(flat), "--set", "train.batch_size=-4"], "train")
+    assert "train.batch_size: must be > 0, got -4" in message
+
+
+def test_set_accepts_a_float_in_exponent_notation(generated, tmp_path):
+    code, _, err = run(
+        [
+            *_train(generated[0] / "flat.parquet"),
+            "--model-dir",
+            tmp_path / "m",
+            "--set",
+            "train.dense_optimizer.lr=1e-3",
+            "--eval-fraction",
+            "0",
+        ]
+    )
+    assert code == 0, err
+    assert load(tmp_path / "m").cfg.train.dense_optimizer.lr == 0.001
+
+
+def test_data_without_a_feature_column(generated, tmp_path):
+    rows = pd.read_parquet(generated[0] / "flat.parquet").drop(columns=["brand"])
+    path = tmp_path / "rows.parquet"
+    rows.to_parquet(path)
+    message = usage_error([*_train(path), "--model-dir", tmp_path / "m"], "train")
+    assert "features.brand: column 'brand'" in message
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_data_without_the_label(generated, tmp_path):
+    rows = pd.read_parquet(generated[0] / "flat.parquet")
+    path = tmp_path / "eval.parquet"
+    rows.tail(500).drop(columns=["clk"]).to_parquet(path)
+    message = usage_error(
+        [*_train(generated[0] / "flat.parquet"), "--eval-data", path, "--model-dir", tmp_path],
+        "train",
+    )
+    assert message == "data.label: column 'clk' is not in the evaluation data"
+
+
+def test_evaluate_data_without_the_label(trained, split, tmp_path):
+    path = tmp_path / "rows.parquet"
+    split[1].drop(columns=["clk"]).to_parquet(path)
+    message = usage_error(["evaluate", "--model", trained[0], "--data", path], "evaluate")
+    assert message == f"data.label: column 'clk' is not in {path}"
+
+
+def test_predict_input_without_a_feature_column(trained, split, tmp_path):
+    path = tmp_path / "rows.parquet"
+    split[1].drop(columns=["interest_cates"]).to_parquet(path)
+    message = usage_error(["predict", "--model", trained[0], "--input", path], "predict")
+    assert "features.interest_cates: column 'interest_cates'" in message
+
+
+def test_predict_keep_of_a_missing_column(trained, split):
+    message = usage_error(
+        ["predict", "--model", trained[0], "--input", split[0], "--keep", "user_id,nope"],
+        "predict",
+    )
+    assert message == f"--keep: column 'nope' is not in {split[0]}"
+
+
+def test_predict_with_a_directory_that_is_not_a_model(split, tmp_path):
+    message = usage_error(["predict", "--model", tmp_path, "--input", split[0]], "predict")
+    assert message == f"{tmp_path} is not a model directory (no MANIFEST.json)"
+
+
+def test_time_split_without_a_timestamp_in_the_config(generated):
+    message = usage_error(
+        [*_train(generated[0] / "flat.parquet"), "--set", "data.timestamp=null"], "train"
+    )
+    assert "data.timestamp" in message

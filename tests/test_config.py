@@ -1,0 +1,436 @@
+"""Tests of config loading and validation (model/config.py): the shipped configs load, and
+every kind of wrong input fails with a ConfigError that names the dotted key, file or column."""
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feature_repo.sample_data import AD_FEATURES, PROFILE_FEATURES
+from model.config import (
+    Config,
+    ConfigError,
+    check_columns,
+    config_from_dict,
+    load_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPFM = ROOT / "configs" / "deepfm.yaml"
+CRITEO = ROOT / "configs" / "deepfm_criteo.yaml"
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    """The example config as plain data (each test edits a deep copy)."""
+    return yaml.safe_load(DEEPFM.read_text())
+
+
+def write(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def edited(base: dict, edit) -> dict:
+    data = copy.deepcopy(base)
+    edit(data)
+    return data
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------ shipped configs
+
+
+def test_example_config_loads_with_its_values():
+    cfg = load_config(DEEPFM)
+    assert isinstance(cfg, Config)
+    assert len(cfg.features) == 16
+    assert (cfg.data.label, cfg.data.timestamp, cfg.data.group_key) == (
+        "clk",
+        "event_timestamp",
+        "user_id",
+    )
+    price = cfg.feature("price_bucket")
+    assert price.type == "raw" and price.source_column == "price" and price.is_sparse
+    assert price.boundaries == [5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000]
+    log_price = cfg.feature("log_price")
+    assert log_price.normalizer == "log1p_standard" and not log_price.is_sparse
+    cates = cfg.feature("interest_cates")
+    assert (cates.type, cates.pooling, cates.max_length) == ("multi_id", "mean", 8)
+    assert cfg.feature("user_id").vocab.min_count == 2
+    assert cfg.feature("pid").vocab.min_count == 1
+    assert len(cfg.feature_groups.wide) == 14 and "log_price" not in cfg.feature_groups.wide
+    assert len(cfg.feature_groups.fm) == 15
+    assert cfg.feature_groups.deep[-1] == "log_price" and len(cfg.feature_groups.deep) == 16
+    assert cfg.model.deep.hidden_units == [256, 128, 64]
+    assert cfg.model.final is None
+    assert cfg.model.wide_embedding_dim == 4
+    assert cfg.model.losses[0].kind == "binary_cross_entropy"
+    t = cfg.train
+    assert (t.batch_size, t.num_epochs, t.seed) == (1024, 1, 42)
+    assert (t.sparse_optimizer.type, t.sparse_optimizer.lr) == ("adagrad", 0.02)
+    assert (t.dense_optimizer.type, t.dense_optimizer.lr) == ("adam", 0.001)
+    # every column of the sample's flat table except the label and the time
+    sample_columns = {"user_id", "adgroup_id", "pid", *PROFILE_FEATURES, *AD_FEATURES}
+    assert cfg.input_columns() == sorted(sample_columns)
+
+
+def test_criteo_config_mirrors_torcheasyrec():
+    cfg = load_config(CRITEO)
+    raw = [f for f in cfg.features if f.type == "raw"]
+    ids = [f for f in cfg.features if f.type == "id"]
+    assert [f.name for f in raw] == [f"int_{i}" for i in range(13)]
+    assert [f.name for f in ids] == [f"cat_{i}" for i in range(26)]
+    assert all(f.normalizer == "log1p_standard" and f.boundaries is None for f in raw)
+    assert all(f.hash_bucket_size and f.vocab is None and f.embedding_dim == 16 for f in ids)
+    assert cfg.feature("cat_0").hash_bucket_size == 40_000_000
+    assert cfg.feature_groups.wide == cfg.feature_groups.fm == [f.name for f in ids]
+    assert cfg.feature_groups.deep == [f.name for f in raw + ids]
+    assert cfg.model.deep.hidden_units == [512, 256, 128]
+    assert cfg.model.final.hidden_units == [64]
+    assert cfg.data.label == "label" and cfg.data.timestamp is None
+    assert "grouped_auc" not in cfg.model.metrics
+    assert (cfg.train.batch_size, cfg.train.num_epochs) == (8192, 1)
+    assert cfg.train.sparse_optimizer.lr == cfg.train.dense_optimizer.lr == 0.001
+    assert cfg.train.mixed_precision is None
+
+
+def round_trip(cfg: Config) -> Config:
+    """What a model directory's config.yaml gives back (model/export.py writes to_dict)."""
+    return config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+
+
+def test_to_dict_round_trips_the_example_config():
+    cfg = load_config(DEEPFM)
+    assert round_trip(cfg) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the Criteo config sets data.timestamp and data.group_key to null
+        {"model.deep.activation": None},
+    ],
+    ids=["criteo-data-nulls", "activation-null"],
+)
+def test_to_dict_round_trips_explicit_nulls(overrides):
+    cfg = load_config(CRITEO, overrides=overrides)
+    assert round_trip(cfg) == cfg
+
+
+# --------------------------------------------------------------------- unknown keys
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda d: d.update(tranin={"batch_size": 1}), "tranin"),
+        (lambda d: d["features"][3].update(embeding_dim=8), "features[3].embeding_dim"),
+        (lambda d: d["features"][0]["vocab"].update(min_cnt=1), "features[0].vocab.min_cnt"),
+        (lambda d: d["model"]["deep"].update(hiden_units=[8]), "model.deep.hiden_units"),
+        (
+            lambda d: d["train"]["sparse_optimizer"].update(learning_rate=0.1),
+            "train.sparse_optimizer.learning_rate",
+        ),
+        (lambda d: d["feature_groups"].update(dep=["pid"]), "feature_groups.dep"),
+        (lambda d: d["data"].update(labels="clk"), "data.labels"),
+        (
+            lambda d: d["model"]["losses"][0]["binary_cross_entropy"].update(smoothing=0.1),
+            "model.losses[0].binary_cross_entropy.smoothing",
+        ),
+    ],
+)
+def test_unknown_key_names_the_dotted_key(base, edit, key, tmp_path):
+    message = error_of(edited(base, edit))
+    assert message.startswith(f"{key}: unknown key")
+    assert "allowed:" in message
+    # through a file, the message also names the file
+    path = write(tmp_path, edited(base, edit))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {key}: unknown key")):
+        load_config(path)
+
+
+# ---------------------------------------------------------------------- wrong types
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "expected"),
+    [
+        (lambda d: d["train"].update(batch_size="big"), "train.batch_size", "an integer"),
+        (lambda d: d["train"].update(batch_size=True), "train.batch_size", "an integer"),
+        (lambda d: d["train"].update(batch_size=512.0), "train.batch_size", "an integer"),
+        (lambda d: d["train"]["dense_optimizer"].update(lr="fast"), "train.dense_optimizer.lr", ""),
+        (lambda d: d["model"]["deep"].update(hidden_units=64), "model.deep.hidden_units", "list"),
+        (
+            lambda d: d["model"]["deep"].update(hidden_units=[64, "x"]),
+            "model.deep.hidden_units[1]",
+            "an integer",
+        ),
+        (lambda d: d["model"]["deep"].update(use_bn="yes"), "model.deep.use_bn", "true or false"),
+        (lambda d: d["features"][2].update(type="categorical"), "features[2].type", "one of"),
+        (lambda d: d["features"][2].update(name=3), "features[2].name", "a string"),
+        (lambda d: d["features"][14].update(boundaries="5,10"), "features[14].boundaries", "list"),
+        (lambda d: d["train"].update(sparse_optimizer="adagrad"), "train.sparse_optimizer", "map"),
+        (
+            lambda d: d["train"]["sparse_optimizer"].update(type="adam"),
+            "train.sparse_optimizer.type",
+            "one of",
+        ),
+        (lambda d: d["model"].update(metrics=["auc", "acc"]), "model.metrics[1]", "one of"),
+        (lambda d: d.pop("model"), "model", "required"),
+        (lambda d: d["features"][0].pop("type"), "features[0].type", "required"),
+    ],
+)
+def test_wrong_type_names_the_dotted_key(base, edit, key, expected):
+    message = error_of(edited(base, edit))
+    assert message.startswith(f"{key}: ")
+    assert expected in message
+
+
+def test_an_int_is_accepted_where_a_float_is_expected(base):
+    cfg = config_from_dict(edited(base, lambda d: d["train"]["sparse_optimizer"].update(lr=1)))
+    assert cfg.train.sparse_optimizer.lr == 1.0
+    assert isinstance(cfg.train.sparse_optimizer.lr, float)
+
+
+# ----------------------------------------------------------------- impossible values
+
+
+def _feature(d: dict, name: str) -> dict:
+    return next(f for f in d["features"] if f["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda d: d["train"].update(batch_size=0), r"^train\.batch_size: must be > 0, got 0"),
+        (lambda d: d["train"].update(num_epochs=-2), r"^train\.num_epochs: must be > 0"),
+        (
+            lambda d: d["train"]["dense_optimizer"].update(lr=-1),
+            r"^train\.dense_optimizer\.lr: must be > 0, got -1",
+        ),
+        (lambda d: d["train"]["sparse_optimizer"].update(lr=0), r"^train\.sparse_optimizer\.lr"),
+        (
+            lambda d: d["train"].update(save_checkpoints_steps=-1),
+            r"^train\.save_checkpoints_steps: must be >= 0",
+        ),
+        (
+            lambda d: _feature(d, "price_bucket").update(boundaries=[5, 10, 10, 20]),
+            r"^features\[14\] \(price_bucket\)\.boundaries: must be strictly increasing",
+        ),
+        (
+            lambda d: _feature(d, "price_bucket").update(boundaries=[50, 10]),
+            r"^features\[14\] \(price_bucket\)\.boundaries: must be strictly increasing",
+        ),
+        (
+            lambda d: _feature(d, "price_bucket").update(boundaries=[]),
+            r"^features\[14\] \(price_bucket\)\.boundaries: must not be empty",
+        ),
+        (
+            lambda d: _feature(d, "user_id").update(hash_bucket_size=1000),
+            r"^features\[0\] \(user_id\): an id feature needs exactly one of vocab, "
+            r"hash_bucket_size, num_buckets \(got vocab, hash_bucket_size\)",
+        ),
+        (
+            lambda d: _feature(d, "user_id").pop("vocab"),
+            r"^features\[0\] \(user_id\): an id feature needs exactly one of .*\(got none\)",
+        ),
+        (
+            lambda d: _feature(d, "interest_cates").update(num_buckets=10),
+            r"^features\[9\] \(interest_cates\): an? multi_id feature needs exactly one",
+        ),
+        (
+            lambda d: _feature(d, "log_price").update(hash_bucket_size=10),
+            r"^features\[15\] \(log_price\)\.hash_bucket_size: raw features take",
+        ),
+        (
+            lambda d: _feature(d, "pid").update(boundaries=[1.0]),
+            r"^features\[2\] \(pid\)\.boundaries: only raw features",
+        ),
+        (
+            lambda d: _feature(d, "pid").update(embedding_dim=0),
+            r"^features\[2\] \(pid\)\.embedding_dim: must be > 0",
+        ),
+        (
+            lambda d: _feature(d, "user_id")["vocab"].update(min_count=0),
+            r"^features\[0\] \(user_id\)\.vocab\.min_count: must be > 0",
+        ),
+        (
+            lambda d: d["features"].append(dict(d["features"][0])),
+            r"^features: duplicate feature name 'user_id'",
+        ),
+        (
+            lambda d: d["feature_groups"]["deep"].append("nope"),
+            r"^feature_groups\.deep\[16\]: unknown feature 'nope'",
+        ),
+        (
+            lambda d: d["feature_groups"]["wide"].append("log_price"),
+            r"^feature_groups\.wide\[14\]: dense feature 'log_price' is not allowed",
+        ),
+        (
+            lambda d: d["feature_groups"]["fm"].append("log_price"),
+            r"^feature_groups\.fm: dense feature 'log_price' cannot enter the FM",
+        ),
+        (
+            lambda d: d["feature_groups"].pop("fm"),  # deep (with log_price) becomes the fm group
+            r"^feature_groups\.deep \(used as the fm group\): dense feature 'log_price'",
+        ),
+        (
+            lambda d: _feature(d, "brand").update(embedding_dim=8),
+            r"^feature_groups\.fm: all FM features need the same embedding_dim \(.*brand=8",
+        ),
+        (lambda d: d["feature_groups"].update(wide=[]), r"^feature_groups\.wide: must list"),
+        (
+            lambda d: d["feature_groups"]["wide"].append("pid"),
+            r"^feature_groups\.wide: a feature is listed twice",
+        ),
+        (
+            lambda d: d["model"]["deep"].update(hidden_units=[64, -3]),
+            r"^model\.deep\.hidden_units\[1\]: must be > 0, got -3",
+        ),
+        (lambda d: d["model"]["deep"].update(hidden_units=[]), r"^model\.deep\.hidden_units"),
+        (
+            lambda d: d["model"]["deep"].update(use_bn=True, use_ln=True),
+            r"^model\.deep: use_bn and use_ln cannot both be true",
+        ),
+        (
+            lambda d: d["model"]["deep"].update(dropout_ratio=[0.1, 0.2]),
+            r"^model\.deep\.dropout_ratio: 2 values for 3 layers",
+        ),
+        (
+            lambda d: d["model"]["deep"].update(dropout_ratio=1.0),
+            r"^model\.deep\.dropout_ratio: 1\.0 is outside \[0, 1\)",
+        ),
+        (
+            lambda d: d["model"]["deep"].update(activation="nn.NoSuchThing"),
+            r"^model\.deep\.activation: ",
+        ),
+        (
+            lambda d: d["model"].update(wide_init_fn="nn.init.bogus_"),
+            r"^model\.wide_init_fn: unknown init function",
+        ),
+        (
+            lambda d: d["model"]["losses"][0]["binary_cross_entropy"].update(label_smoothing=1.5),
+            r"^model\.losses\[0\]\.binary_cross_entropy\.label_smoothing: must be in \[0, 1\)",
+        ),
+        (
+            lambda d: d["model"]["losses"].append({"l2_loss": {}}),
+            r"^model\.losses: DeepFM trains one loss",
+        ),
+        (
+            lambda d: d["model"]["losses"][0].update(l2_loss={}),
+            r"^model\.losses\[0\]: exactly one loss type",
+        ),
+        (
+            lambda d: d["model"].update(num_class=2),
+            r"^model\.losses\[0\]: binary_cross_entropy needs num_class 1",
+        ),
+        (
+            lambda d: d["data"].update(group_key=None),
+            r"^model\.metrics: grouped_auc needs data\.group_key",
+        ),
+    ],
+)
+def test_impossible_value_names_the_key(base, edit, pattern):
+    assert re.search(pattern, error_of(edited(base, edit))), error_of(edited(base, edit))
+
+
+def test_a_valid_edit_of_each_kind_is_accepted(base):
+    def edit(d: dict) -> None:
+        _feature(d, "user_id").update(vocab=None, hash_bucket_size=1000)
+        _feature(d, "age_level").update(vocab=None, num_buckets=7)
+        d["model"]["deep"].update(dropout_ratio=[0.1], use_bn=True)
+        d["model"]["final"] = {"hidden_units": [16]}
+        d["model"]["wide_init_fn"] = "nn.init.uniform_,a=-0.01,b=0.01"
+
+    cfg = config_from_dict(edited(base, edit))
+    assert cfg.feature("user_id").hash_bucket_size == 1000
+    assert cfg.feature("age_level").num_buckets == 7
+    assert cfg.model.final.hidden_units == [16]
+    assert cfg.model.deep.dropout_ratio == [0.1]
+
+
+# ----------------------------------------------------------------- files, overrides
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(f"config file {path} does not exist")):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("features: [\n  - {name: a, type: id\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config file {path} is not valid YAML")):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+def test_a_file_without_a_top_level_mapping_names_the_file(tmp_path, text):
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load_config(path)
+
+
+def test_overrides_set_dotted_keys():
+    cfg = load_config(
+        DEEPFM,
+        overrides={
+            "train.batch_size": 64,
+            "train.num_threads": 2,  # not in the file
+            "train.sparse_optimizer.lr": 0.05,
+            "model.deep.hidden_units": [32, 16],
+            "model.final.hidden_units": [8],  # a new mapping
+            "data.group_key": None,
+            "model.metrics": ["auc"],
+        },
+    )
+    assert cfg.train.batch_size == 64
+    assert cfg.train.num_threads == 2
+    assert cfg.train.sparse_optimizer.lr == 0.05
+    assert cfg.train.dense_optimizer.lr == 0.001  # untouched sibling
+    assert cfg.model.deep.hidden_units == [32, 16]
+    assert cfg.model.final.hidden_units == [8]
+    assert cfg.data.group_key is None
+    # the file itself is not changed
+    assert load_config(DEEPFM).train.batch_size == 1024
+
+
+def test_overrides_are_validated_and_named():
+    with pytest.raises(ConfigError, match=r"train\.batch_size: must be > 0"):
+        load_config(DEEPFM, overrides={"train.batch_size": 0})
+    with pytest.raises(ConfigError, match=r"train\.batch_sise: unknown key"):
+        load_config(DEEPFM, overrides={"train.batch_sise": 64})
+    with pytest.raises(ConfigError, match=r"train\.batch_size\.x: batch_size is not a mapping"):
+        load_config(DEEPFM, overrides={"train.batch_size.x": 1})
+
+
+# ---------------------------------------------------------------------- check_columns
+
+
+def test_check_columns_names_the_missing_column():
+    cfg = load_config(DEEPFM)
+    columns = set(cfg.input_columns()) | {"clk"}
+    check_columns(cfg, columns, "rows.parquet")  # all there: no error
+    with pytest.raises(
+        ConfigError, match=r"^features\.cate_id: column 'cate_id' is not in rows\.parquet"
+    ):
+        check_columns(cfg, columns - {"cate_id"}, "rows.parquet")
+    with pytest.raises(ConfigError, match=r"column 'price' is not in the data"):
+        check_columns(cfg, columns - {"price"}, "the data")
+    with pytest.raises(ConfigError, match=r"^data\.label: column 'clk' is not in x"):
+        check_columns(cfg, columns - {"clk"}, "x")
+    weighted = load_config(DEEPFM, overrides={"data.sample_weight": "w"})
+    with pytest.raises(ConfigError, match=r"^data\.sample_weight: column 'w' is not in x"):
+        check_columns(weighted, columns, "x")
+    check_columns(weighted, columns | {"w"}, "x")
