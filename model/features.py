@@ -82,7 +82,11 @@ class EncodedFeatures:
 
     def index(self, rows: torch.Tensor) -> EncodedFeatures:
         """The rows at ``rows`` (a [B] int64 tensor), as one gather per tensor."""
-        return EncodedFeatures(self.sparse[rows], self.multi[rows], self.dense[rows])
+        return EncodedFeatures(
+            self.sparse.index_select(0, rows),
+            self.multi.index_select(0, rows),
+            self.dense.index_select(0, rows),
+        )
 
     def slice(self, start: int, stop: int) -> EncodedFeatures:
         return EncodedFeatures(

@@ -330,18 +330,23 @@ def train(
         perm = torch.randperm(n, generator=gen)
         if world > 1:  # pad by wrapping so every process gets ``shard`` rows
             perm = torch.cat([perm, perm[: shard * world - n]])[rank::world]
+        # One shuffled copy per epoch, then every batch is a contiguous slice (cheaper than
+        # a gather per batch).
         perm = perm.to(dev)
+        epoch_features = train_data.features.index(perm)
+        epoch_labels = train_data.labels[perm]
+        epoch_weights = None if train_data.weights is None else train_data.weights[perm]
         epoch_loss = torch.zeros((), device=dev)
         t0 = time.perf_counter()
         first = skip_steps if epoch == start_epoch else 0
         for step in range(first, steps_per_epoch):
-            rows = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
-            batch = train_data.features.index(rows)
+            start, stop = step * tc.batch_size, (step + 1) * tc.batch_size
+            batch = epoch_features.slice(start, stop)
             with _autocast(dev, tc.mixed_precision):
                 logits = train_model(batch.sparse, batch.multi, batch.dense)
             predictions = _float_predictions(model, logits)
-            weights = None if train_data.weights is None else train_data.weights[rows]
-            loss = compute_loss(predictions, train_data.labels[rows], loss_cfg, weights)
+            weights = None if epoch_weights is None else epoch_weights[start:stop]
+            loss = compute_loss(predictions, epoch_labels[start:stop], loss_cfg, weights)
             sparse_opt.zero_grad(set_to_none=True)
             dense_opt.zero_grad(set_to_none=True)
             if scaler is not None:
