@@ -299,7 +299,7 @@ def test_predict_with_unseen_ids_and_missing_values_uses_oov_rows(model_dir, lea
     # rows with only unseen ids, no profile, no interests and no price look the same
     same = rows["price"].isna().to_numpy() & (np.arange(n) % 2 == 1)
     assert same.sum() == 7
-    assert np.ptp(probs[same]) == 0
+    assert np.ptp(probs[same]) < 1e-6  # equal inputs, equal scores (up to matmul blocking)
     assert np.ptp(probs) > 0  # while the known prices still move the score
 
 
