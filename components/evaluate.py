@@ -9,8 +9,7 @@ recorded AUC. A baseline that cannot score these rows (its features are not in t
 is reported and ignored, so a changed feature set is not blocked forever.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: KFP reads the component signatures at runtime.
 import html
 import json
 import tempfile
@@ -132,7 +131,7 @@ def evaluate_model(
     (parquet) and apply the gate."""
     import pandas as pd
 
-    from components.push import fetch_model, read_current
+    from components.registry import fetch_model, read_current
 
     eval_df = pd.read_parquet(eval_path)
     metrics, labels, scores = _score(model_dir, eval_df)

@@ -5,8 +5,6 @@
 ``auto`` device trains on the GPU.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from kfp import dsl

@@ -5,33 +5,50 @@ else comes from ``features.yaml`` (``spec.py``). That covers each view's fields 
 its entity and TTL, and each source's file and timestamp field, so adding a feature is one
 edit there. ``check_definitions`` compares a set of Feast objects with the spec and names the
 first feature, view, entity or source that differs. ``build`` runs it on what it made, and
-``feature_repo.store`` runs it on a deployed registry.
+``feature_repo.store`` runs it on a deployed registry. ``check_sources`` compares the source
+files with the spec (columns, types, timezone-aware timestamps).
 
 ``feast -c feature_repo apply`` imports this file as the top-level module ``definitions`` (the
-other modules are in ``.feastignore``) and collects the module-level objects at the bottom.
+other modules are in ``.feastignore``), which then checks the source files too, and collects
+the module-level objects at the bottom.
 Source paths are absolute: Feast's duckdb offline store reads a relative ``FileSource`` path
 from the working directory, not from the repo.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, Project, ValueType
 from feast.repo_contents import RepoContents
 from feast.types import Array, Float64, Int64, String
 
 if __package__:
-    from .spec import FeatureSpec, SpecError, load_spec
+    from .spec import FeatureSpec, SpecError, data_dir, load_spec
 else:  # imported by Feast's CLI as a top-level module, with feature_repo/ on sys.path
-    from spec import FeatureSpec, SpecError, load_spec
+    from spec import FeatureSpec, SpecError, data_dir, load_spec
 
 FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String, "list<int64>": Array(Int64)}
 """Spec dtype -> Feast type of a feature view field."""
 
 VALUE_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
 """Spec dtype -> Feast value type of an entity's join key."""
+
+ARROW_TYPES = {
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "list<int64>": pa.list_(pa.int64()),
+}
+"""Spec dtype -> the Arrow type of the column in a source file."""
+
+
+class SourceError(ValueError):
+    """A source file is missing or unreadable, or its timestamps have no time zone."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +132,7 @@ def _file_source(spec: FeatureSpec, name: str, repo_dir: str | Path) -> FileSour
     )
 
 
-def _feature_view(
-    spec: FeatureSpec, name: str, entity: Entity, source: FileSource
-) -> FeatureView:
+def _feature_view(spec: FeatureSpec, name: str, entity: Entity, source: FileSource) -> FeatureView:
     view = _lookup(spec.feature_views, name, "feature view", spec)
     return FeatureView(
         name=name,
@@ -153,43 +168,49 @@ def check_definitions(
     where: str,
     hint: str = "",
 ) -> None:
-    """Raise SpecError naming the first object or feature where ``definitions`` (described
-    as ``where`` in the message, followed by ``hint``) and ``spec`` differ: entities and
-    their join keys, sources with their paths under ``data_dir(repo_dir)`` and timestamp
-    fields, views with their entity, source, TTL and fields (name and type), and the
-    feature service, which must serve every feature of every view."""
+    """Raise SpecError naming the first object or feature where ``definitions`` and ``spec``
+    differ: entities and their join keys; sources with their paths (under
+    ``data_dir(repo_dir)``) and timestamp fields; views with their entity, source, TTL and
+    fields (name and type); the feature service, which serves every feature of every view.
+    ``where`` names the definitions in the message, ``hint`` ends it."""
+    problem = next(_differences(spec, definitions, repo_dir, where), None)
+    if problem is not None:
+        raise SpecError(f"{problem}{hint}")
+
+
+def _differences(
+    spec: FeatureSpec, definitions: Definitions, repo_dir: str | Path, where: str
+) -> Iterator[str]:
+    """Each difference as a message, in checking order. Only the first is read, so a check
+    may rely on the ones before it (a view is compared once both sides have it)."""
     name = spec.path.name
-
-    def fail(message: str) -> SpecError:
-        return SpecError(f"{message}{hint}")
-
     entities = {e.name: e for e in definitions.entities}
-    _same_names("entity", spec.entities, entities, name, where, fail)
+    yield from _name_differences("entity", spec.entities, entities, name, where)
     for entity in spec.entities.values():
         if entities[entity.name].join_key != entity.join_key:
-            raise fail(
+            yield (
                 f"entity {entity.name!r}: join key {entities[entity.name].join_key!r} in "
                 f"{where}, {entity.join_key!r} in {name}"
             )
 
     sources = {s.name: s for s in definitions.sources}
-    _same_names("source", spec.sources, sources, name, where, fail)
+    yield from _name_differences("source", spec.sources, sources, name, where)
     for source in spec.sources.values():
         path = str(spec.source_path(source.name, repo_dir))
         if sources[source.name].path != path:
-            raise fail(
+            yield (
                 f"source {source.name!r} reads {sources[source.name].path} in {where}, "
                 f"but {name} and the data directory give {path}"
             )
         if sources[source.name].timestamp_field != source.timestamp_field:
-            raise fail(
+            yield (
                 f"source {source.name!r}: timestamp field "
                 f"{sources[source.name].timestamp_field!r} in {where}, "
                 f"{source.timestamp_field!r} in {name}"
             )
 
     views = {v.name: v for v in definitions.feature_views}
-    _same_names("feature view", spec.feature_views, views, name, where, fail)
+    yield from _name_differences("feature view", spec.feature_views, views, name, where)
     for view in spec.feature_views.values():
         fv = views[view.name]
         got = {
@@ -200,57 +221,99 @@ def check_definitions(
         want = {"entity": [view.entity], "source": view.source, "ttl": view.ttl}
         for key, value in want.items():
             if got[key] != value:
-                raise fail(
-                    f"feature view {view.name!r}: {key} {got[key]} in {where}, {value} in {name}"
-                )
+                yield f"feature view {view.name!r}: {key} {got[key]} in {where}, {value} in {name}"
         fields = {f.name: f.dtype for f in fv.features}
-        for feature in spec.view_features(view.name):
+        features = spec.view_features(view.name)
+        for feature in features:
             if feature.name not in fields:
-                raise fail(
+                yield (
                     f"feature {feature.name!r} of view {view.name!r} in {name} is not in "
                     f"the Feast view {view.name!r} ({where})"
                 )
-            if fields[feature.name] != FEAST_TYPES[feature.dtype]:
-                raise fail(
+            elif fields[feature.name] != FEAST_TYPES[feature.dtype]:
+                yield (
                     f"feature {feature.name!r} of view {view.name!r}: type "
                     f"{fields[feature.name]} in {where}, {feature.dtype} in {name}"
                 )
-        spec_names = {f.name for f in spec.view_features(view.name)}
-        for field in fields:
-            if field not in spec_names:
-                raise fail(
-                    f"feature {field!r} is in the Feast view {view.name!r} ({where}) "
-                    f"but not in {name}"
-                )
+        for field in sorted(fields.keys() - {f.name for f in features}):
+            yield (
+                f"feature {field!r} is in the Feast view {view.name!r} ({where}) but not in {name}"
+            )
 
     services = {s.name: s for s in definitions.feature_services}
-    _same_names("feature service", {spec.feature_service: None}, services, name, where, fail)
+    yield from _name_differences("feature service", [spec.feature_service], services, name, where)
     served = {
-        p.name: [f.name for f in p.features]
+        p.name: sorted(f.name for f in p.features)
         for p in services[spec.feature_service].feature_view_projections
     }
     for view in spec.feature_views:
-        want = [f.name for f in spec.view_features(view)]
-        if sorted(served.get(view, [])) != sorted(want):
-            raise fail(
-                f"feature service {spec.feature_service!r} serves "
-                f"{served.get(view, [])} of view {view!r} in {where}; {name} lists {want}"
+        want = sorted(f.name for f in spec.view_features(view))
+        if served.get(view, []) != want:
+            yield (
+                f"feature service {spec.feature_service!r} serves {served.get(view, [])} of "
+                f"view {view!r} in {where}; {name} lists {want}"
             )
 
 
-def _same_names(what: str, spec_objects: dict, feast_objects: dict, name, where, fail) -> None:
-    for key in spec_objects:
-        if key not in feast_objects:
-            raise fail(f"{what} {key!r} of {name} is not in {where}")
-    for key in feast_objects:
-        if key not in spec_objects:
-            raise fail(f"{what} {key!r} is in {where} but not in {name}")
+def _name_differences(
+    what: str, in_spec: Iterable[str], in_feast: Iterable[str], name: str, where: str
+) -> Iterator[str]:
+    in_spec, in_feast = list(in_spec), list(in_feast)
+    for key in in_spec:
+        if key not in in_feast:
+            yield f"{what} {key!r} of {name} is not in {where}"
+    for key in in_feast:
+        if key not in in_spec:
+            yield f"{what} {key!r} is in {where} but not in {name}"
+
+
+def check_sources(spec: FeatureSpec, repo_dir: str | Path | None = None) -> None:
+    """Check that every source file exists and has the spec's columns with the spec's types
+    and a timezone-aware timestamp field (reads only the parquet footers).
+
+    Raises:
+        SourceError: a file is missing or unreadable, or its timestamps are naive.
+        SpecError: a column of the spec is missing from its file or has another type.
+    """
+    for name, source in spec.sources.items():
+        path = spec.source_path(name, repo_dir)
+        if not path.is_file():
+            raise SourceError(
+                f"source {name!r}: {path} does not exist (the data directory is "
+                f"$DEEPFM_DATA_DIR or <repo>/data; `deepfm data generate --out "
+                f"{data_dir(repo_dir)}` writes a sample there)"
+            )
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"source {name!r}: {path} is not a parquet file: {e}") from None
+        columns = {source.timestamp_field: "timestamp"} | spec.source_columns(name)
+        for column, dtype in columns.items():
+            if column not in schema.names:
+                raise SpecError(
+                    f"{spec.path.name}: column {column!r} of source {name!r} is not in {path}"
+                )
+            found = schema.field(column).type
+            if dtype == "timestamp":
+                if not pa.types.is_timestamp(found) or found.tz is None:
+                    raise SourceError(
+                        f"source {name!r}: timestamp field {column!r} of {path} is {found}, "
+                        "not a timestamp with a time zone (Feast would take naive times as UTC)"
+                    )
+            elif found != ARROW_TYPES[dtype]:
+                raise SpecError(
+                    f"{spec.path.name}: column {column!r} of source {name!r} is {dtype}, "
+                    f"but {path} holds {found}"
+                )
 
 
 # ----------------------------------------------------------- what `feast apply` collects
 
 _REPO_DIR = Path(__file__).resolve().parent
-_definitions = build(load_spec(_REPO_DIR / "features.yaml"), _REPO_DIR)
+_spec = load_spec(_REPO_DIR / "features.yaml")
+if not __package__:  # run by `feast apply`: register nothing that the files contradict
+    check_sources(_spec, _REPO_DIR)
+_definitions = build(_spec, _REPO_DIR)
 user, adgroup = _definitions.entities
 impressions, user_profile_source, ad_feature_source = _definitions.sources
 user_profile, ad_feature = _definitions.feature_views

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -60,7 +61,11 @@ ENCODING_KEYS = (
 validates their values)."""
 
 # model feature type -> the column dtypes it can encode
-_MODEL_TYPES = {"id": ("int64", "string"), "multi_id": ("list<int64>",), "raw": ("int64", "float64")}
+_MODEL_TYPES = {
+    "id": ("int64", "string"),
+    "multi_id": ("list<int64>",),
+    "raw": ("int64", "float64"),
+}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -130,7 +135,7 @@ class ModelFeature:
     def config(self) -> dict[str, Any]:
         """This feature as one entry of a model config's ``features`` list."""
         column = {} if self.column == self.name else {"column": self.column}
-        return {"name": self.name, **column, **self.encoding}
+        return {"name": self.name, **column, **copy.deepcopy(self.encoding)}
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,8 @@ class FeatureSpec:
     def source_columns(self, source: str) -> dict[str, str]:
         """Column -> dtype that source ``source`` must hold, besides its timestamp field: the
         entity rows' features and the label, or a view's join key and features."""
+        if source not in self.sources:
+            raise SpecError(f"{self.path.name}: no source named {source!r}")
         if source == self.entity_rows:
             return {f.name: f.dtype for f in [*self.entity_row_features(), self.label]}
         (view,) = (v for v in self.feature_views.values() if v.source == source)
@@ -217,6 +224,7 @@ class FeatureSpec:
         return data_dir(repo_dir) / self.sources[source].path
 
     def model_features(self) -> list[ModelFeature]:
+        """Every model feature, in spec order (a column's in its own order)."""
         return [m for f in self.features for m in f.model_features]
 
     def model_section(self) -> dict[str, Any]:
@@ -266,8 +274,7 @@ class FeatureSpec:
                 if (name in got) != (name in wanted):
                     state = "is in" if name in got else "is missing from"
                     raise SpecError(
-                        f"{where}: feature {name!r} {state} feature_groups.{group}, "
-                        f"unlike {spec}"
+                        f"{where}: feature {name!r} {state} feature_groups.{group}, unlike {spec}"
                     )
             if got != wanted:
                 raise SpecError(
@@ -280,7 +287,7 @@ def data_dir(repo_dir: str | Path | None = None) -> Path:
     taken relative to the feature repo ``repo_dir``, as Feast takes its own paths), else
     ``<repo_dir>/data``. ``repo_dir`` defaults to ``REPO_DIR``."""
     repo = Path(repo_dir or REPO_DIR).resolve()
-    return (repo / os.environ.get(DATA_DIR_ENV, "data")).resolve()
+    return (repo / (os.environ.get(DATA_DIR_ENV) or "data")).resolve()
 
 
 # ------------------------------------------------------------------------- loading
@@ -327,9 +334,7 @@ def _parse(data: Any, path: Path) -> FeatureSpec:
     sources = {
         name: Source(
             name,
-            **_fields(
-                value, f"sources.{name}", ("path", "timestamp_field"), ("description",)
-            ),
+            **_fields(value, f"sources.{name}", ("path", "timestamp_field"), ("description",)),
         )
         for name, value in _named(top["sources"], "sources").items()
     }
@@ -347,9 +352,7 @@ def _parse(data: Any, path: Path) -> FeatureSpec:
         for i, value in enumerate(top["features"])
     )
     label = _label(top["label"], entity_rows)
-    spec = FeatureSpec(
-        path, label, entities, sources, entity_rows, views, service, features
-    )
+    spec = FeatureSpec(path, label, entities, sources, entity_rows, views, service, features)
     _check_references(spec)
     return spec
 
@@ -385,6 +388,8 @@ def _feature(
     views: dict[str, View],
     join_keys: dict[str, str],
 ) -> Feature:
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        key = f"{key} ({value['name']})"
     raw = _mapping(
         value,
         key,
@@ -392,7 +397,6 @@ def _feature(
         optional=("source", "view", "valid", "nullable", "description", "model_features"),
     )
     name = _identifier(raw["name"], f"{key}.name")
-    key = f"{key} ({name})"
     if ("source" in raw) == ("view" in raw):
         raise SpecError(
             f"{key}: give exactly one of source (for a column of the entity rows, "
@@ -432,7 +436,7 @@ def _feature(
 
 
 def _label(value: Any, entity_rows: str) -> Feature:
-    raw = _mapping(value, "label", ("name", "dtype"), ("valid", "nullable", "description"))
+    raw = _mapping(value, "label", ("name", "dtype"), ("valid", "description"))
     name = _identifier(raw["name"], "label.name")
     dtype = _dtype(raw["dtype"], "label.dtype")
     return Feature(
@@ -450,7 +454,7 @@ def _model_feature(value: Any, key: str, column: str, dtype: str) -> ModelFeatur
     kind = _choice(raw["type"], f"{key}.type", _MODEL_TYPES, "model feature type")
     if dtype not in _MODEL_TYPES[kind]:
         raise SpecError(
-            f"{key}.type: a {kind} feature needs dtype {' or '.join(_MODEL_TYPES[kind])}, "
+            f"{key}.type: type {kind} needs dtype {' or '.join(_MODEL_TYPES[kind])}, "
             f"the column is {dtype}"
         )
     groups = raw["groups"]
@@ -475,7 +479,8 @@ def _valid(value: Any, key: str, dtype: str) -> Valid:
             raise SpecError(f"{key}.values: expected a non-empty list, got {values!r}")
         for j, v in enumerate(values):
             if not _is_scalar(v, element):
-                raise SpecError(f"{key}.values[{j}]: {v!r} is not a {element} value")
+                quote = " (quote it in YAML)" if element == "string" else ""
+                raise SpecError(f"{key}.values[{j}]: {v!r} is not a {element} value{quote}")
         if len(set(values)) != len(values):
             raise SpecError(f"{key}.values: a value is listed twice in {values}")
         return Valid(values=tuple(values))
@@ -526,7 +531,7 @@ def _check_references(spec: FeatureSpec) -> None:
             )
         if not any(v.entity == name for v in spec.feature_views.values()):
             raise SpecError(f"entities.{name}: no feature view describes this entity")
-    for name, source in spec.sources.items():
+    for name in spec.sources:
         readers = [v.name for v in spec.feature_views.values() if v.source == name]
         if name != spec.entity_rows and len(readers) != 1:
             raise SpecError(
@@ -549,7 +554,7 @@ def _mapping(
     if not isinstance(value, dict):
         raise SpecError(f"{where}: expected a mapping, got {value!r}")
     prefix = f"{key}." if key else ""
-    allowed = (*required, *optional)
+    allowed = tuple(dict.fromkeys((*required, *optional)))
     for k in value:
         if k not in allowed:
             raise SpecError(f"{prefix}{k}: unknown key (allowed: {', '.join(allowed)})")

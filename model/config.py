@@ -484,9 +484,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return validate(_build(Config, data, ""))
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config file, apply dotted ``overrides`` (``{"train.batch_size": 4096}``),
-    and validate it."""
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    """The plain data of a YAML config file, with ``feature_spec`` resolved into
+    ``features`` and ``feature_groups`` (not validated yet)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -496,6 +496,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    if "feature_spec" in data:
+        _derive_features(data, path)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config file, apply dotted ``overrides`` (``{"train.batch_size": 4096}``),
+    and validate it. ``feature_spec: PATH`` in the file takes the features and feature
+    groups from the one feature spec (``feature_repo/features.yaml``) instead of a list."""
+    data = read_config_dict(path)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -508,6 +518,32 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _derive_features(data: dict[str, Any], path: Path) -> None:
+    """Fill ``features``, ``feature_groups`` and the label/timestamp defaults from the one
+    feature spec that ``feature_spec`` names (relative to the config file)."""
+    from feature_repo.spec import SpecError, load_spec
+
+    spec_path = Path(str(data.pop("feature_spec")))
+    if not spec_path.is_absolute():
+        spec_path = path.parent / spec_path
+    for key in ("features", "feature_groups"):
+        if key in data:
+            raise ConfigError(
+                f"{path}: {key}: comes from feature_spec {spec_path}; do not list it too"
+            )
+    try:
+        section = load_spec(spec_path).model_section()
+    except SpecError as e:
+        raise ConfigError(f"{path}: feature_spec: {e}") from None
+    data["features"] = section["features"]
+    data["feature_groups"] = section["feature_groups"]
+    block = data.setdefault("data", {})
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: data: expected a mapping")
+    block.setdefault("label", section["label"])
+    block.setdefault("timestamp", section["timestamp"])
 
 
 def check_columns(cfg: Config, columns: typing.Iterable[str], where: str) -> None:

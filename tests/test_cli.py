@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from model.config import read_config_dict
 from model.export import load
 from model.metrics import auc
 from model.train import time_split
@@ -272,7 +273,7 @@ def test_missing_config_file(generated, tmp_path):
 
 
 def test_config_with_an_unknown_key(generated, tmp_path):
-    data = yaml.safe_load(CONFIG.read_text())
+    data = read_config_dict(CONFIG)
     data["train"]["batch_sise"] = 64
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))

@@ -15,6 +15,7 @@ from model.config import (
     check_columns,
     config_from_dict,
     load_config,
+    read_config_dict,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ CRITEO = ROOT / "configs" / "deepfm_criteo.yaml"
 @pytest.fixture(scope="module")
 def base() -> dict:
     """The example config as plain data (each test edits a deep copy)."""
-    return yaml.safe_load(DEEPFM.read_text())
+    return read_config_dict(DEEPFM)
 
 
 def write(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:

@@ -1,0 +1,109 @@
+"""The ``deepfm features`` commands, on the Feast repo in ``feature_repo/``.
+
+    deepfm features apply
+    deepfm features materialize --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z
+    deepfm features materialize --incremental [--end 2026-11-09T00:00Z]
+    deepfm features online --user-id 6592651 --adgroup-id 97979 [--pid 430548_1007]
+    deepfm features training-data --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z \\
+        --out data/train.parquet
+
+Each takes ``--repo DIR`` (default: ``feature_repo/``). Times are ISO 8601 with a time zone.
+Bad input raises a ValueError with one line naming the flag, file or column;
+``pipelines/cli.py`` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+
+def add_features_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``features {apply, materialize, online, training-data}`` on ``subparsers``;
+    each sets ``func`` (call it with the parsed namespace)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--repo", help="Feast feature repo folder (default: feature_repo/)")
+
+    features = subparsers.add_parser("features", help="the Feast feature store")
+    commands = features.add_subparsers(dest="features_command", required=True)
+
+    ap = commands.add_parser(
+        "apply", parents=[common], help="register the feature definitions (feast apply)"
+    )
+    ap.set_defaults(func=cmd_apply)
+
+    mat = commands.add_parser(
+        "materialize", parents=[common], help="load the latest feature values online"
+    )
+    mat.add_argument("--start", help="first event time to load (with --end)")
+    mat.add_argument("--end", help="last event time to load (default with --incremental: now)")
+    mat.add_argument(
+        "--incremental",
+        action="store_true",
+        help="load what changed since the last materialization, up to --end",
+    )
+    mat.set_defaults(func=cmd_materialize)
+
+    online = commands.add_parser(
+        "online", parents=[common], help="print one online feature vector as JSON"
+    )
+    online.add_argument("--user-id", type=int, required=True)
+    online.add_argument("--adgroup-id", type=int, required=True)
+    online.add_argument("--pid", help="ad position (request context), copied into the vector")
+    online.set_defaults(func=cmd_online)
+
+    data = commands.add_parser(
+        "training-data",
+        parents=[common],
+        help="write the point-in-time-correct training table of a time window",
+    )
+    data.add_argument("--start", required=True, help="window start (included)")
+    data.add_argument("--end", required=True, help="window end (excluded)")
+    data.add_argument("--out", required=True, help="parquet file to write")
+    data.set_defaults(func=cmd_training_data)
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    from feature_repo.store import apply
+
+    definitions = apply(args.repo)
+    names = [v.name for v in definitions.feature_views]
+    print(f"applied feature views {', '.join(names)}", file=sys.stderr)
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from feature_repo.store import materialize, materialize_incremental, to_utc
+
+    if args.incremental:
+        if args.start:
+            raise ValueError("--start: not allowed with --incremental")
+        end = to_utc(args.end, "--end") if args.end else datetime.now(UTC)
+        materialize_incremental(end, repo_path=args.repo)
+    else:
+        for flag, value in (("--start", args.start), ("--end", args.end)):
+            if not value:
+                raise ValueError(f"{flag}: required unless --incremental is given")
+        materialize(to_utc(args.start, "--start"), to_utc(args.end, "--end"), repo_path=args.repo)
+
+
+def cmd_online(args: argparse.Namespace) -> None:
+    from feature_repo.store import online_features
+
+    vector = online_features(args.user_id, args.adgroup_id, args.pid, repo_path=args.repo)
+    print(json.dumps(vector))
+
+
+def cmd_training_data(args: argparse.Namespace) -> None:
+    from feature_repo.store import get_training_data, to_utc
+
+    start, end = to_utc(args.start, "--start"), to_utc(args.end, "--end")
+    t0 = time.perf_counter()
+    table = get_training_data(start, end, repo_path=args.repo, out=args.out)
+    print(
+        f"wrote {len(table):,} rows to {args.out} in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    print(json.dumps({"out": args.out, "rows": len(table), "columns": list(table.columns)}))

@@ -1,0 +1,353 @@
+"""The feature store for training and serving: Feast on the repo in ``feature_repo/``.
+
+- ``apply()``: register the definitions of ``definitions.py`` (what ``feast apply`` does).
+- ``get_training_data(start, end)``: the impressions in ``[start, end)`` with the features
+  valid at each impression's time (point-in-time join through the ``deepfm_ranking``
+  FeatureService), in impression order, with the columns of the sample generator's flat table.
+- ``get_features(entity_df)``: the same join for any entity rows.
+- ``materialize(start, end)`` / ``materialize_incremental(end)``: load the latest feature
+  values into the online store; ``online_features(user_id, adgroup_id)`` reads them.
+
+Every call first checks that the spec (``features.yaml``), the source files and the deployed
+registry agree, and fails with a ``SpecError`` naming the feature that differs. Bad input fails
+before anything is written, with a ValueError naming the file, column or value: a
+``definitions.SourceError`` for a missing or unreadable source file, a ``FeatureStoreError``
+for entity rows without a timezone-aware timestamp or a window without rows. Times are
+timezone-aware; naive ones are refused rather than read as UTC.
+
+``repo_path`` defaults to ``feature_repo/``; its ``feature_store.yaml`` (or the file named by
+Feast's ``FEAST_FS_YAML_FILE_PATH``) says where the registry and online store are, and
+``DEEPFM_DATA_DIR`` where the source files are (see ``spec.data_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from feast import FeatureStore
+from feast.repo_operations import apply_total_with_repo_instance
+from feast.utils import get_default_yaml_file_path
+
+from feature_repo.definitions import (
+    Definitions,
+    build,
+    check_definitions,
+    check_sources,
+)
+from feature_repo.spec import REPO_DIR, SPEC_FILE, FeatureSpec, load_spec
+
+_ROW = "__entity_row"  # position of each entity row, to restore the order Feast does not keep
+
+
+class FeatureStoreError(ValueError):
+    """Bad input to a feature store operation; the message names the file, column or value."""
+
+
+@dataclass(frozen=True)
+class _Repo:
+    dir: Path
+    spec: FeatureSpec
+    store: FeatureStore
+
+
+# ------------------------------------------------------------------------ the store
+
+
+def get_store(repo_path: str | Path | None = None) -> FeatureStore:
+    """Feast's ``FeatureStore`` on the repo (default ``feature_repo/``).
+
+    Raises:
+        FeatureStoreError: if the repo folder or its feature_store.yaml does not exist.
+    """
+    repo_dir = _repo_dir(repo_path)
+    config = get_default_yaml_file_path(repo_dir)
+    if not config.is_file():
+        raise FeatureStoreError(f"Feast config {config} does not exist")
+    return FeatureStore(repo_path=str(repo_dir))
+
+
+def apply(repo_path: str | Path | None = None) -> Definitions:
+    """Register the repo's entities, sources, views and feature service in its registry,
+    deleting ones no longer defined; like ``feast -c <repo> apply``, with the objects
+    ``definitions.build`` makes from the repo's ``features.yaml``. Returns them.
+
+    Raises:
+        SourceError: a source file is missing or unreadable, or its timestamps are naive.
+        SpecError: the spec is wrong or a source file lacks a column of the spec.
+    """
+    repo_dir = _repo_dir(repo_path)
+    spec = load_spec(repo_dir / SPEC_FILE)
+    check_sources(spec, repo_dir)
+    definitions = build(spec, repo_dir)
+    store = get_store(repo_dir)
+    apply_total_with_repo_instance(
+        store,
+        store.project,
+        store.registry,
+        definitions.repo_contents(store.project),
+        skip_source_validation=False,
+    )
+    return definitions
+
+
+# ------------------------------------------------------------------------- training
+
+
+def get_training_data(
+    window_start: datetime | str,
+    window_end: datetime | str,
+    *,
+    repo_path: str | Path | None = None,
+    out: str | Path | None = None,
+) -> pd.DataFrame:
+    """The training table of the impressions with ``window_start <= event_timestamp <
+    window_end``.
+
+    Returns one row per impression, in the impressions file's order, with ``spec.columns()``:
+    the impression columns (``user_id, adgroup_id, pid, event_timestamp, clk``) as in the
+    file, then each view's features as valid at the impression time. Integer features are
+    pandas ``Int64`` (null where no version is valid: no version yet, or only ones older
+    than the view's TTL), ``price`` float64 (NaN), ``interest_cates`` an object column of
+    int64 arrays (None). ``out``: also written there as parquet (to a temporary file, then
+    renamed). 1M impressions take about 4 s on 2 cores, half of it in Feast's duckdb join.
+
+    Raises:
+        FeatureStoreError: a time has no time zone, start >= end, or no impression is in
+            the window (nothing is written then).
+        SourceError: a source file is missing or unreadable.
+        SpecError: the spec, the source files and the registry disagree.
+    """
+    start, end = to_utc(window_start, "window_start"), to_utc(window_end, "window_end")
+    if start >= end:
+        raise FeatureStoreError(f"window_start {start} is not before window_end {end}")
+    repo = _open(repo_path)
+    spec = repo.spec
+    path = spec.source_path(spec.entity_rows, repo.dir)
+    timestamp = spec.timestamp
+    columns = [*(f.name for f in spec.entity_row_features()), timestamp, spec.label.name]
+    impressions = pq.read_table(path, columns=columns)
+    times = impressions[timestamp]
+    in_window = pc.and_(
+        pc.greater_equal(times, pa.scalar(start, times.type)),
+        pc.less(times, pa.scalar(end, times.type)),
+    )
+    rows = impressions.filter(in_window).to_pandas()
+    if rows.empty:
+        span = f"{pc.min(times)} .. {pc.max(times)}" if len(times) else "none"
+        raise FeatureStoreError(f"no impressions in [{start}, {end}) in {path} (its times: {span})")
+    table = _join_features(repo, rows)
+    if out is not None:
+        _write_parquet(table, Path(out))
+    return table
+
+
+def get_features(entity_df: pd.DataFrame, *, repo_path: str | Path | None = None) -> pd.DataFrame:
+    """``entity_df`` with every feature of the feature service joined as of each row's time.
+
+    ``entity_df`` needs the join keys (``user_id``, ``adgroup_id``) and the timezone-aware
+    timestamp column (``event_timestamp``); other columns are kept as they are. Returns
+    ``len(entity_df)`` rows in its order (index reset), its columns, then the features (types
+    as in ``get_training_data``).
+
+    Raises:
+        FeatureStoreError: a column is missing, a timestamp is naive or null, a join key is
+            null, a feature name is already a column, or there are no rows.
+        SpecError: the spec, the source files and the registry disagree.
+    """
+    repo = _open(repo_path)
+    return _join_features(repo, entity_df)
+
+
+def _join_features(repo: _Repo, entity_df: pd.DataFrame) -> pd.DataFrame:
+    spec, store = repo.spec, repo.store
+    rows = _check_entity_rows(entity_df, spec)
+    keys = [spec.entities[v.entity].join_key for v in spec.feature_views.values()]
+    entity = rows[[*dict.fromkeys(keys), spec.timestamp]].copy()
+    entity[_ROW] = np.arange(len(rows))
+    job = store.get_historical_features(
+        entity_df=entity, features=store.get_feature_service(spec.feature_service)
+    )
+    table = job.to_arrow()
+    if table.num_rows != len(rows):
+        raise FeatureStoreError(
+            f"Feast returned {table.num_rows:,} rows for {len(rows):,} entity rows"
+        )
+    table = table.take(pc.sort_indices(table[_ROW]))
+    if not np.array_equal(table[_ROW].to_numpy(), np.arange(len(rows))):
+        raise FeatureStoreError("Feast returned a different set of entity rows than it was given")
+    features = {
+        f.name: _to_pandas(table[f.name], f.dtype)
+        for view in spec.feature_views
+        for f in spec.view_features(view)
+    }
+    return pd.concat([rows, pd.DataFrame(features)], axis=1, copy=False)
+
+
+def _check_entity_rows(entity_df: Any, spec: FeatureSpec) -> pd.DataFrame:
+    """The entity rows with index ``0..n-1``, after checking what Feast needs."""
+    if not isinstance(entity_df, pd.DataFrame):
+        raise FeatureStoreError(f"entity rows must be a pandas DataFrame, got {type(entity_df)}")
+    if entity_df.empty:
+        raise FeatureStoreError("no entity rows")
+    ts = spec.timestamp
+    if ts not in entity_df.columns:
+        raise FeatureStoreError(
+            f"entity rows have no {ts!r} column (each row's event time, timezone-aware)"
+        )
+    dtype = entity_df[ts].dtype
+    if not isinstance(dtype, pd.DatetimeTZDtype):
+        hint = ""
+        if pd.api.types.is_datetime64_dtype(dtype):
+            hint = " (Feast would take naive times as UTC: use .dt.tz_localize(...) first)"
+        raise FeatureStoreError(f"entity rows' {ts!r} is {dtype}, not timezone-aware{hint}")
+    keys = [e.join_key for e in spec.entities.values()]
+    for column in keys:
+        if column not in entity_df.columns:
+            raise FeatureStoreError(f"entity rows have no {column!r} column (a join key)")
+    for column in [ts, *keys]:
+        if entity_df[column].isna().any():
+            raise FeatureStoreError(f"entity rows' {column!r} has nulls")
+    for view in spec.feature_views:
+        for f in spec.view_features(view):
+            if f.name in entity_df.columns:
+                raise FeatureStoreError(
+                    f"entity rows already have a {f.name!r} column, a feature of view {view!r}"
+                )
+    return entity_df.reset_index(drop=True)
+
+
+def _to_pandas(column: pa.ChunkedArray, dtype: str) -> pd.Series:
+    """A Feast feature column -> pandas: ints as nullable Int64, lists as arrays or None."""
+    if dtype == "int64":
+        return column.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    return column.to_pandas()
+
+
+def _write_parquet(table: pd.DataFrame, out: Path) -> None:
+    """Write ``table`` to ``out`` all at once: a temporary file beside it, then a rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------- serving
+
+
+def materialize(
+    start: datetime | str, end: datetime | str, *, repo_path: str | Path | None = None
+) -> None:
+    """Load into the online store each entity's latest feature version with a timestamp in
+    ``[start, end]``, for every view."""
+    start_utc, end_utc = to_utc(start, "start"), to_utc(end, "end")
+    if start_utc >= end_utc:
+        raise FeatureStoreError(f"start {start_utc} is not before end {end_utc}")
+    _open(repo_path).store.materialize(start_date=start_utc, end_date=end_utc)
+
+
+def materialize_incremental(end: datetime | str, *, repo_path: str | Path | None = None) -> None:
+    """Load into the online store the versions since each view's last materialization (the
+    first time: since now minus the view's TTL), up to ``end``."""
+    _open(repo_path).store.materialize_incremental(end_date=to_utc(end, "end"))
+
+
+def online_features(
+    user_id: int,
+    adgroup_id: int,
+    pid: str | None = None,
+    *,
+    repo_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """The online feature vector of one (user, ad) pair, a model input row::
+
+        {"user_id": 7, "adgroup_id": 9, "pid": "430548_1007", "age_level": 3, ...,
+         "interest_cates": [5111357, 6322706], ..., "price": 56.85}
+
+    Keys in ``spec.columns()`` order (``pid`` only when given); a feature is None when the
+    entity has no materialized version. The online store does not enforce TTLs.
+    """
+    for name, value in (("user_id", user_id), ("adgroup_id", adgroup_id)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise FeatureStoreError(f"{name} must be an integer id, got {value!r}")
+    repo = _open(repo_path, with_sources=False)
+    store = repo.store
+    request: dict[str, Any] = {"user_id": int(user_id), "adgroup_id": int(adgroup_id)}
+    response = store.get_online_features(
+        features=store.get_feature_service(repo.spec.feature_service),
+        entity_rows=[request],
+    ).to_dict()
+    if pid is not None:
+        request["pid"] = pid
+    values = request | {name: column[0] for name, column in response.items()}
+    return {name: values[name] for name in repo.spec.columns() if name in values}
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def _repo_dir(repo_path: str | Path | None) -> Path:
+    repo_dir = Path(repo_path or REPO_DIR).resolve()
+    if not repo_dir.is_dir():
+        raise FeatureStoreError(f"feature repo {repo_dir} is not a folder")
+    return repo_dir
+
+
+def _open(repo_path: str | Path | None, *, with_sources: bool = True) -> _Repo:
+    """Load the repo's spec and store, and check the source files (``with_sources``) and
+    the registry against the spec."""
+    repo_dir = _repo_dir(repo_path)
+    spec = load_spec(repo_dir / SPEC_FILE)
+    if with_sources:
+        check_sources(spec, repo_dir)
+    store = get_store(repo_dir)
+    registry = store.config.registry.path
+    if "://" not in registry:
+        registry = str(repo_dir / registry)
+    views = store.list_feature_views()
+    if not views:
+        raise FeatureStoreError(
+            f"the Feast registry {registry} has no feature views of project "
+            f"{store.project!r}: run `deepfm features apply` first"
+        )
+    deployed = Definitions(
+        entities=tuple(e for e in store.list_entities() if not e.name.startswith("__")),
+        sources=tuple(store.list_data_sources()),
+        feature_views=tuple(views),
+        feature_services=tuple(store.list_feature_services()),
+    )
+    check_definitions(
+        spec,
+        deployed,
+        repo_dir,
+        where=f"the Feast registry {registry}",
+        hint="; run `deepfm features apply` to update the registry",
+    )
+    return _Repo(repo_dir, spec, store)
+
+
+def to_utc(value: datetime | str, name: str) -> pd.Timestamp:
+    """A timezone-aware time (datetime, pandas Timestamp or ISO 8601 string) in UTC;
+    FeatureStoreError naming ``name`` if it is naive or not a time."""
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as e:
+        raise FeatureStoreError(f"{name} {value!r} is not a time: {e}") from None
+    if ts is pd.NaT:
+        raise FeatureStoreError(f"{name} is missing")
+    if ts.tz is None:
+        raise FeatureStoreError(
+            f"{name} {value!s} has no time zone; give one, e.g. 2026-11-01T00:00:00Z"
+        )
+    return ts.tz_convert("UTC")

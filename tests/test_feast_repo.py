@@ -1,0 +1,680 @@
+"""Tests of the Feast feature repo (feature_repo/definitions.py, store.py, cli.py and the
+feature_store profiles): point-in-time retrieval against the sample generator's own as-of
+join, TTLs, materialization and online reads, drift between the spec, the source files and
+the registry, bad input, and Feast's own CLI on the repo.
+
+Every test works on a copy of the repo's Feast files in a temporary folder, with a small
+generated sample as its data, so the checkout's registry and data are never touched.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from feast import FeatureView, Field
+from feast.repo_operations import get_repo_files
+from feast.types import Array, Int64
+
+from feature_repo import definitions, store
+from feature_repo.cli import add_features_parser
+from feature_repo.definitions import SourceError, build, check_definitions
+from feature_repo.sample_data import PIDS, PROFILE_FEATURES, SCHEMAS, generate, point_in_time_join
+from feature_repo.spec import DTYPES, REPO_DIR, SpecError, load_spec
+from feature_repo.store import FeatureStoreError, get_features, get_training_data
+from model.config import load_config
+from model.train import time_split, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 20_000
+START = pd.Timestamp("2026-11-01", tz="UTC")
+END = START + pd.Timedelta(days=8)
+SOURCES = ("impressions", "user_profile", "ad_feature")
+REPO_FILES = (
+    "feature_store.yaml",
+    "feature_store.gcp.yaml",
+    "features.yaml",
+    "definitions.py",
+    "spec.py",
+    ".feastignore",
+)
+PROFILE = list(PROFILE_FEATURES)
+INT_PROFILE = [c for c in PROFILE if c != "interest_cates"]
+AD_INTS = ["cate_id", "campaign_id", "customer_id", "brand"]
+AD = [*AD_INTS, "price"]
+CLEAN_ENV = ("DEEPFM_DATA_DIR", "FEAST_FS_YAML_FILE_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in CLEAN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """The generator's files for 20k impressions over [START, END)."""
+    out = tmp_path_factory.mktemp("sample")
+    generate(ROWS, seed=5, out_dir=out, start=str(START.date()), days=8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, sample) -> Path:
+    """An applied copy of the repo over the sample, shared by tests that only read it."""
+    root = make_repo(tmp_path_factory.mktemp("shared") / "feature_repo", sample)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in CLEAN_ENV:
+            mp.delenv(name, raising=False)
+        store.apply(root)
+    return root
+
+
+def make_repo(root: Path, sample: Path) -> Path:
+    """Copy feature_repo/'s Feast files to ``root`` and the sample's sources to root/data."""
+    (root / "data").mkdir(parents=True)
+    for name in REPO_FILES:
+        shutil.copy(REPO_DIR / name, root / name)
+    for name in SOURCES:
+        shutil.copy(sample / f"{name}.parquet", root / "data")
+    return root
+
+
+def edit_spec(root: Path, change) -> None:
+    raw = yaml.safe_load((root / "features.yaml").read_text())
+    change(raw)
+    (root / "features.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def drop_feature(name: str):
+    def change(raw):
+        raw["features"] = [f for f in raw["features"] if f["name"] != name]
+
+    return change
+
+
+def read(sample: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(sample / f"{name}.parquet")
+
+
+def lists(column: pd.Series) -> list:
+    return [None if v is None else list(v) for v in column]
+
+
+def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Equal columns, dtypes and values, row by row (list cells compared as lists)."""
+    assert list(got.columns) == list(want.columns)
+    assert got.dtypes.to_dict() == want.dtypes.to_dict()
+    pd.testing.assert_frame_equal(
+        got.drop(columns="interest_cates"), want.drop(columns="interest_cates")
+    )
+    assert lists(got["interest_cates"]) == lists(want["interest_cates"])
+
+
+def as_retrieved(flat: pd.DataFrame) -> pd.DataFrame:
+    """The generator's flat table in the types Feast retrieval gives: every integer feature
+    of a view is nullable Int64 (the generator keeps the ad's as int64: it never lacks one)."""
+    return flat.astype({c: "Int64" for c in AD_INTS})
+
+
+# ---------------------------------------------------------------- the definitions
+
+
+def test_feast_reads_only_definitions_py():
+    assert get_repo_files(REPO_DIR) == [REPO_DIR / "definitions.py"]
+
+
+def test_definitions_follow_the_spec():
+    assert (definitions.user.name, definitions.user.join_key) == ("user", "user_id")
+    assert (definitions.adgroup.name, definitions.adgroup.join_key) == ("adgroup", "adgroup_id")
+    fields = {f.name: f.dtype for f in definitions.user_profile.features}
+    assert fields["interest_cates"] == Array(Int64)
+    assert fields["age_level"] == Int64
+    assert definitions.user_profile.ttl == timedelta(days=90)
+    assert definitions.ad_feature.ttl == timedelta(days=180)
+    assert definitions.user_profile.batch_source.timestamp_field == "event_timestamp"
+    assert Path(definitions.impressions.path).is_absolute()
+    served = {p.name for p in definitions.deepfm_ranking.feature_view_projections}
+    assert served == {"user_profile", "ad_feature"}
+
+
+def test_every_spec_dtype_has_a_feast_and_an_arrow_type():
+    assert set(definitions.FEAST_TYPES) == set(definitions.ARROW_TYPES) == set(DTYPES)
+    join_keys = {load_spec().feature(e.join_key).dtype for e in load_spec().entities.values()}
+    assert join_keys <= set(definitions.VALUE_TYPES)
+
+
+def test_a_feast_view_field_missing_from_the_spec_fails():
+    built = build(load_spec(), REPO_DIR)
+    user_profile = built.feature_views[0]
+    widened = FeatureView(
+        name=user_profile.name,
+        entities=[built.entities[0]],
+        ttl=user_profile.ttl,
+        source=user_profile.batch_source,
+        schema=[*user_profile.features, Field(name="income_level", dtype=Int64)],
+    )
+    drifted = dataclasses.replace(built, feature_views=(widened, *built.feature_views[1:]))
+    with pytest.raises(
+        SpecError,
+        match=r"feature 'income_level' is in the Feast view 'user_profile' \(the test\) "
+        "but not in features.yaml",
+    ):
+        check_definitions(load_spec(), drifted, REPO_DIR, where="the test")
+
+
+@pytest.mark.slow  # two subprocesses importing Feast: ~14 s
+def test_feasts_own_cli_applies_the_repo(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+
+    def feast_apply() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("feast")), "-c", str(root), "apply"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    spec_text = (root / "features.yaml").read_text()
+    edit_spec(
+        root,
+        lambda raw: raw["features"].append(
+            {"name": "income_level", "view": "user_profile", "dtype": "int64"}
+        ),
+    )
+    result = feast_apply()
+    assert result.returncode != 0
+    assert "column 'income_level' of source 'user_profile' is not in" in result.stderr
+    assert not (root / "data" / "registry.db").exists()
+
+    (root / "features.yaml").write_text(spec_text)
+    result = feast_apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Created feature service deepfm_ranking" in result.stdout
+    # The registry Feast's CLI wrote agrees with the spec: the library uses it as it is.
+    assert len(get_training_data(START, START + pd.Timedelta(hours=6), repo_path=root)) > 0
+
+
+# ----------------------------------------------------------- point-in-time retrieval
+
+
+def test_training_data_equals_the_generators_as_of_join(repo, sample):
+    table = get_training_data(START, END, repo_path=repo)
+    flat = read(sample, "flat")
+    keys = ["user_id", "adgroup_id", "event_timestamp"]
+    assert flat.duplicated(keys).sum() > 0  # duplicate entity rows are kept, each once
+    assert flat[INT_PROFILE].isna().any().all()  # and rows before any profile
+    assert len(table) == len(flat) == ROWS
+    assert_same_table(table, as_retrieved(flat))
+
+
+def test_each_row_gets_the_version_valid_at_its_time(repo, sample):
+    profiles = read(sample, "user_profile")
+    ad = int(
+        read(sample, "ad_feature")["adgroup_id"].iloc[0]
+    )  # every ad has a version before START
+    versions = profiles.groupby("user_id")
+    changed = profiles[versions["user_id"].transform("size") == 2]
+    first, second = changed.groupby("user_id").nth(0), changed.groupby("user_id").nth(1)
+    late = versions.nth(0)[versions.nth(0)["event_timestamp"] >= START].head(10)
+    second_ts = second.set_index("user_id")["event_timestamp"].head(20)
+    second_s = pd.Timedelta(seconds=1)
+    rows, expected = [], []
+    for user, ts in second_ts.items():
+        old = first[first["user_id"] == user].iloc[0]
+        new = second[second["user_id"] == user].iloc[0]
+        for at, version in ((ts - second_s, old), (ts, new), (ts + second_s, new)):
+            rows.append((user, at))
+            expected.append(version)
+    for _, version in late.iterrows():
+        rows.append((version["user_id"], version["event_timestamp"] - second_s))
+        expected.append(None)
+        rows.append((version["user_id"], version["event_timestamp"]))
+        expected.append(version)
+    entity = pd.DataFrame(rows, columns=["user_id", "event_timestamp"]).assign(adgroup_id=ad)
+
+    got = get_features(entity, repo_path=repo)
+
+    assert len(got) == len(entity)
+    assert got[["user_id", "event_timestamp"]].equals(entity[["user_id", "event_timestamp"]])
+    for (_, row), version in zip(got.iterrows(), expected, strict=True):
+        if version is None:  # before the user's first profile
+            assert row[INT_PROFILE].isna().all() and row["interest_cates"] is None
+        else:
+            assert [row[c] for c in INT_PROFILE] == [version[c] for c in INT_PROFILE]
+            assert list(row["interest_cates"]) == list(version["interest_cates"])
+    differs = first.set_index("user_id")[INT_PROFILE] != second.set_index("user_id")[INT_PROFILE]
+    assert differs.loc[second_ts.index].any(axis=None)  # the versions really differ
+
+
+def test_features_older_than_the_ttl_are_null(tmp_path, sample):
+    """Some users' and ads' versions are moved far back: older than the views' TTLs (90 and
+    180 days) at every impression, so Feast returns nulls where the no-TTL as-of join of
+    the generator still finds them."""
+    root = make_repo(tmp_path / "repo", sample)
+    impressions = read(sample, "impressions")
+    profiles, ads = read(sample, "user_profile"), read(sample, "ad_feature")
+    old_users = impressions["user_id"].drop_duplicates().to_numpy()[:25]
+    old_ads = impressions["adgroup_id"].drop_duplicates().to_numpy()[:10]
+    profiles.loc[profiles["user_id"].isin(old_users), "event_timestamp"] -= pd.Timedelta(days=200)
+    ads.loc[ads["adgroup_id"].isin(old_ads), "event_timestamp"] -= pd.Timedelta(days=300)
+    for name, frame in (("user_profile", profiles), ("ad_feature", ads)):
+        table = pa.Table.from_pandas(frame, schema=SCHEMAS[name], preserve_index=False)
+        pq.write_table(table, root / "data" / f"{name}.parquet")
+    store.apply(root)
+
+    got = get_training_data(START, END, repo_path=root)
+
+    want = as_retrieved(point_in_time_join(impressions, profiles, ads))
+    expired_user = want["user_id"].isin(old_users).to_numpy()
+    expired_ad = want["adgroup_id"].isin(old_ads).to_numpy()
+    assert want.loc[expired_user, INT_PROFILE].notna().all(axis=None)
+    assert expired_user.sum() > 100 and expired_ad.sum() > 100
+    want.loc[expired_user, INT_PROFILE] = pd.NA
+    want.loc[expired_user, "interest_cates"] = None
+    want.loc[expired_ad, AD_INTS] = pd.NA
+    want.loc[expired_ad, "price"] = np.nan
+    assert_same_table(got, want)
+
+
+def test_the_window_is_half_open_in_impression_order(repo, sample):
+    impressions = read(sample, "impressions")
+    start, end = impressions["event_timestamp"].iloc[[5000, 9000]]
+    table = get_training_data(start, end, repo_path=repo)
+    inside = impressions[
+        (impressions["event_timestamp"] >= start) & (impressions["event_timestamp"] < end)
+    ]
+    assert table["event_timestamp"].iloc[0] == start
+    assert table["event_timestamp"].max() < end
+    pd.testing.assert_frame_equal(table[impressions.columns], inside.reset_index(drop=True))
+
+
+def test_out_is_written_whole(repo, tmp_path):
+    out = tmp_path / "day" / "train.parquet"
+    table = get_training_data(START, START + pd.Timedelta(days=1), repo_path=repo, out=out)
+    assert_same_table(pd.read_parquet(out), table)
+    assert [p.name for p in out.parent.iterdir()] == ["train.parquet"]
+
+
+# ------------------------------------------------------------ materialize and online
+
+
+def test_materialize_then_online_reads_the_latest_values(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    store.apply(root)
+    middle = START + pd.Timedelta(days=4)
+    profiles, ads = read(sample, "user_profile"), read(sample, "ad_feature")
+    user = profiles.loc[profiles["event_timestamp"] > middle, "user_id"].iloc[0]
+    ad = ads.loc[ads["event_timestamp"] > middle, "adgroup_id"].iloc[0]
+
+    def latest(until: pd.Timestamp) -> dict:
+        profile = profiles[(profiles["user_id"] == user) & (profiles["event_timestamp"] <= until)]
+        attrs = ads[(ads["adgroup_id"] == ad) & (ads["event_timestamp"] <= until)]
+        p, a = profile.iloc[-1], attrs.iloc[-1]
+        return {
+            "user_id": int(user),
+            "adgroup_id": int(ad),
+            **{c: int(p[c]) for c in INT_PROFILE},
+            "interest_cates": [int(v) for v in p["interest_cates"]],
+            **{c: int(a[c]) for c in AD_INTS},
+            "price": float(a["price"]),
+        }
+
+    store.materialize(START - pd.Timedelta(days=120), middle, repo_path=root)
+    before = store.online_features(int(user), int(ad), PIDS[0], repo_path=root)
+    assert before == {"user_id": int(user), "adgroup_id": int(ad), "pid": PIDS[0]} | latest(middle)
+
+    store.materialize_incremental(END, repo_path=root)
+    after = store.online_features(int(user), int(ad), repo_path=root)
+    assert after == latest(END)
+    assert after != {k: v for k, v in before.items() if k != "pid"}
+
+    unknown = store.online_features(0, int(ad), repo_path=root)  # ids start at 1
+    assert all(unknown[c] is None for c in PROFILE)
+    assert unknown["price"] == after["price"]
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def test_a_spec_feature_missing_from_its_source_fails_apply(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    edit_spec(
+        root,
+        lambda raw: raw["features"].append(
+            {"name": "income_level", "view": "user_profile", "dtype": "int64"}
+        ),
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"^features.yaml: column 'income_level' of source 'user_profile' is not in "
+        r".*/data/user_profile.parquet",
+    ):
+        store.apply(root)
+    assert not (root / "data" / "registry.db").exists()
+
+
+def test_a_registry_out_of_step_with_the_spec_fails_naming_the_feature(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    spec_text = (root / "features.yaml").read_text()
+    edit_spec(root, drop_feature("cms_segid"))
+    store.apply(root)
+    (root / "features.yaml").write_text(spec_text)
+    with pytest.raises(
+        SpecError,
+        match=r"^feature 'cms_segid' of view 'user_profile' in features.yaml is not in the "
+        r"Feast view 'user_profile' \(the Feast registry .*/data/registry.db\); "
+        r"run `deepfm features apply`",
+    ):
+        get_training_data(START, END, repo_path=root)
+
+    store.apply(root)
+    edit_spec(root, drop_feature("cms_segid"))
+    with pytest.raises(
+        SpecError,
+        match=r"^feature 'cms_segid' is in the Feast view 'user_profile' \(the Feast registry",
+    ):
+        store.online_features(1, 2, repo_path=root)
+
+
+def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch):
+    root = make_repo(tmp_path / "repo", sample)
+    store.apply(root)
+    shutil.copytree(root / "data", tmp_path / "elsewhere")
+    monkeypatch.setenv("DEEPFM_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(
+        SpecError,
+        match=r"^source 'impressions' reads .*/repo/data/impressions.parquet in the Feast "
+        r"registry .*, but features.yaml and the data directory give "
+        r".*/elsewhere/impressions.parquet",
+    ):
+        get_training_data(START, END, repo_path=root)
+    store.apply(root)
+    assert len(get_training_data(START, START + pd.Timedelta(hours=1), repo_path=root)) > 0
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("2026-11-01", END, "window_start 2026-11-01 has no time zone"),
+        (START, "2026-11-09T00:00", "window_end 2026-11-09T00:00 has no time zone"),
+        ("next tuesday", END, "window_start 'next tuesday' is not a time"),
+        (END, START, "window_start 2026-11-09 00:00:00\\+00:00 is not before window_end"),
+        (
+            START - pd.Timedelta(days=30),
+            START - pd.Timedelta(days=29),
+            r"no impressions in \[2026-10-02 00:00:00\+00:00, 2026-10-03 00:00:00\+00:00\) "
+            r"in .*impressions.parquet \(its times: 2026-11-01 .* \.\. 2026-11-08 ",
+        ),
+    ],
+)
+def test_a_bad_window_fails_and_writes_nothing(repo, tmp_path, start, end, message):
+    out = tmp_path / "train.parquet"
+    with pytest.raises(FeatureStoreError, match=message):
+        get_training_data(start, end, repo_path=repo, out=out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda df: df.drop(columns="event_timestamp"), "no 'event_timestamp' column"),
+        (
+            lambda df: df.assign(event_timestamp=df["event_timestamp"].dt.tz_localize(None)),
+            r"'event_timestamp' is datetime64\[ns\], not timezone-aware .*tz_localize",
+        ),
+        (
+            lambda df: df.assign(event_timestamp=df["event_timestamp"].astype(str)),
+            "'event_timestamp' is object, not timezone-aware",
+        ),
+        (lambda df: df.drop(columns="adgroup_id"), "no 'adgroup_id' column"),
+        (
+            lambda df: df.assign(user_id=df["user_id"].astype("Int64").where(df.index != 3)),
+            "'user_id' has nulls",
+        ),
+        (lambda df: df.assign(price=1.0), "already have a 'price' column"),
+        (lambda df: df.iloc[:0], "no entity rows"),
+    ],
+)
+def test_bad_entity_rows_fail(repo, sample, change, message):
+    entity = read(sample, "impressions").head(100)
+    with pytest.raises(FeatureStoreError, match=message):
+        get_features(change(entity), repo_path=repo)
+
+
+def test_a_missing_source_file_is_named(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    store.apply(root)
+    (root / "data" / "user_profile.parquet").unlink()
+    out = tmp_path / "train.parquet"
+    message = r"source 'user_profile': .*/repo/data/user_profile.parquet does not exist"
+    with pytest.raises(SourceError, match=message):
+        get_training_data(START, END, repo_path=root, out=out)
+    assert not out.exists()
+    with pytest.raises(SourceError, match=message):
+        store.apply(root)
+
+
+def test_bad_source_files_fail(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    path = root / "data" / "ad_feature.parquet"
+    ads = read(sample, "ad_feature")
+    ads.assign(price=ads["price"].astype(str)).to_parquet(path)
+    with pytest.raises(
+        SpecError, match=r"column 'price' of source 'ad_feature' is float64, but .* holds string"
+    ):
+        store.apply(root)
+    ads.assign(event_timestamp=ads["event_timestamp"].dt.tz_localize(None)).to_parquet(path)
+    with pytest.raises(
+        SourceError,
+        match=r"timestamp field 'event_timestamp' of .*ad_feature.parquet is timestamp\[ns\], "
+        "not a timestamp with a time zone",
+    ):
+        store.apply(root)
+    path.write_text("not parquet")
+    with pytest.raises(SourceError, match="ad_feature.parquet is not a parquet file"):
+        store.apply(root)
+
+
+def test_a_repo_must_be_applied_and_configured(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    with pytest.raises(
+        FeatureStoreError,
+        match=r"registry .*/data/registry.db has no feature views of project 'deepfm': "
+        "run `deepfm features apply` first",
+    ):
+        get_training_data(START, END, repo_path=root)
+    (root / "feature_store.yaml").unlink()
+    with pytest.raises(FeatureStoreError, match=r"Feast config .*/repo/feature_store.yaml"):
+        store.get_store(root)
+    with pytest.raises(FeatureStoreError, match="is not a folder"):
+        store.get_store(tmp_path / "nowhere")
+    with pytest.raises(FeatureStoreError, match="user_id must be an integer id, got '7'"):
+        store.online_features("7", 1, repo_path=root)
+
+
+# ------------------------------------------------------------------ the cloud profile
+
+_STUB = '''class _Stub(type):
+    """Any attribute is another stub class: enough for Feast's store modules to import."""
+
+    def __getattr__(cls, name):
+        return _Stub(name, (), {})
+
+
+def __getattr__(name):
+    return _Stub(name, (), {})
+'''
+_STUB_MODULES = (
+    "google/cloud/bigquery/__init__.py",
+    "google/cloud/bigquery/_pyarrow_helpers.py",
+    "redis/__init__.py",
+    "redis/asyncio.py",
+    "redis/cluster.py",
+    "redis/sentinel.py",
+)
+_LOAD_PROFILES = """
+import json, sys
+from pathlib import Path
+sys.path.append(sys.argv[1])  # stubs last: an installed google-cloud-bigquery or redis wins
+from feast.repo_config import load_repo_config
+for profile in sys.argv[3:]:
+    try:
+        config = load_repo_config(Path(sys.argv[2]), Path(profile))
+    except Exception as e:
+        print(json.dumps({"error": str(e)}))
+        continue
+    print(json.dumps({
+        "project": config.project, "provider": config.provider,
+        "registry": config.registry.path,
+        "offline": [type(config.offline_store).__name__, config.offline_store.project_id],
+        "online": [type(config.online_store).__name__, config.online_store.connection_string],
+        "entity_key_serialization_version": config.entity_key_serialization_version,
+    }))
+"""
+
+
+def test_the_cloud_profile_is_a_valid_feast_config(tmp_path):
+    """Loads feature_store.gcp.yaml through Feast's RepoConfig (pydantic: unknown keys are
+    errors), without network. Where the store clients (google-cloud-bigquery, redis) are
+    not installed, stub modules let Feast import its config classes."""
+    for module in _STUB_MODULES:
+        (tmp_path / "stubs" / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "stubs" / module).write_text(_STUB)
+    profile = REPO_DIR / "feature_store.gcp.yaml"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(profile.read_text().replace("dataset:", "datset:"))
+    env = os.environ | {
+        "DEEPFM_GCP_PROJECT": "my-project",
+        "DEEPFM_GCS_BUCKET": "my-bucket",
+        "DEEPFM_REDIS_ADDRESS": "10.0.0.3:6379",
+    }
+    argv = [sys.executable, "-c", _LOAD_PROFILES, str(tmp_path / "stubs"), str(REPO_DIR)]
+    result = subprocess.run(
+        [*argv, str(profile), str(typo)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    loaded, broken = (json.loads(line) for line in result.stdout.splitlines())
+    assert loaded == {
+        "project": "deepfm",
+        "provider": "gcp",
+        "registry": "gs://my-bucket/feast/registry.db",
+        "offline": ["BigQueryOfflineStoreConfig", "my-project"],
+        "online": ["RedisOnlineStoreConfig", "10.0.0.3:6379"],
+        "entity_key_serialization_version": 3,
+    }
+    assert "datset" in broken["error"]
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def run_cli(*argv: str) -> None:
+    parser = argparse.ArgumentParser(prog="deepfm")
+    add_features_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["features", *argv])
+    args.func(args)
+
+
+def test_the_features_commands(tmp_path, sample, capsys):
+    root = make_repo(tmp_path / "repo", sample)
+    repo_flag = ["--repo", str(root)]
+    run_cli("apply", *repo_flag)
+    capsys.readouterr()  # Feast's report of what it applied
+    out = tmp_path / "train.parquet"
+    window = ["--start", "2026-11-01T00:00Z", "--end", "2026-11-02T00:00+00:00"]
+    run_cli("training-data", *repo_flag, *window, "--out", str(out))
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == len(pd.read_parquet(out)) > 0
+    assert summary["columns"] == load_spec().columns()
+
+    run_cli("materialize", *repo_flag, "--start", "2026-07-01T00:00Z", "--end", "2026-11-05T00:00Z")
+    run_cli("materialize", *repo_flag, "--incremental", "--end", "2026-11-09T00:00Z")
+    capsys.readouterr()
+    first = read(sample, "impressions").iloc[0]
+    user, ad = str(first["user_id"]), str(first["adgroup_id"])
+    run_cli("online", *repo_flag, "--user-id", user, "--adgroup-id", ad, "--pid", PIDS[1])
+    vector = json.loads(capsys.readouterr().out)
+    assert list(vector) == [c for c in load_spec().columns() if c not in ("event_timestamp", "clk")]
+    assert vector["pid"] == PIDS[1] and vector["price"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["training-data", "--start", "2026-11-01", "--end", "2026-11-02Z", "--out", "x"],
+            "--start 2026-11-01 has no time zone",
+        ),
+        (["materialize", "--end", "2026-11-02T00:00Z"], "--start: required unless --incremental"),
+        (
+            ["materialize", "--incremental", "--start", "2026-11-01T00:00Z"],
+            "--start: not allowed with --incremental",
+        ),
+        (
+            ["online", "--user-id", "1", "--adgroup-id", "2", "--repo", "/no/such/repo"],
+            "feature repo /no/such/repo is not a folder",
+        ),
+    ],
+)
+def test_bad_command_input_raises_a_value_error(argv, message):
+    with pytest.raises(ValueError, match=message):
+        run_cli(*argv)
+
+
+# -------------------------------------------------------------------------- the model
+
+
+def test_a_model_trained_on_feast_data_matches_the_flat_table(repo, sample):
+    """Same config, seed and rows: DeepFM reaches the same eval AUC on Feast's training
+    table as on the generator's flat table."""
+    cfg = load_config(
+        ROOT / "configs" / "deepfm.yaml",
+        overrides={
+            "model.deep.hidden_units": [32, 16],
+            "train.batch_size": 512,
+            "train.num_threads": 1,
+        },
+    )
+    threads = torch.get_num_threads()
+    try:
+        aucs = []
+        for table in (get_training_data(START, END, repo_path=repo), read(sample, "flat")):
+            train_df, eval_df = time_split(table, "event_timestamp", 0.2)
+            aucs.append(train(cfg, train_df, eval_df, progress=False).metrics["auc"])
+    finally:
+        torch.set_num_threads(threads)
+    assert aucs[0] > 0.6
+    assert abs(aucs[0] - aucs[1]) < 0.005
+
+
+@pytest.mark.slow
+def test_a_million_impressions_take_seconds(tmp_path):
+    root = tmp_path / "repo"
+    generate(1_000_000, seed=0, out_dir=tmp_path / "sample")
+    make_repo(root, tmp_path / "sample")
+    store.apply(root)
+    t0 = time.perf_counter()
+    table = get_training_data(START, END, repo_path=root, out=tmp_path / "train.parquet")
+    elapsed = time.perf_counter() - t0
+    assert len(table) == 1_000_000
+    assert elapsed < 30, f"{elapsed:.1f}s"

@@ -1,0 +1,363 @@
+"""Tests of the one feature spec (feature_repo/features.yaml, feature_repo/spec.py): what it
+says, the model config it yields, its validation errors, and its fit to the sample data."""
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from feature_repo import spec as spec_module
+from feature_repo.sample_data import SCHEMAS, generate
+from feature_repo.spec import GROUPS, REPO_DIR, SpecError, data_dir, load_spec
+from model.config import ConfigError, FeatureConfig, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG = ROOT / "configs" / "deepfm.yaml"
+SPEC = load_spec()
+RAW = yaml.safe_load((REPO_DIR / "features.yaml").read_text())
+
+
+def test_default_spec_is_the_file_beside_spec_py():
+    assert SPEC.path == REPO_DIR / "features.yaml"
+    assert load_spec(REPO_DIR / "features.yaml") == SPEC
+
+
+def test_columns_are_the_sample_generators_flat_table():
+    assert SPEC.columns() == SCHEMAS["flat"].names
+    assert SPEC.timestamp == "event_timestamp"
+    assert SPEC.label.name == "clk"
+
+
+def test_sources_hold_the_columns_of_the_generators_files():
+    for name, source in SPEC.sources.items():
+        columns = [source.timestamp_field, *SPEC.source_columns(name)]
+        assert sorted(columns) == sorted(SCHEMAS[name].names), name
+
+
+def test_views_entities_and_ttls():
+    assert [f.name for f in SPEC.view_features("user_profile")] == [
+        "age_level",
+        "gender",
+        "shopping_level",
+        "occupation",
+        "city_level",
+        "cms_segid",
+        "interest_cates",
+    ]
+    assert [f.name for f in SPEC.view_features("ad_feature")] == [
+        "cate_id",
+        "campaign_id",
+        "customer_id",
+        "brand",
+        "price",
+    ]
+    assert {name: e.join_key for name, e in SPEC.entities.items()} == {
+        "user": "user_id",
+        "adgroup": "adgroup_id",
+    }
+    entity = {f.name: f.entity for f in SPEC.features}
+    assert entity["user_id"] == entity["age_level"] == "user"
+    assert entity["adgroup_id"] == entity["price"] == "adgroup"
+    assert entity["pid"] is None
+    assert SPEC.feature_views["user_profile"].ttl == timedelta(days=90)
+    assert SPEC.feature_views["ad_feature"].ttl == timedelta(days=180)
+    assert SPEC.feature("interest_cates").dtype == "list<int64>"
+    assert SPEC.feature("gender").valid.values == (1, 2)
+    assert SPEC.feature("price").valid == spec_module.Valid(min=0)
+    with pytest.raises(SpecError, match="unknown feature view 'users'"):
+        SPEC.view_features("users")
+
+
+def test_configs_deepfm_yaml_derives_its_features_from_the_spec():
+    raw = yaml.safe_load(MODEL_CONFIG.read_text())
+    assert "features" not in raw and "feature_groups" not in raw  # no second list
+    cfg = load_config(MODEL_CONFIG)
+    section = SPEC.model_section()
+    assert [f.name for f in cfg.features] == [f["name"] for f in section["features"]]
+    assert cfg.feature_groups.wide == section["feature_groups"]["wide"]
+    assert cfg.feature_groups.fm == section["feature_groups"]["fm"]
+    assert cfg.feature_groups.deep == section["feature_groups"]["deep"]
+    assert (
+        cfg.feature("price_bucket").boundaries
+        == SPEC.feature("price").model_features[0].encoding["boundaries"]
+    )
+    assert (cfg.data.label, cfg.data.timestamp) == (section["label"], section["timestamp"])
+    price = [m.name for m in SPEC.feature("price").model_features]
+    assert price == ["price_bucket", "log_price"]
+
+
+def test_a_config_cannot_both_derive_and_list_features(tmp_path):
+    raw = yaml.safe_load(MODEL_CONFIG.read_text())
+    raw["feature_spec"] = str(spec_module.REPO_DIR / "features.yaml")
+    raw["features"] = SPEC.model_section()["features"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="features: comes from feature_spec"):
+        load_config(path)
+
+
+def test_model_section_is_a_valid_model_config():
+    config = yaml.safe_load(MODEL_CONFIG.read_text())
+    config.pop("feature_spec")
+    section = SPEC.model_section()
+    config.update(features=section["features"], feature_groups=section["feature_groups"])
+    cfg = config_from_dict(config)
+    assert [f.name for f in cfg.features] == [m.name for m in SPEC.model_features()]
+
+
+def test_encoding_keys_are_feature_config_fields():
+    fields = {f.name for f in dataclasses.fields(FeatureConfig)}
+    assert set(spec_module.ENCODING_KEYS) <= fields
+    assert fields - set(spec_module.ENCODING_KEYS) == {"name", "column"}
+
+
+def _hand_written():
+    """A model config that lists its features by hand, as the spec would derive them."""
+    return copy.deepcopy(SPEC.model_section())
+
+
+def test_check_model_config_accepts_the_derived_section():
+    config = _hand_written()
+    SPEC.check_model_config(config["features"], config["feature_groups"], "configs/deepfm.yaml")
+
+
+def _add_feature(config):
+    config["features"].append({"name": "hour", "type": "id", "num_buckets": 24})
+
+
+def _drop_log_price(config):
+    config["features"] = [f for f in config["features"] if f["name"] != "log_price"]
+    config["feature_groups"]["deep"].remove("log_price")
+
+
+def _narrow_user_id(config):
+    config["features"][0]["embedding_dim"] = 8
+
+
+def _drop_from_fm(config):
+    config["feature_groups"]["fm"].remove("interest_cates")
+
+
+def _reorder_wide(config):
+    wide = config["feature_groups"]["wide"]
+    wide[0], wide[1] = wide[1], wide[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_add_feature, "feature 'hour' is not in features.yaml"),
+        (_drop_log_price, "feature 'log_price' of features.yaml is missing"),
+        (_narrow_user_id, "feature 'user_id'.embedding_dim is 8, features.yaml says 16"),
+        (_drop_from_fm, "feature 'interest_cates' is missing from feature_groups.fm"),
+        (_reorder_wide, "feature_groups.wide is ordered"),
+    ],
+)
+def test_check_model_config_names_the_drifted_feature(change, message):
+    config = _hand_written()
+    change(config)
+    with pytest.raises(SpecError, match=f"^configs/deepfm.yaml: {message}"):
+        SPEC.check_model_config(config["features"], config["feature_groups"], "configs/deepfm.yaml")
+
+
+def test_spec_module_does_not_import_feast():
+    code = (
+        "import sys, feature_repo.spec as s; s.load_spec().model_section(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('feast', 'pandas')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_data_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("DEEPFM_DATA_DIR", raising=False)
+    assert data_dir() == REPO_DIR / "data"
+    assert data_dir(tmp_path) == tmp_path.resolve() / "data"
+    assert SPEC.source_path("user_profile", tmp_path) == tmp_path / "data" / "user_profile.parquet"
+    monkeypatch.setenv("DEEPFM_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert data_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv("DEEPFM_DATA_DIR", "../shared")  # relative to the repo, not the cwd
+    assert data_dir(tmp_path / "repo") == tmp_path / "shared"
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _set(path: str, value):
+    """A change to the raw spec: set the value at a dotted path (``features.3.dtype``)."""
+
+    def change(raw):
+        *parents, leaf = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
+
+    return change
+
+
+def _delete(path: str):
+    def change(raw):
+        *parents, leaf = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        del node[leaf]
+
+    return change
+
+
+def _duplicate_feature(raw):
+    raw["features"].append(copy.deepcopy(raw["features"][3]))
+
+
+def _view_and_source(raw):
+    raw["features"][3]["source"] = "impressions"
+
+
+def _feature_from_a_view_source(raw):
+    del raw["features"][3]["view"]
+    raw["features"][3]["source"] = "user_profile"
+
+
+def _unused_source(raw):
+    raw["sources"]["clicks"] = {"path": "clicks.parquet", "timestamp_field": "event_timestamp"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("owner", "ads-team"), "owner: unknown key"),
+        (_delete("label"), "label: required key is missing"),
+        (_set("features.3.kind", "x"), r"features\[3\] \(age_level\).kind: unknown key"),
+        (
+            _set("features.3.view", "user_profil"),
+            r"features\[3\] \(age_level\).view: unknown feature view 'user_profil' "
+            r"\(known: user_profile, ad_feature\)",
+        ),
+        (
+            _set("feature_views.user_profile.entity", "shopper"),
+            "feature_views.user_profile.entity: unknown entity 'shopper'",
+        ),
+        (
+            _set("feature_views.user_profile.source", "users"),
+            "feature_views.user_profile.source: unknown source 'users'",
+        ),
+        (
+            _set("feature_views.ad_feature.ttl_days", 0),
+            "feature_views.ad_feature.ttl_days: expected a whole number of days > 0",
+        ),
+        (
+            _set("features.3.dtype", "int"),
+            r"features\[3\] \(age_level\).dtype: unknown dtype 'int'",
+        ),
+        (_duplicate_feature, r"features\[15\]: duplicate column name 'age_level'"),
+        (
+            _set("features.14.model_features.1.name", "price_bucket"),
+            r"model_features\[1\].name: duplicate model feature name 'price_bucket'",
+        ),
+        (_view_and_source, r"\(age_level\): give exactly one of source"),
+        (_feature_from_a_view_source, r"\(age_level\).source: must be the entity rows"),
+        (
+            _set("features.3.model_features.0.groups", ["wide", "dense"]),
+            r"groups\[1\]: unknown group 'dense'",
+        ),
+        (
+            _set("features.3.model_features.0.vocabulary", {"min_count": 1}),
+            r"model_features\[0\].vocabulary: unknown key",
+        ),
+        (
+            _set("features.9.model_features.0.type", "id"),
+            r"\(interest_cates\).model_features\[0\].type: type id needs dtype int64 or "
+            r"string, the column is list<int64>",
+        ),
+        (_set("features.3.valid", {"min": 6, "max": 0}), "min 6 is greater than max 0"),
+        (
+            _set("features.2.valid", {"values": [430548_1007]}),
+            r"\(pid\).valid.values\[0\]: 4305481007 is not a string value",
+        ),
+        (
+            _set("features.4.valid", {"values": [1, 2], "min": 1}),
+            r"\(gender\).valid: give min and/or max, or values",
+        ),
+        (
+            _set("entities.user.join_key", "uid"),
+            "entities.user.join_key: 'uid' must be a feature with source 'impressions'",
+        ),
+        (_unused_source, r"sources.clicks: read by 0 feature views"),
+        (_set("entity_rows", "clicks"), "entity_rows: unknown source 'clicks'"),
+    ],
+)
+def test_a_wrong_spec_fails_naming_the_key(tmp_path, change, message):
+    raw = copy.deepcopy(RAW)
+    change(raw)
+    path = tmp_path / "features.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SpecError, match=f"^features.yaml: .*{message}"):
+        load_spec(path)
+
+
+def test_a_missing_or_broken_file_fails(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "features.yaml")
+    (tmp_path / "features.yaml").write_text("features: [unclosed\n")
+    with pytest.raises(SpecError, match="is not valid YAML"):
+        load_spec(tmp_path / "features.yaml")
+    (tmp_path / "features.yaml").write_text("- a list\n")
+    with pytest.raises(SpecError, match="the top level: expected a mapping"):
+        load_spec(tmp_path / "features.yaml")
+
+
+# ---------------------------------------------------------------------- sample data
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    paths = generate(20_000, seed=1, out_dir=tmp_path_factory.mktemp("sample"))
+    return {name: pd.read_parquet(path) for name, path in paths.items()}
+
+
+def test_sample_data_is_valid_under_the_spec(sample):
+    for feature in [*SPEC.features, SPEC.label]:
+        column = sample[feature.source][feature.name]
+        assert feature.nullable or column.notna().all(), feature.name
+        if feature.dtype.startswith("list<"):
+            column = column.explode().astype("int64")
+        valid = feature.valid
+        if valid is None:
+            continue
+        if valid.values is not None:
+            assert set(column) <= set(valid.values), feature.name
+        if valid.min is not None:
+            assert column.min() >= valid.min, feature.name
+        if valid.max is not None:
+            assert column.max() <= valid.max, feature.name
+
+
+def test_view_ttls_cover_the_sample_data(sample):
+    """Every impression's valid version is younger than the view's TTL, so the TTLs turn no
+    sample feature into a null."""
+    impressions = sample["impressions"].sort_values("event_timestamp")
+    for name, view in SPEC.feature_views.items():
+        key = SPEC.entities[view.entity].join_key
+        versions = sample[view.source][[key, "event_timestamp"]].sort_values("event_timestamp")
+        versions["version_time"] = versions["event_timestamp"]
+        joined = pd.merge_asof(impressions, versions, on="event_timestamp", by=key)
+        age = (joined["event_timestamp"] - joined["version_time"]).max()
+        assert age < view.ttl, (name, age)
+
+
+def test_groups_are_the_deepfm_groups():
+    assert GROUPS == ("wide", "fm", "deep")
+    assert set(SPEC.model_section()["feature_groups"]) == set(GROUPS)
