@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/deepfm data generate --rows $(ROWS) --seed 0 --out data/sample
-	$(BIN)/deepfm train --config configs/deepfm.yaml --data data/sample/flat.parquet \
-		--model-dir artifacts/model
+	$(BIN)/deepfm data generate --rows $(ROWS) --seed 0 --out feature_repo/data
+	$(BIN)/deepfm features apply
+	$(BIN)/deepfm features materialize --incremental
+	$(BIN)/deepfm pipeline run-local
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

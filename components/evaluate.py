@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components import BASE_IMAGE
+from components import component
 
 ROC_POINTS = 200  # points of the ROC curve kept for the Kubeflow UI
 CALIBRATION_BINS = 10
@@ -242,7 +241,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child{{
 """
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def evaluate(
     model: Input[Model],
     eval_data: Input[Dataset],

@@ -6,10 +6,9 @@ impressions, so the model is judged on data newer than any it trained on).
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components import BASE_IMAGE
+from components import component
 
 
 def resolve_window(window_end: str, window_days: float) -> tuple[datetime, datetime]:
@@ -60,7 +59,7 @@ def retrieve_features(
     }
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def features(
     feature_repo: str,
     window_end: str,

@@ -5,13 +5,12 @@ Both write TFX's PushedModel facts on their ``pushed_model`` artifact's metadata
 ``pushed`` (1 or 0), and ``version`` and ``uri`` or the ``reason``.
 """
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
-from components import BASE_IMAGE
+from components import component
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def push(
     model: Input[Model],
     destination: str,
@@ -34,7 +33,7 @@ def push(
     return pointer["uri"]
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def record_not_pushed(
     auc: float,
     baseline_auc: float,

@@ -1,16 +1,15 @@
 """Step 3, train: DeepFM from the model library -> a self-contained model directory.
 
 ``train_model`` is the plain function (unit-tested without Kubeflow); ``train`` is its
-``@dsl.component`` face. On a GPU node (the pipeline can request one at compile time) the
+``@component`` face. On a GPU node (the pipeline can request one at compile time) the
 ``auto`` device trains on the GPU.
 """
 
 from pathlib import Path
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components import BASE_IMAGE
+from components import component
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +68,7 @@ def train_model(
     return {**summary, "history": result.history}
 
 
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+@component
 def train(
     train_data: Input[Dataset],
     eval_data: Input[Dataset],

@@ -156,6 +156,76 @@ def cmd_predict(args: argparse.Namespace) -> None:
         out.to_csv(sys.stdout, index=False)
 
 
+def _parse_toleration(text: str):
+    from pipelines.pipeline import Toleration
+
+    # KEY[=VALUE]:EFFECT, as kubectl taint prints it; KEY alone tolerates any value/effect
+    key_value, _, effect = text.partition(":")
+    key, eq, value = key_value.partition("=")
+    if not key:
+        raise UsageError(f"--toleration {text!r}: expected KEY[=VALUE][:EFFECT]")
+    return Toleration(
+        key=key, operator="Equal" if eq else "Exists", value=value or None, effect=effect or None
+    )
+
+
+def _pipeline_options(args: argparse.Namespace):
+    from pipelines.pipeline import PipelineOptions
+
+    node_selector = {}
+    for item in args.node_selector:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--node-selector {item!r}: expected KEY=VALUE")
+        node_selector[key] = value
+    if args.gpus < 0:
+        raise UsageError(f"--gpus must be >= 0, got {args.gpus}")
+    return PipelineOptions(
+        image=args.image,
+        gpus=args.gpus,
+        accelerator_type=args.accelerator_type,
+        train_cpu=args.train_cpu,
+        train_memory=args.train_memory,
+        node_selector=node_selector,
+        tolerations=[_parse_toleration(t) for t in args.toleration],
+        push_destination=args.push_destination,
+        feature_repo=args.feature_repo,
+    )
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> None:
+    from pipelines.pipeline import compile_pipeline
+
+    path = compile_pipeline(args.output, _pipeline_options(args))
+    print(f"compiled the pipeline to {path}")
+
+
+def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
+    from pipelines.kfp_client import parse_params
+    from pipelines.local_run import run_local
+
+    params = parse_params(args.param)
+    summary = run_local(
+        params,
+        pipeline_root=args.pipeline_root,
+        feature_repo=args.feature_repo,
+        push_destination=args.push_destination,
+    )
+    current = summary["current_model"]
+    lines = [
+        f"run folder:        {summary['run_dir']}",
+        f"eval AUC:          {summary['auc']:.4f}"
+        + (f" (blessed model: {summary['baseline_auc']:.4f})" if summary["baseline_auc"] else ""),
+        f"gate:              {'BLESSED' if summary['blessed'] else 'NOT BLESSED'}"
+        f" -> {'pushed' if summary['pushed'] else 'not pushed'}",
+        f"evaluation report: {summary['report']}",
+        f"validation report: {summary['validation_report']}",
+        "current model:     "
+        + (f"{current['uri']} (version {current['version']})" if current else "none"),
+    ]
+    print("\n".join(lines))
+
+
 # ------------------------------------------------------------------------ parser
 
 
@@ -212,7 +282,63 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="parquet file for the scores (default: CSV on stdout)")
     pr.add_argument("--keep", help="comma-separated input columns to copy into the output")
     pr.set_defaults(func=cmd_predict)
+    from feature_repo.cli import add_features_parser
+
+    add_features_parser(sub)
+    _add_pipeline_parser(sub)
     return parser
+
+
+def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    from pipelines.kfp_client import DEFAULT_PACKAGE, add_pipeline_client_commands
+    from pipelines.local_run import DEFAULT_FEATURE_REPO, DEFAULT_PIPELINE_ROOT, DEFAULT_REGISTRY
+    from pipelines.pipeline import DEFAULT_DESTINATION, PipelineOptions
+
+    pipeline = sub.add_parser(
+        "pipeline", help="compile, run locally, upload, run or schedule the Kubeflow pipeline"
+    ).add_subparsers(dest="pipeline_command", required=True)
+    defaults = PipelineOptions()
+    comp = pipeline.add_parser("compile", help="write the pipeline spec (YAML)")
+    comp.add_argument("-o", "--output", default=DEFAULT_PACKAGE, help="spec file to write")
+    comp.add_argument("--image", default=defaults.image, help="the component image")
+    comp.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
+    comp.add_argument("--accelerator-type", default=defaults.accelerator_type)
+    comp.add_argument("--train-cpu", default=defaults.train_cpu, help="CPU request of train")
+    comp.add_argument("--train-memory", default=defaults.train_memory)
+    comp.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="node label the train step must run on (repeatable)",
+    )
+    comp.add_argument(
+        "--toleration",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="taint the train step tolerates (repeatable), e.g. nvidia.com/gpu:NoSchedule",
+    )
+    comp.add_argument(
+        "--push-destination",
+        default=DEFAULT_DESTINATION,
+        help="default push_destination parameter (gs://bucket/prefix)",
+    )
+    comp.add_argument(
+        "--feature-repo",
+        default=defaults.feature_repo,
+        help="default feature_repo parameter (the repo's path in the image)",
+    )
+    comp.set_defaults(func=cmd_pipeline_compile)
+
+    loc = pipeline.add_parser("run-local", help="run the whole pipeline here with kfp.local")
+    loc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    loc.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT))
+    loc.add_argument("--feature-repo", default=str(DEFAULT_FEATURE_REPO))
+    loc.add_argument("--push-destination", default=str(DEFAULT_REGISTRY))
+    loc.set_defaults(func=cmd_pipeline_run_local)
+
+    add_pipeline_client_commands(pipeline)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:
+    except (FloatingPointError, RuntimeError) as e:  # incl. KfpApiError, a failed run
         print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

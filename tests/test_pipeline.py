@@ -1,0 +1,182 @@
+"""The compiled pipeline spec: steps, order, the gate, resources, image, no secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import yaml
+from kfp import components
+
+from pipelines.cli import main
+from pipelines.pipeline import PipelineOptions, Toleration, compile_pipeline
+
+STEPS = ["validate", "features", "train", "evaluate"]
+
+
+def _compile(tmp_path, **options):
+    path = tmp_path / "p.yaml"
+    compile_pipeline(str(path), PipelineOptions(**options))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return path, docs
+
+
+def _all_tasks(dag: dict, spec: dict, prefix: str = "") -> dict:
+    """task name -> (task spec, path of condition groups above it)."""
+    out = {}
+    for name, task in dag["tasks"].items():
+        comp = spec["components"][task["componentRef"]["name"]]
+        if "dag" in comp:
+            out.update(_all_tasks(comp["dag"], spec, prefix + name + "/"))
+        out[name] = (task, prefix)
+    return out
+
+
+def test_five_steps_in_order_with_push_under_the_blessed_condition(tmp_path):
+    _, docs = _compile(tmp_path)
+    spec = docs[0]
+    assert spec["pipelineInfo"]["name"] == "deepfm-ctr"
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    for name in [*STEPS, "require-valid-data", "push", "record-not-pushed"]:
+        assert name in tasks, sorted(tasks)
+    deps = {n: set(t.get("dependentTasks", [])) for n, (t, _) in tasks.items()}
+    # validation succeeds as a step (so its report is kept) and the next step stops the
+    # run on invalid data: features waits for it
+    assert deps["require-valid-data"] == {"validate"}
+    assert deps["features"] == {"require-valid-data"}
+    assert deps["train"] == {"features"}
+    assert deps["evaluate"] == {"train", "features"}
+    # push runs only inside the branch whose condition is evaluate's blessed output
+    push_task, push_path = tasks["push"]
+    not_pushed_task, not_pushed_path = tasks["record-not-pushed"]
+    assert push_path and not_pushed_path and push_path != not_pushed_path
+    branch = push_path.rstrip("/").split("/")[-1]
+    condition = tasks[branch][0]["triggerPolicy"]["condition"]
+    assert "pipelinechannel--evaluate-blessed" in condition and "== true" in condition
+    else_branch = not_pushed_path.rstrip("/").split("/")[-1]
+    else_condition = tasks[else_branch][0]["triggerPolicy"]["condition"]
+    assert else_condition.startswith("!(") and "evaluate-blessed" in else_condition
+    # the model pushed is the one trained (passed into the condition's sub-DAG)
+    model_input = push_task["inputs"]["artifacts"]["model"]
+    assert model_input == {"componentInputArtifact": "pipelinechannel--train-model"}
+
+
+def test_parameters_have_defaults_for_a_run_from_the_ui(tmp_path):
+    _, docs = _compile(tmp_path, push_destination="gs://bucket/models/deepfm")
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    expected = {
+        "feature_repo",
+        "window_end",
+        "window_days",
+        "eval_fraction",
+        "model_config",
+        "min_auc",
+        "max_auc_drop",
+        "push_destination",
+        "model_version",
+        "epochs",
+        "batch_size",
+    }
+    assert set(params) == expected
+    assert all("defaultValue" in p or p.get("isOptional") for p in params.values())
+    assert params["push_destination"]["defaultValue"] == "gs://bucket/models/deepfm"
+    assert params["min_auc"]["defaultValue"] == pytest.approx(0.70)
+    assert params["window_end"]["defaultValue"] == ""  # = now: the latest window_days
+
+
+def test_every_step_uses_the_given_image_and_installs_nothing(tmp_path):
+    path, docs = _compile(tmp_path, image="registry.example/deepfm:1.2.3")
+    executors = docs[0]["deploymentSpec"]["executors"]
+    assert len(executors) == 7
+    for name, ex in executors.items():
+        container = ex["container"]
+        assert container["image"] == "registry.example/deepfm:1.2.3", name
+        assert "pip install" not in " ".join(container["command"]), name
+    assert components.load_component_from_file(str(path)).name == "deepfm-ctr"
+
+
+def test_gpus_node_selector_and_tolerations_on_the_train_step(tmp_path):
+    _, docs = _compile(
+        tmp_path,
+        gpus=2,
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        tolerations=[Toleration(key="nvidia.com/gpu", effect="NoSchedule")],
+    )
+    executors = docs[0]["deploymentSpec"]["executors"]
+    accel = executors["exec-train"]["container"]["resources"]["accelerator"]
+    assert accel["resourceType"] == "nvidia.com/gpu"
+    assert int(accel["resourceCount"]) == 2
+    for name, ex in executors.items():
+        if name != "exec-train":
+            assert "accelerator" not in ex["container"].get("resources", {}), name
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert platform["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert platform["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+def test_no_gpu_by_default(tmp_path):
+    _, docs = _compile(tmp_path)
+    train = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert "accelerator" not in train.get("resources", {})
+    assert len(docs) == 1  # no platform document without node selectors or tolerations
+
+
+def test_no_secret_values_in_the_compiled_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("KFP_EXISTING_TOKEN", "tok-" + "s3cr3t-value-123")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/home/me/key.json")
+    path, _ = _compile(tmp_path, gpus=1)
+    text = path.read_text()
+    assert "s3cr3t-value-123" not in text
+    assert "key.json" not in text
+    for pattern in [r"PRIVATE KEY", r"private_key", r"password", r"secretKeyRef", r"token:"]:
+        assert not re.search(pattern, text, re.IGNORECASE), pattern
+    for name, value in os.environ.items():
+        if any(k in name for k in ("TOKEN", "SECRET", "PASSWORD")) and len(value) > 8:
+            assert value not in text, name
+
+
+def test_cli_compile_with_gpu_options(tmp_path, capsys):
+    out = tmp_path / "deepfm_pipeline.yaml"
+    code = main(
+        [
+            "pipeline",
+            "compile",
+            "-o",
+            str(out),
+            "--image",
+            "img:1",
+            "--gpus",
+            "1",
+            "--node-selector",
+            "pool=gpu",
+            "--toleration",
+            "nvidia.com/gpu:NoSchedule",
+            "--toleration",
+            "dedicated=ml:NoExecute",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    docs = list(yaml.safe_load_all(out.read_text()))
+    tolerations = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"][
+        "tolerations"
+    ]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"} in (
+        tolerations
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--node-selector", "nolabel"], "--node-selector"),
+        (["--toleration", ":NoSchedule"], "--toleration"),
+        (["--gpus", "-1"], "--gpus"),
+    ],
+)
+def test_cli_compile_rejects_bad_options(tmp_path, capsys, args, message):
+    code = main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,361 @@
+"""Tests of step 1, validate (components/validate.py): the clean sample passes, each kind of
+bad raw data it claims to catch fails with a message naming the source, the column and the
+expectation, the suites follow the feature spec, and the report is written either way."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from kfp.dsl import HTML, Metrics
+
+from components.validate import (
+    DataValidationError,
+    build_suites,
+    read_sources,
+    require_valid_data,
+    validate,
+    validate_frames,
+    validate_sources,
+    validate_window,
+)
+from feature_repo.sample_data import generate
+from feature_repo.spec import DATA_DIR_ENV, REPO_DIR, SPEC_FILE, load_spec
+
+START, END = "2026-11-01T00:00:00Z", "2026-11-09T00:00:00Z"  # the sample's 8-day window
+SOURCES = ("impressions", "user_profile", "ad_feature")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """The sample data set, generated once: every impression is in [START, END)."""
+    out = tmp_path_factory.mktemp("sample")
+    generate(5_000, seed=0, out_dir=out, start="2026-11-01", days=8)
+    return out
+
+
+@pytest.fixture
+def repo(sample, tmp_path, monkeypatch) -> Path:
+    """A feature repo of this test's own: the spec and a copy of the sample sources."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    shutil.copy(REPO_DIR / SPEC_FILE, repo / SPEC_FILE)
+    for name in SOURCES:
+        shutil.copy(sample / f"{name}.parquet", repo / "data" / f"{name}.parquet")
+    return repo
+
+
+def edit(repo: Path, source: str, change) -> None:
+    """Rewrite ``source``'s file as ``change(dataframe)``."""
+    path = repo / "data" / f"{source}.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+
+
+def run(repo: Path, start: str = START, end: str = END, **kw):
+    return validate_sources(repo, start, end, repo.parent / "docs", **kw)
+
+
+def failure_line(error: DataValidationError, source: str, column: str, expectation: str) -> str:
+    """The message's line for that failed expectation (one per line after the header)."""
+    lines = str(error).splitlines()
+    found = [
+        line
+        for line in lines[1:]
+        if line.strip().startswith(f"{source}: ") and column in line and expectation in line
+    ]
+    assert found, f"no line names {source}, {column}, {expectation} in:\n{error}"
+    return found[0]
+
+
+def fails(repo: Path, source: str, column: str, expectation: str, **kw) -> str:
+    with pytest.raises(DataValidationError) as info:
+        run(repo, **kw)
+    return failure_line(info.value, source, column, expectation)
+
+
+# ----------------------------------------------------------------------- clean data
+
+
+def test_the_clean_sample_passes_every_source(repo):
+    summary = run(repo)
+    assert summary.success and summary.failures == []
+    assert set(summary.sources) == set(SOURCES)
+    for name, result in summary.sources.items():
+        assert result.rows > 0, name
+        assert result.evaluated == result.successful > 10, name
+        assert result.failed == 0, name
+    assert summary.sources["impressions"].rows == 5_000
+    assert summary.index.is_file()
+    assert set(summary.pages) == {*SOURCES, "user_profile.interest_cates"}
+    assert all(page.is_file() for page in summary.pages.values())
+
+
+# ------------------------------------------------------------ one test per bad input
+
+
+def test_a_missing_column(repo):
+    edit(repo, "user_profile", lambda df: df.drop(columns="cms_segid"))
+    line = fails(repo, "user_profile", "cms_segid", "expect_table_columns_to_match_set")
+    assert "missing: cms_segid" in line
+
+
+def test_an_extra_column(repo):
+    edit(repo, "ad_feature", lambda df: df.assign(discount=0.1))
+    line = fails(repo, "ad_feature", "discount", "expect_table_columns_to_match_set")
+    assert "unexpected: discount" in line
+
+
+def test_a_wrong_type(repo):
+    edit(repo, "ad_feature", lambda df: df.assign(price=df["price"].astype(str)))
+    line = fails(repo, "ad_feature", "price", "expect_column_values_to_be_of_type float64")
+    assert "values unexpected, e.g. '" in line  # the strings found
+
+
+def test_a_timestamp_without_time_zone(repo):
+    edit(
+        repo,
+        "impressions",
+        lambda df: df.assign(event_timestamp=df["event_timestamp"].dt.tz_localize(None)),
+    )
+    line = fails(repo, "impressions", "event_timestamp", "expect_column_values_to_be_of_type")
+    assert "observed datetime64" in line
+
+
+def test_a_null_in_a_non_nullable_column(repo):
+    edit(repo, "user_profile", lambda df: df.assign(user_id=df["user_id"].where(df.index != 7)))
+    line = fails(repo, "user_profile", "user_id", "expect_column_values_to_not_be_null")
+    assert "1 of" in line
+
+
+def test_a_null_timestamp(repo):
+    edit(
+        repo,
+        "ad_feature",
+        lambda df: df.assign(event_timestamp=df["event_timestamp"].where(df.index != 3)),
+    )
+    fails(repo, "ad_feature", "event_timestamp", "expect_column_values_to_not_be_null")
+
+
+def test_a_value_out_of_its_range(repo):
+    edit(
+        repo,
+        "user_profile",
+        lambda df: df.assign(age_level=df["age_level"].where(df.index != 3, 9)),
+    )
+    line = fails(repo, "user_profile", "age_level", "expect_column_values_to_be_between [0, 6]")
+    assert "1 of" in line and line.endswith("e.g. 9")
+
+
+@pytest.mark.parametrize(
+    ("source", "column", "bad", "shown"),
+    [("user_profile", "gender", 3, "3"), ("impressions", "pid", "430000_1007", "'430000_1007'")],
+)
+def test_a_value_outside_its_set(repo, source, column, bad, shown):
+    edit(repo, source, lambda df: df.assign(**{column: df[column].where(df.index != 0, bad)}))
+    line = fails(repo, source, column, "expect_column_values_to_be_in_set")
+    assert f"e.g. {shown}" in line
+
+
+def test_a_bad_element_of_a_list(repo):
+    def negative(df):
+        df.at[2, "interest_cates"] = np.array([5, -1])
+        return df
+
+    edit(repo, "user_profile", negative)
+    line = fails(repo, "user_profile", "interest_cates", "expect_column_values_to_be_between [1, ]")
+    assert "(each element)" in line and "e.g. -1" in line
+
+
+def test_a_label_that_is_not_0_or_1(repo):
+    edit(repo, "impressions", lambda df: df.assign(clk=df["clk"].where(df.index != 0, 2)))
+    line = fails(repo, "impressions", "clk", "expect_column_values_to_be_in_set {0, 1}")
+    assert "e.g. 2" in line
+
+
+def with_copies(df: pd.DataFrame, rows: int, stamp) -> pd.DataFrame:
+    """``df`` plus copies of its first ``rows`` rows, their timestamp moved by ``stamp`` (a
+    Timedelta) or replaced by it (a Timestamp, or NaT)."""
+    copies = df.head(rows).copy()
+    ts = copies["event_timestamp"]
+    moved = isinstance(stamp, pd.Timedelta)
+    copies["event_timestamp"] = ts + stamp if moved else pd.Series(stamp, ts.index, ts.dtype)
+    return pd.concat([df, copies], ignore_index=True)
+
+
+def test_the_reader_keeps_what_the_run_can_use(repo):
+    # impressions outside the window are other runs' data; feature versions after the window
+    # end cannot be joined to its impressions; null timestamps are kept (their suites fail)
+    edit(repo, "impressions", lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
+    edit(repo, "user_profile", lambda df: with_copies(df, 1, pd.Timedelta(days=60)))
+    edit(repo, "ad_feature", lambda df: with_copies(df, 1, pd.NaT))
+    frames = read_sources(load_spec(repo / SPEC_FILE), repo, START, END)
+    dropped = {"impressions": 10, "user_profile": 1, "ad_feature": 0}
+    for name in SOURCES:
+        original = pd.read_parquet(repo / "data" / f"{name}.parquet")
+        assert list(frames[name].columns) == list(original.columns)
+        assert len(frames[name]) == len(original) - dropped[name]
+    assert frames["impressions"]["event_timestamp"].between(START, END, inclusive="left").all()
+    assert (frames["user_profile"]["event_timestamp"] <= pd.Timestamp(END)).all()
+    assert frames["ad_feature"]["event_timestamp"].isna().sum() == 1
+
+
+def unread(repo: Path, source: str, change) -> DataValidationError:
+    """Validate the window's frames with ``source`` replaced by ``change(its whole file)``,
+    as if a reader had ignored the window; returns the error."""
+    spec = load_spec(repo / SPEC_FILE)
+    frames = read_sources(spec, repo, START, END)
+    frames[source] = change(pd.read_parquet(repo / "data" / f"{source}.parquet"))
+    with pytest.raises(DataValidationError) as info:
+        validate_frames(spec, frames, START, END, repo.parent / "docs")
+    return info.value
+
+
+def test_impressions_outside_the_window(repo):
+    error = unread(repo, "impressions", lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
+    line = failure_line(error, "impressions", "event_timestamp", "_to_be_between [2026-11-01")
+    assert "10 of 5010 values unexpected" in line and "2026-11-1" in line
+
+
+def test_a_feature_row_after_the_window_end(repo):
+    error = unread(
+        repo,
+        "user_profile",
+        lambda df: with_copies(df, 1, pd.Timestamp("2026-11-10", tz="UTC")),
+    )
+    line = failure_line(error, "user_profile", "event_timestamp", "_to_be_between [, 2026-11-09")
+    assert "1 of" in line and "e.g. 2026-11-10" in line
+
+
+@pytest.mark.parametrize(
+    ("window", "min_rows", "observed"),
+    [(("2026-12-01T00:00:00Z", "2026-12-09T00:00:00Z"), 1, 0), ((START, END), 6_000, 5_000)],
+    ids=["an empty window", "fewer than min_rows"],
+)
+def test_too_few_rows(repo, window, min_rows, observed):
+    line = fails(
+        repo,
+        "impressions",
+        "(table)",
+        "expect_table_row_count_to_be_between",
+        start=window[0],
+        end=window[1],
+        min_rows=min_rows,
+    )
+    assert line.endswith(f"observed {observed}")
+
+
+def test_duplicate_profile_versions(repo):
+    edit(repo, "user_profile", lambda df: pd.concat([df, df.iloc[[4]]], ignore_index=True))
+    line = fails(
+        repo, "user_profile", "user_id, event_timestamp", "expect_compound_columns_to_be_unique"
+    )
+    assert "2 of" in line
+
+
+def test_a_missing_source_file(repo, tmp_path):
+    (repo / "data" / "ad_feature.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="source 'ad_feature'.*ad_feature.parquet"):
+        run(repo)
+    # the component's report says why, too
+    report = tmp_path / "report.html"
+    with pytest.raises(FileNotFoundError):
+        validate_window(str(repo), END, 8.0, report)
+    assert "ad_feature.parquet does not exist" in report.read_text()
+
+
+# ------------------------------------------------------------- report and the spec
+
+
+def test_data_docs_are_written_on_failure(repo):
+    edit(repo, "user_profile", lambda df: df.assign(gender=df["gender"].where(df.index != 0, 3)))
+    with pytest.raises(DataValidationError) as info:
+        run(repo)
+    summary = info.value.summary
+    assert not summary.success and summary.sources["user_profile"].failed == 1
+    assert summary.index.is_file()
+    page = summary.pages["user_profile"].read_text()
+    assert "gender" in page and "Failed" in page
+
+
+def test_the_suites_follow_the_spec(tmp_path):
+    spec = load_spec()
+    suites = build_suites(spec, pd.Timestamp(START), pd.Timestamp(END))
+    for source in SOURCES:
+        checked = {
+            (e.expectation_type, e.configuration.kwargs.get("column"))
+            for e in suites[source].expectations
+        }
+        columns = {*spec.source_columns(source), spec.sources[source].timestamp_field}
+        assert {c for t, c in checked if t == "expect_column_values_to_be_of_type"} == columns
+        assert {c for t, c in checked if t == "expect_column_values_to_not_be_null"} == columns
+    # one feature with a range added to the spec -> its expectations appear, nothing else changes
+    data = yaml.safe_load((REPO_DIR / SPEC_FILE).read_text())
+    data["features"].append(
+        {"name": "rating", "view": "ad_feature", "dtype": "float64", "valid": {"min": 0, "max": 5}}
+    )
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(data))
+    wider = build_suites(load_spec(tmp_path / SPEC_FILE), pd.Timestamp(START), pd.Timestamp(END))
+
+    def described(suite) -> set:
+        return {(e.expectation_type, repr(e.configuration.kwargs)) for e in suite.expectations}
+
+    added = described(wider["ad_feature"]) - described(suites["ad_feature"])
+    assert {t for t, _ in added} == {
+        "expect_column_values_to_be_of_type",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_between",
+        "expect_table_columns_to_match_set",
+    }
+    (between,) = (
+        e
+        for e in wider["ad_feature"].expectations
+        if "rating" in repr(e.configuration.kwargs) and e.expectation_type.endswith("between")
+    )
+    assert (between.min_value, between.max_value) == (0, 5)
+    for source in ("impressions", "user_profile"):
+        assert described(wider[source]) == described(suites[source])
+
+
+# ------------------------------------------------------------------ the KFP component
+
+
+def test_the_component_passes_a_clean_sample(repo, tmp_path):
+    metrics, report = (
+        Metrics(uri=str(tmp_path / "metrics")),
+        HTML(uri=str(tmp_path / "report.html")),
+    )
+    out = validate.python_func(
+        feature_repo=str(repo), window_end=END, window_days=8.0, metrics=metrics, report=report
+    )
+    assert out.passed is True and out.failures == ""
+    require_valid_data.python_func(passed=out.passed, failures=out.failures)  # no error
+    assert metrics.metadata["passed"] == 1.0
+    assert metrics.metadata["impressions_rows"] == 5_000
+    assert metrics.metadata["user_profile_failed"] == 0
+    page = Path(report.path).read_text()
+    assert "Data validation passed" in page
+    assert page.count("<iframe") == 4  # the three sources and the interest_cates elements
+
+
+def test_a_failed_validation_keeps_its_report_and_stops_the_run(repo, tmp_path):
+    edit(repo, "impressions", lambda df: df.assign(clk=df["clk"].where(df.index != 0, 2)))
+    metrics, report = (
+        Metrics(uri=str(tmp_path / "metrics")),
+        HTML(uri=str(tmp_path / "report.html")),
+    )
+    out = validate.python_func(
+        feature_repo=str(repo), window_end=END, window_days=8.0, metrics=metrics, report=report
+    )
+    # the validate step itself succeeds, so Kubeflow uploads its report and metrics ...
+    assert out.passed is False
+    assert "impressions: clk: expect_column_values_to_be_in_set" in out.failures
+    page = Path(report.path).read_text()
+    assert "Data validation FAILED" in page
+    assert "impressions: clk: expect_column_values_to_be_in_set {0, 1}" in page
+    assert metrics.metadata["passed"] == 0.0 and metrics.metadata["impressions_failed"] == 1
+    # ... and the next step fails the run, listing each failed expectation
+    with pytest.raises(RuntimeError, match="(?s)data validation failed.*impressions: clk"):
+        require_valid_data.python_func(passed=out.passed, failures=out.failures)
