@@ -1,0 +1,243 @@
+"""The pipeline steps' plain functions and their KFP faces, without Kubeflow."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
+
+from components.evaluate import (
+    calibration_table,
+    confusion_at_base_rate,
+    evaluate,
+    evaluate_model,
+    gate,
+    render_report,
+    roc_curve,
+)
+from components.features import resolve_window, retrieve_features
+from components.registry import push_model, read_current
+from components.train import resolve_config_path, train_model
+from feature_repo import store
+from feature_repo.sample_data import generate
+from feature_repo.spec import REPO_DIR
+from model.export import load, sha256_file
+from model.metrics import auc
+
+ROWS = 12_000
+
+
+# ------------------------------------------------------------------------- gate
+
+
+@pytest.mark.parametrize(
+    ("candidate", "baseline", "blessed", "why"),
+    [
+        (0.71, None, True, "no blessed model"),  # rubber stamp: the threshold alone
+        (0.69, None, False, "below min_auc"),
+        (0.74, 0.75, True, "within"),  # worse by 0.01 <= max_auc_drop 0.02
+        (0.72, 0.75, False, "worse than the blessed model"),  # worse by 0.03
+        (0.80, 0.75, True, "within"),
+        (0.69, 0.60, False, "below min_auc"),  # better than baseline, still below the floor
+        (float("nan"), None, False, "undefined"),
+    ],
+)
+def test_gate_is_tfx_style(candidate, baseline, blessed, why):
+    ok, reason = gate(candidate, baseline, min_auc=0.70, max_auc_drop=0.02)
+    assert ok is blessed
+    assert why in reason
+
+
+def test_gate_boundaries_are_inclusive():
+    assert gate(0.70, None, 0.70, 0.0)[0]
+    assert gate(0.73, 0.75, 0.70, 0.02)[0]
+
+
+# ------------------------------------------------------------------ curves/tables
+
+
+def test_roc_curve_area_equals_the_exact_auc():
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.2).astype(float)
+    s = np.round(rng.random(3000) + 0.3 * y, 2)  # ties
+    pts = roc_curve(y, s, points=10_000)
+    fpr, tpr = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(auc(y, s), abs=1e-12)
+    assert pts[0][:2] == (0.0, 0.0) and pts[-1][:2] == (1.0, 1.0)
+    assert len(roc_curve(y, s, points=50)) <= 50
+
+
+def test_confusion_matrix_predicts_as_many_positives_as_there_are():
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 0])
+    s = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.7, 0.05, 0.15])
+    threshold, ((tn, fp), (fn, tp)) = confusion_at_base_rate(y, s)
+    assert threshold == pytest.approx(0.7)
+    assert (tn, fp, fn, tp) == (4, 1, 1, 2)
+    assert tp + fp == y.sum()
+
+
+def test_calibration_table_by_score_decile():
+    s = np.linspace(0, 1, 100)
+    y = (s > 0.5).astype(float)
+    table = calibration_table(y, s, bins=4)
+    assert [rows for _, _, rows in table] == [25, 25, 25, 25]
+    assert [rate for _, rate, _ in table] == [0.0, 0.0, 1.0, 1.0]
+
+
+# -------------------------------------------------------------- data and models
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("components") / "feature_repo"
+    (root / "data").mkdir(parents=True)
+    for name in ("features.yaml", "feature_store.yaml", ".feastignore"):
+        shutil.copy(REPO_DIR / name, root / name)
+    generate(ROWS, seed=11, out_dir=root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DEEPFM_DATA_DIR", raising=False)
+        store.apply(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def datasets(repo, tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("datasets")
+    info = retrieve_features(
+        str(repo), "2026-11-09T00:00:00+00:00", 8.0, 0.2, out / "train", out / "eval"
+    )
+    assert info["rows_train"] + info["rows_eval"] == ROWS
+    return out / "train", out / "eval"
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory) -> str:
+    raw = yaml.safe_load((REPO_DIR.parent / "configs" / "deepfm.yaml").read_text())
+    raw["feature_spec"] = str(REPO_DIR / "features.yaml")
+    raw["model"]["deep"]["hidden_units"] = [32, 16]
+    raw["train"]["batch_size"] = 512
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(datasets, small_config, tmp_path_factory) -> tuple[Path, dict]:
+    model_dir = tmp_path_factory.mktemp("model") / "model"
+    result = train_model(str(datasets[0]), str(datasets[1]), small_config, str(model_dir))
+    return model_dir, result
+
+
+def test_features_split_by_time(datasets):
+    train_df, eval_df = (pd.read_parquet(p) for p in datasets)
+    assert len(eval_df) == pytest.approx(0.2 * ROWS, abs=1)
+    assert train_df["event_timestamp"].max() <= eval_df["event_timestamp"].min()
+    assert "clk" in eval_df and "interest_cates" in eval_df
+
+
+@pytest.mark.parametrize(
+    ("end", "days", "message"),
+    [
+        ("2026-11-09T00:00:00", 8.0, "no time zone"),
+        ("yesterday", 8.0, "not an ISO 8601 time"),
+        ("2026-11-09T00:00:00Z", 0.0, "window_days must be > 0"),
+    ],
+)
+def test_window_errors(end, days, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_window(end, days)
+
+
+def test_window_defaults_to_the_latest_days():
+    start, end = resolve_window("", 7)
+    assert (end - start).days == 7 and end.tzinfo is not None
+
+
+def test_train_model_writes_a_loadable_model(trained, datasets):
+    model_dir, result = trained
+    model = load(model_dir)
+    eval_df = pd.read_parquet(datasets[1])
+    assert auc(eval_df["clk"].to_numpy(), model.predict(eval_df)) == result["auc"]
+    assert result["epochs_run"] == 1 and result["rows_train"] > 0
+    assert 0.55 < result["auc"] < 0.95
+
+
+def test_config_paths_resolve_from_the_project():
+    assert resolve_config_path("configs/deepfm.yaml").is_file()
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        resolve_config_path("nope.yaml")
+
+
+def test_evaluate_without_a_blessed_model_applies_the_threshold(trained, datasets, tmp_path):
+    model_dir, result = trained
+    ev = evaluate_model(model_dir, datasets[1], str(tmp_path / "registry"), 0.5, 0.01)
+    assert ev.blessed and ev.baseline_auc is None and ev.auc == result["auc"]
+    ev = evaluate_model(model_dir, datasets[1], str(tmp_path / "registry"), 0.99, 0.01)
+    assert not ev.blessed and "below min_auc" in ev.reason
+
+
+def test_evaluate_refuses_a_worse_model_than_the_blessed_one(trained, datasets, tmp_path):
+    model_dir, _ = trained
+    registry = tmp_path / "registry"
+    push_model(model_dir, str(registry), "v1")
+    # the same model scored against itself: not worse
+    ev = evaluate_model(model_dir, datasets[1], str(registry), 0.5, 0.0)
+    assert ev.blessed and ev.baseline_auc == ev.auc and ev.baseline_version == "v1"
+    # a worse candidate: the same model with its embedding rows shuffled (ids map to
+    # other ids' vectors), manifest updated so it is a valid model directory
+    worse = tmp_path / "worse"
+    shutil.copytree(model_dir, worse)
+    state = torch.load(worse / "weights.pt", weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in state.items():
+        if value.is_floating_point() and "embedding" in key:
+            state[key] = value[torch.randperm(value.shape[0], generator=gen)]
+    torch.save(state, worse / "weights.pt")
+    manifest = json.loads((worse / "MANIFEST.json").read_text())
+    manifest["files"]["weights.pt"] = {
+        "bytes": (worse / "weights.pt").stat().st_size,
+        "sha256": sha256_file(worse / "weights.pt"),
+    }
+    (worse / "MANIFEST.json").write_text(json.dumps(manifest))
+    ev = evaluate_model(worse, datasets[1], str(registry), 0.5, 0.005)
+    assert ev.auc < ev.baseline_auc - 0.005
+    assert not ev.blessed and "worse than the blessed model" in ev.reason
+    assert read_current(str(registry))["version"] == "v1"
+    html = render_report(ev)
+    assert "NOT BLESSED" in html and html.count("<svg") == 2 and "baseline" not in html.lower()
+
+
+def test_the_evaluate_component_logs_metrics_roc_and_report(trained, datasets, tmp_path):
+    model_dir, _ = trained
+    metrics = Metrics(uri=str(tmp_path / "metrics"))
+    roc = ClassificationMetrics(uri=str(tmp_path / "roc"))
+    report = HTML(uri=str(tmp_path / "report.html"))
+    out = evaluate.python_func(
+        model=Model(uri=str(model_dir)),
+        eval_data=Dataset(uri=str(datasets[1])),
+        push_destination=str(tmp_path / "registry"),
+        min_auc=0.5,
+        max_auc_drop=0.01,
+        metrics=metrics,
+        roc=roc,
+        report=report,
+    )
+    assert out.blessed is True and out.baseline_auc == -1.0
+    assert metrics.metadata["auc"] == out.auc and metrics.metadata["blessed"] == 1.0
+    assert "grouped_auc" in metrics.metadata and "calibration" in metrics.metadata
+    curve = roc.metadata["confidenceMetrics"]
+    assert len(curve) > 10 and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(
+        curve[0]
+    )
+    assert roc.metadata["confusionMatrix"]["annotationSpecs"] == [
+        {"displayName": "no click"},
+        {"displayName": "click"},
+    ]
+    page = Path(report.path).read_text()
+    assert "BLESSED" in page and "<svg" in page and "grouped_auc" in page
