@@ -14,7 +14,7 @@ run() {
     --categorical "$cats" --numeric price --embedding-dim 16 --hidden 256,128,64 \
     --threads 16 --device cuda "$@"
 }
-run --batch-size 32768 --epochs 3 --precision bf16 --bound-steps 200 | tee "$out/gpu_b32768_bf16.json"
-run --batch-size 65536 --epochs 3 --precision bf16 --bound-steps 200 | tee "$out/gpu_b65536_bf16.json"
 run --batch-size 32768 --epochs 3 --precision fp32 --bound-steps 200 | tee "$out/gpu_b32768_fp32.json"
-run --batch-size 4096 --epochs 1 --precision bf16 --baseline | tee "$out/gpu_b4096_bf16.json"
+run --batch-size 32768 --epochs 3 --precision bf16 --bound-steps 200 | tee "$out/gpu_b32768_bf16.json"
+run --batch-size 65536 --epochs 3 --precision fp32 --bound-steps 200 | tee "$out/gpu_b65536_fp32.json"
+run --batch-size 4096 --epochs 1 --precision fp32 --baseline | tee "$out/gpu_b4096_fp32.json"
