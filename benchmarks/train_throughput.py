@@ -11,6 +11,9 @@ last ``--test-fraction`` by ``--timestamp`` is the test set. Prints ONE JSON lin
 - ``mlp_bound_samples_per_s``: the deep MLP alone (forward + backward + Adam step) on random
   input of the same width, same batch size, threads and precision: the compute bound;
 - ``ratio_to_mlp_bound``: the first divided by the second;
+- ``mlp_with_input_grad_samples_per_s`` and ``ratio_to_mlp_with_input_grad``: the same MLP
+  also computing the gradient of its input, as it must inside DeepFM (to reach the
+  embeddings): one more matrix product per step, so a slightly lower bound;
 - ``test_auc``, ``test_logloss``, ``rows_train``, ``rows_test``;
 - with ``--baseline``: the same figures for a plain PyTorch DeepFM (one ``nn.Embedding`` per
   feature looped in Python, dense gradients, one Adam) trained for the same epochs.
@@ -72,13 +75,20 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def mlp_bound(
-    width: int, hidden: list[int], batch: int, device: torch.device, precision: str, steps: int
+    width: int,
+    hidden: list[int],
+    batch: int,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    input_grad: bool = False,
 ) -> float:
-    """Samples/s of the deep MLP + output layer alone: forward, backward, Adam step."""
+    """Samples/s of the deep MLP + output layer alone: forward, backward, Adam step (with
+    ``input_grad``, also the gradient of the input)."""
     torch.manual_seed(0)
     net = nn.Sequential(MLP(width, hidden), nn.Linear(hidden[-1], 1)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch, width, device=device)
+    x = torch.randn(batch, width, device=device, requires_grad=input_grad)
     y = (torch.rand(batch, device=device) < 0.05).float()
     ctx = (
         torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -91,6 +101,7 @@ def mlp_bound(
             logits = net(x).squeeze(1)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
+        x.grad = None
         loss.backward()
         opt.step()
 
@@ -211,13 +222,17 @@ def main() -> None:
 
     device = next(result.model.parameters()).device
     hidden = [int(h) for h in args.hidden.split(",")]
-    bound = mlp_bound(
-        result.model.deep_in_features,
-        hidden,
-        args.batch_size,
-        device,
-        args.precision,
-        args.bound_steps,
+    bound, bound_in = (
+        mlp_bound(
+            result.model.deep_in_features,
+            hidden,
+            args.batch_size,
+            device,
+            args.precision,
+            args.bound_steps,
+            input_grad=input_grad,
+        )
+        for input_grad in (False, True)
     )
     out = {
         "device": str(device),
@@ -233,6 +248,8 @@ def main() -> None:
         "epoch_samples_per_s": [round(h["train_samples_per_s"], 1) for h in result.history],
         "mlp_bound_samples_per_s": round(bound, 1),
         "ratio_to_mlp_bound": round(result.samples_per_s / bound, 4),
+        "mlp_with_input_grad_samples_per_s": round(bound_in, 1),
+        "ratio_to_mlp_with_input_grad": round(result.samples_per_s / bound_in, 4),
         "test_auc": round(auc(labels, scores), 5),
         "test_logloss": round(logloss(labels, scores), 5),
     }
