@@ -49,6 +49,7 @@ def build_config(args: argparse.Namespace) -> dict:
             "type": "id",
             "vocab": {"min_count": args.min_count},
             "embedding_dim": args.embedding_dim,
+            "init_fn": args.init_fn,
         }
         for c in cats
     ] + [{"name": c, "type": "raw", "normalizer": "log1p_standard"} for c in nums]
@@ -66,7 +67,11 @@ def build_config(args: argparse.Namespace) -> dict:
             "num_epochs": args.epochs,
             "num_threads": args.threads,
             "seed": args.seed,
-            "sparse_optimizer": {"type": args.sparse_optimizer, "lr": args.sparse_lr},
+            "sparse_optimizer": {
+                "type": args.sparse_optimizer,
+                "lr": args.sparse_lr,
+                "initial_accumulator_value": args.sparse_initial_accumulator,
+            },
             "dense_optimizer": {"type": "adam", "lr": args.dense_lr},
             "mixed_precision": None if args.precision == "fp32" else args.precision,
             "log_steps": 10**9,
@@ -199,6 +204,8 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--sparse-optimizer", default="adagrad")
     p.add_argument("--sparse-lr", type=float, default=0.02)
+    p.add_argument("--sparse-initial-accumulator", type=float, default=0.0)
+    p.add_argument("--init-fn", help='embedding init, e.g. "nn.init.normal_,std=0.0001"')
     p.add_argument("--dense-lr", type=float, default=0.001)
     p.add_argument("--min-count", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)

@@ -56,6 +56,7 @@ ENCODING_KEYS = (
     "pooling",
     "max_length",
     "embedding_dim",
+    "init_fn",
 )
 """Keys of a model feature passed on verbatim to ``model.config.FeatureConfig`` (which
 validates their values)."""

@@ -68,6 +68,9 @@ class FeatureConfig:
     normalizer: Literal["standard", "log1p_standard", "none"] = "standard"
     pooling: Literal["sum", "mean"] = "sum"
     max_length: int = 16
+    # Initialiser of the embedding, e.g. "nn.init.normal_,std=0.0001"; default torchrec's
+    # uniform(-sqrt(1/rows), sqrt(1/rows)), as TorchEasyRec.
+    init_fn: str | None = None
 
     @property
     def source_column(self) -> str:
@@ -362,6 +365,13 @@ def _validate_feature(i: int, f: FeatureConfig) -> None:
         raise ConfigError(f"{key}.name: must not be empty")
     key = f"features[{i}] ({f.name})"
     _check_positive(f"{key}.embedding_dim", f.embedding_dim)
+    if f.init_fn:
+        from model.deepfm import parse_init_fn
+
+        try:
+            parse_init_fn(f.init_fn)
+        except ValueError as e:
+            raise ConfigError(f"{key}.init_fn: {e}") from None
     _check_positive(f"{key}.max_length", f.max_length)
     if f.type in ("id", "multi_id"):
         chosen = [

@@ -40,6 +40,7 @@ class SparseInput:
     num_embeddings: int
     embedding_dim: int
     pooling: str = "sum"
+    init_fn: str | None = None
 
 
 @dataclass
@@ -342,7 +343,11 @@ class FeatureEncoder:
     def input_spec(self) -> InputSpec:
         def spec(f: FeatureConfig) -> SparseInput:
             return SparseInput(
-                f.name, self.encoders[f.name].num_embeddings, f.embedding_dim, f.pooling
+                f.name,
+                self.encoders[f.name].num_embeddings,
+                f.embedding_dim,
+                f.pooling,
+                f.init_fn,
             )
 
         return InputSpec(

@@ -16,7 +16,6 @@ import torch
 
 from model.config import DenseOptimizerConfig, SparseOptimizerConfig
 
-
 # CSR tensors are "beta" in PyTorch; the product used here is stable since 1.13.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

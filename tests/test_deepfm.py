@@ -288,6 +288,27 @@ def test_wide_part_hand_value_with_constant_init() -> None:
     close(cap.last[:, 0], expected)
 
 
+def test_feature_init_fn_sets_only_that_features_deep_part() -> None:
+    features = copy.deepcopy(FEATURES)
+    features[1]["init_fn"] = "nn.init.constant_,val=0.25"  # feature i
+    cfg = make_cfg(features=features, wide_init_fn="nn.init.zeros_")
+    model, spec = build(cfg)
+    table = next(t for t in model.tables if "i" in t.field_names)
+    start = sum(
+        s.num_embeddings
+        for s in spec.sparse[: [x.name for x in spec.sparse].index("i")]
+        if s.name in table.field_names
+    )
+    rows = table.embedding.weight[start : start + 5]
+    assert torch.all(rows[:, : table.dim] == 0.25)
+    assert torch.all(rows[:, table.dim :] == 0.0)  # the wide part keeps wide_init_fn
+    other = table.embedding.weight[:start]
+    assert not torch.all(other[:, : table.dim] == 0.25)  # u keeps torchrec's default init
+    with pytest.raises(ConfigError, match=r"features\[1\] \(i\)\.init_fn"):
+        features[1]["init_fn"] = "nn.init.kaiming_"
+        make_cfg(features=features)
+
+
 # ---------------------------------------------------------------------- full logits
 
 
