@@ -105,13 +105,12 @@ class EmbeddingTable(nn.Module):
         with torch.no_grad():
             for f, start in zip(feats, offsets, strict=False):
                 block = self.embedding.weight[start : start + f.num_embeddings]
+                bound = math.sqrt(1.0 / f.num_embeddings)  # torchrec's default init
+                nn.init.uniform_(block, -bound, bound)
                 if f.init_fn:
                     init = torch.empty(f.num_embeddings, dim)
                     parse_init_fn(f.init_fn)(init)
                     block[:, :dim] = init
-                else:
-                    bound = math.sqrt(1.0 / f.num_embeddings)  # torchrec's default init
-                    nn.init.uniform_(block, -bound, bound)
                 if wide_init_fn is not None and wide_dim > 0:
                     wide = torch.empty(f.num_embeddings, wide_dim)
                     wide_init_fn(wide)

@@ -291,6 +291,16 @@ def test_wide_part_hand_value_with_constant_init() -> None:
 def test_feature_init_fn_sets_only_that_features_deep_part() -> None:
     features = copy.deepcopy(FEATURES)
     features[1]["init_fn"] = "nn.init.constant_,val=0.25"  # feature i
+    model, spec = build(make_cfg(features=features))
+    table = next(t for t in model.tables if "i" in t.field_names)
+    start = sum(
+        s.num_embeddings
+        for s in spec.sparse[: [x.name for x in spec.sparse].index("i")]
+        if s.name in table.field_names
+    )
+    bound = (1 / 5) ** 0.5  # the wide part keeps the default uniform init
+    wide = table.embedding.weight[start : start + 5, table.dim :]
+    assert wide.abs().max() <= bound and wide.abs().max() > 0
     cfg = make_cfg(features=features, wide_init_fn="nn.init.zeros_")
     model, spec = build(cfg)
     table = next(t for t in model.tables if "i" in t.field_names)
