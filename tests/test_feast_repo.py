@@ -546,7 +546,8 @@ for profile in sys.argv[3:]:
     print(json.dumps({
         "project": config.project, "provider": config.provider,
         "registry": config.registry.path,
-        "offline": [type(config.offline_store).__name__, config.offline_store.project_id],
+        "offline": [type(config.offline_store).__name__, config.offline_store.host,
+                    config.offline_store.port],
         "online": [type(config.online_store).__name__, config.online_store.connection_string],
         "entity_key_serialization_version": config.entity_key_serialization_version,
     }))
@@ -562,11 +563,12 @@ def test_the_cloud_profile_is_a_valid_feast_config(tmp_path):
         (tmp_path / "stubs" / module).write_text(_STUB)
     profile = REPO_DIR / "feature_store.gcp.yaml"
     typo = tmp_path / "typo.yaml"
-    typo.write_text(profile.read_text().replace("dataset:", "datset:"))
+    typo.write_text(profile.read_text().replace("port: 8815", "prot: 8815"))
     env = os.environ | {
         "DEEPFM_GCP_PROJECT": "my-project",
         "DEEPFM_GCS_BUCKET": "my-bucket",
         "DEEPFM_REDIS_ADDRESS": "10.0.0.3:6379",
+        "DEEPFM_FEAST_OFFLINE_HOST": "feast-offline.deepfm.svc",
     }
     argv = [sys.executable, "-c", _LOAD_PROFILES, str(tmp_path / "stubs"), str(REPO_DIR)]
     result = subprocess.run(
@@ -576,13 +578,13 @@ def test_the_cloud_profile_is_a_valid_feast_config(tmp_path):
     loaded, broken = (json.loads(line) for line in result.stdout.splitlines())
     assert loaded == {
         "project": "deepfm",
-        "provider": "gcp",
+        "provider": "local",
         "registry": "gs://my-bucket/feast/registry.db",
-        "offline": ["BigQueryOfflineStoreConfig", "my-project"],
+        "offline": ["RemoteOfflineStoreConfig", "feast-offline.deepfm.svc", 8815],
         "online": ["RedisOnlineStoreConfig", "10.0.0.3:6379"],
         "entity_key_serialization_version": 3,
     }
-    assert "datset" in broken["error"]
+    assert "prot" in broken["error"]
 
 
 # ------------------------------------------------------------------------------ CLI
