@@ -180,6 +180,8 @@ def _pipeline_options(args: argparse.Namespace):
         node_selector[key] = value
     if args.gpus < 0:
         raise UsageError(f"--gpus must be >= 0, got {args.gpus}")
+    if args.num_nodes < 1:
+        raise UsageError(f"--num-nodes must be >= 1, got {args.num_nodes}")
     return PipelineOptions(
         image=args.image,
         gpus=args.gpus,
@@ -190,6 +192,8 @@ def _pipeline_options(args: argparse.Namespace):
         tolerations=[_parse_toleration(t) for t in args.toleration],
         push_destination=args.push_destination,
         feature_repo=args.feature_repo,
+        trainer=args.trainer,
+        num_nodes=args.num_nodes,
     )
 
 
@@ -329,6 +333,13 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
         default=defaults.feature_repo,
         help="default feature_repo parameter (the repo's path in the image)",
     )
+    comp.add_argument(
+        "--trainer",
+        choices=["local", "trainjob"],
+        default="local",
+        help="train in the step's pod, or launch a Kubeflow Trainer TrainJob",
+    )
+    comp.add_argument("--num-nodes", type=int, default=2, help="TrainJob nodes")
     comp.set_defaults(func=cmd_pipeline_compile)
 
     loc = pipeline.add_parser("run-local", help="run the whole pipeline here with kfp.local")

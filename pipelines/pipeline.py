@@ -16,7 +16,7 @@ from components import BASE_IMAGE
 from components.evaluate import evaluate
 from components.features import features
 from components.push import push, record_not_pushed
-from components.train import train
+from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
 
 PIPELINE_NAME = "deepfm-ctr"
@@ -48,6 +48,19 @@ class PipelineOptions:
     tolerations: list[Toleration] = field(default_factory=list)
     push_destination: str = DEFAULT_DESTINATION
     feature_repo: str = DEFAULT_FEATURE_REPO
+    # "local": train in the step's own pod; "trainjob": the step launches a Kubeflow
+    # Trainer TrainJob of num_nodes nodes (the GPUs, node selector and tolerations above
+    # apply to each node) and collects its model (needs a gs:// pipeline root).
+    trainer: str = "local"
+    num_nodes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.trainer not in ("local", "trainjob"):
+            raise ValueError(f"trainer must be 'local' or 'trainjob', got {self.trainer!r}")
+        if self.num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if self.gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
 
 
 def build_pipeline(options: PipelineOptions | None = None):
@@ -91,13 +104,19 @@ def build_pipeline(options: PipelineOptions | None = None):
             .set_display_name("features from Feast")
             .set_container_image(opts.image)
         )
-        trained = train(
-            train_data=data.outputs["train_data"],
-            eval_data=data.outputs["eval_data"],
-            model_config=model_config,
-            epochs=epochs,
-            batch_size=batch_size,
-        ).set_display_name("train DeepFM")
+        inputs = {
+            "train_data": data.outputs["train_data"],
+            "eval_data": data.outputs["eval_data"],
+            "model_config": model_config,
+            "epochs": epochs,
+            "batch_size": batch_size,
+        }
+        if opts.trainer == "trainjob":
+            trained = train_trainjob(
+                **inputs, image=opts.image, num_nodes=opts.num_nodes, workspace_path=""
+            ).set_display_name(f"train DeepFM on a {opts.num_nodes}-node TrainJob")
+        else:
+            trained = train(**inputs).set_display_name("train DeepFM")
         trained.set_container_image(opts.image)
         trained.set_cpu_request(opts.train_cpu).set_memory_request(opts.train_memory)
         if opts.gpus > 0:

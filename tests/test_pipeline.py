@@ -180,3 +180,36 @@ def test_cli_compile_rejects_bad_options(tmp_path, capsys, args, message):
     code = main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_trainjob_trainer_passes_the_gpu_settings_to_the_job(tmp_path):
+    _, docs = _compile(
+        tmp_path,
+        trainer="trainjob",
+        num_nodes=3,
+        gpus=4,
+        tolerations=[Toleration(key="nvidia.com/gpu", effect="NoSchedule")],
+    )
+    spec = docs[0]
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    assert "train-trainjob" in tasks and "train" not in tasks
+    task = tasks["train-trainjob"][0]
+    params = task["inputs"]["parameters"]
+    assert params["num_nodes"]["runtimeValue"]["constant"] == 3
+    assert params["image"]["runtimeValue"]["constant"] == "ghcr.io/deepfm-pipeline/deepfm:latest"
+    # the accelerator request is forwarded to the TrainJob's nodes, not the launcher pod
+    component = spec["components"][task["componentRef"]["name"]]
+    passthroughs = component.get("taskConfigPassthroughs", [])
+    fields = {p["field"] for p in passthroughs}
+    assert {"RESOURCES", "KUBERNETES_TOLERATIONS", "KUBERNETES_NODE_SELECTOR"} <= fields
+    executor = spec["deploymentSpec"]["executors"]["exec-train-trainjob"]["container"]
+    assert int(executor["resources"]["accelerator"]["resourceCount"]) == 4
+    assert "evaluate" in tasks and set(tasks["evaluate"][0]["dependentTasks"]) == {
+        "train-trainjob",
+        "features",
+    }
+
+
+def test_unknown_trainer_is_refused():
+    with pytest.raises(ValueError, match="trainer must be"):
+        PipelineOptions(trainer="slurm")
