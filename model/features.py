@@ -155,6 +155,8 @@ def _flatten_lists(series: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray
     """A list column -> (flat values [total], per-row lengths [N]); null lists have length 0."""
     try:
         arr = pa.array(series, from_pandas=True)
+        if pa.types.is_null(arr.type):  # every value null: nothing to infer a type from
+            arr = pa.array(series, from_pandas=True, type=pa.list_(pa.int64()))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ValueError(f"feature {name!r}: expected a list column ({e})") from None
     if isinstance(arr, pa.ChunkedArray):

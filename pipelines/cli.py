@@ -4,6 +4,9 @@
     deepfm train --config configs/deepfm.yaml --data flat.parquet --model-dir DIR
     deepfm evaluate --model DIR --data rows.parquet
     deepfm predict --model DIR --input rows.parquet --output scores.parquet
+    deepfm features apply | materialize | online | training-data ...
+    deepfm pipeline compile | run-local | upload | run | schedule ...
+    deepfm serve --model artifacts/registry [--port 8080]
 
 Wrong input exits with status 2 and one line naming the setting, file or column at fault.
 """
@@ -290,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_features_parser(sub)
     _add_pipeline_parser(sub)
+    from pipelines.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

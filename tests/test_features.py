@@ -444,3 +444,23 @@ def test_scalar_in_a_list_column_raises_naming_the_feature():
     bad = mixed_frame().assign(tags=[1, 2, 3, 4, 5, 6])
     with pytest.raises(ValueError, match="feature 'tags'.*list"):
         enc.transform(bad)
+
+
+def test_a_list_column_with_only_nulls_is_all_padding():
+    """E.g. a request where no candidate's user has a profile yet."""
+    from model.config import config_from_dict
+    from model.features import FeatureEncoder
+
+    cfg = config_from_dict(
+        {
+            "features": [
+                {"name": "u", "type": "id", "num_buckets": 10},
+                {"name": "m", "type": "multi_id", "hash_bucket_size": 7, "max_length": 3},
+            ],
+            "feature_groups": {"wide": ["u"], "deep": ["u", "m"]},
+            "model": {"deep": {"hidden_units": [4]}},
+        }
+    )
+    enc = FeatureEncoder(cfg).fit(pd.DataFrame({"u": [1, 2], "m": [[1, 2], [3]]}))
+    out = enc.transform(pd.DataFrame({"u": [1, 2], "m": [None, None]}))
+    assert out.multi.shape == (2, 1, 3) and bool((out.multi == -1).all())
