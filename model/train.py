@@ -307,6 +307,8 @@ def train(
             },
         )
 
+    if tc.compile:
+        model.compile_training_head()
     train_model: torch.nn.Module = model
     sync_sparse = None
     if world > 1:
@@ -422,6 +424,7 @@ def train(
                     f"{tc.early_stop_patience} epoch(s)"
                 )
                 break
+    model.release_training_head()
     if best is not None:
         model.load_state_dict(best[1])
     metrics = evaluate(cfg, model, eval_data)[0] if eval_data is not None else {}

@@ -580,3 +580,17 @@ def test_two_process_gloo_ddp_matches_a_single_process_run(learnable, tmp_path):
     probs = model.predict(eval_df)
     assert np.isfinite(probs).all()
     assert auc(eval_df["clk"].to_numpy(), probs) == pytest.approx(ddp_out["auc"], abs=1e-6)
+
+
+@pytest.mark.slow  # compiling takes seconds
+def test_a_compiled_training_head_trains_the_same_model(small, tmp_path):
+    eager = train(config(), *small, progress=False)
+    compiled = train(config(**{"train.compile": True}), *small, progress=False)
+    assert compiled.model._train_head is None  # released: evaluation and export are eager
+    assert compiled.metrics["auc"] == pytest.approx(eager.metrics["auc"], abs=2e-3)
+    out = save_model_dir(tmp_path / "m", config(), compiled.encoder, compiled.model)
+    x = compiled.encoder.transform(small[1].head(7))
+    program = load(out).load_program().module()
+    with torch.no_grad():
+        expected = compiled.model(x.sparse, x.multi, x.dense)
+    torch.testing.assert_close(program(x.sparse, x.multi, x.dense), expected)
