@@ -483,6 +483,7 @@ def test_bad_settings_raise_a_value_error_naming_the_flag(tmp_path, repo, models
 
 # --- the command ----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # a subprocess importing torch and Feast
 def test_the_command_serves_until_sigterm(tmp_path, repo, models):
     registry, cache = tmp_path / "registry", tmp_path / "cache"
