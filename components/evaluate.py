@@ -211,8 +211,10 @@ def render_report(ev: Evaluation) -> str:
         c = ev.metrics.get(n)
         b = (ev.baseline_metrics or {}).get(n)
         delta = "" if c is None or b is None else f"{c - b:+.5f}"
-        fmt = lambda v: "" if v is None else f"{v:,.0f}" if n == "count" else f"{v:.5f}"  # noqa: E731
-        rows.append(f"<tr><td>{n}</td><td>{fmt(c)}</td><td>{fmt(b)}</td><td>{delta}</td></tr>")
+        spec = ",.0f" if n == "count" else ".5f"
+        cand = "" if c is None else format(c, spec)
+        base = "" if b is None else format(b, spec)
+        rows.append(f"<tr><td>{n}</td><td>{cand}</td><td>{base}</td><td>{delta}</td></tr>")
     top = max((p[0] for p in ev.calibration), default=1.0)
     top = max(top, max((p[1] for p in ev.calibration), default=1.0), 1e-9)
     calib = [(p[0] / top, p[1] / top) for p in ev.calibration]
