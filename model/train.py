@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from model.config import Config, check_columns
-from model.deepfm import DeepFM, score_of
+from model.deepfm import DeepFM, score_of, to_predictions
 from model.features import EncodedFeatures, FeatureEncoder
 from model.losses import compute_loss
 from model.metrics import binary_metrics
@@ -346,7 +346,8 @@ def train(
             batch = epoch_features.slice(start, stop)
             with _autocast(dev, tc.mixed_precision):
                 logits = train_model(batch.sparse, batch.multi, batch.dense)
-            predictions = _float_predictions(model, logits)
+            # losses in fp32, also under autocast
+            predictions = to_predictions(logits.float(), model.loss_kind)
             weights = None if epoch_weights is None else epoch_weights[start:stop]
             loss = compute_loss(predictions, epoch_labels[start:stop], loss_cfg, weights)
             sparse_opt.zero_grad(set_to_none=True)
@@ -429,12 +430,6 @@ def train(
         model.load_state_dict(best[1])
     metrics = evaluate(cfg, model, eval_data)[0] if eval_data is not None else {}
     return TrainResult(model, encoder, metrics, history, global_step, train_seconds, train_samples)
-
-
-def _float_predictions(model: DeepFM, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    from model.deepfm import to_predictions
-
-    return to_predictions(logits.float(), model.loss_kind)
 
 
 def _save_checkpoint(root: Path, state: dict) -> None:
