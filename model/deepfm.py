@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,6 +125,7 @@ class EmbeddingTable(nn.Module):
         self.register_buffer(
             "multi_mean", torch.tensor([m.pooling == "mean" for _, m in multi], dtype=torch.bool)
         )
+        self._lookup_fields: dict[int, np.ndarray] = {}
 
     def _lookup(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows [*] -> [*, dim + wide_dim]``. With dense gradients a plain index_select,
@@ -133,6 +135,43 @@ class EmbeddingTable(nn.Module):
             return self.embedding(rows)
         flat = self.embedding.weight.index_select(0, rows.reshape(-1))
         return flat.view(*rows.shape, flat.shape[-1])
+
+    def lookup_rows(
+        self, sparse: torch.Tensor, multi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+        """The table rows a batch looks up, for the fused CPU kernels: ``rows [B, K]`` (the
+        single-valued fields, then each multi-valued field's ``L`` values, padding -> the
+        zero pad row), their pooling weights ``[B, K]`` (None when every field is
+        single-valued) and each lookup's field ``[K]``."""
+        parts, weights = [], []
+        if self.num_sparse > 0:
+            idx = sparse if self.sparse_all else sparse.index_select(1, self.sparse_cols)
+            parts.append(idx + self.sparse_offsets)
+        length = 0
+        if self.num_fields > self.num_sparse:
+            ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
+            length = ids.shape[2]
+            valid = ids >= 0
+            parts.append(
+                torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row).flatten(1)
+            )
+            count = valid.sum(dim=2, keepdim=True).clamp_min(1)
+            pool = torch.where(self.multi_mean[:, None], 1.0 / count, 1.0) * valid
+            if self.num_sparse > 0:
+                weights.append(torch.ones(ids.shape[0], self.num_sparse, device=ids.device))
+            weights.append(pool.flatten(1))
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        pool_weight = None if not weights else torch.cat(weights, dim=1)
+        field = self._lookup_fields.get(length)
+        if field is None:
+            field = np.concatenate(
+                [
+                    np.arange(self.num_sparse),
+                    np.repeat(np.arange(self.num_sparse, self.num_fields), length),
+                ]
+            ).astype(np.int64)
+            self._lookup_fields[length] = field
+        return rows.contiguous(), pool_weight, field
 
     def forward(self, sparse: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
         parts = []
@@ -254,6 +293,49 @@ class DeepFM(nn.Module):
             out_dim = self.final.output_dim()
         self.output = nn.Linear(out_dim, cfg.num_class)
         self._train_head = None
+        self._train_combine = None
+        self._fused_plan = self._plan_fused_lookup()
+
+    def _plan_fused_lookup(self) -> dict | None:
+        """What the fused CPU kernels need (see ``model.kernels``), or None when this layout
+        is not one they serve: one table, and every FM field also in the deep group (its
+        embedding is read back from the deep input)."""
+        if len(self.tables) != 1:
+            return None
+        table = self.tables[0]
+        deep_cols = self.deep_cols_0.tolist()
+        fm_cols = self.fm_cols.tolist()
+        if not set(fm_cols) <= set(deep_cols):
+            return None
+        deep_pos = np.full(table.num_fields, -1, dtype=np.int64)
+        deep_pos[deep_cols] = np.arange(len(deep_cols))
+        fm_mask = np.zeros(table.num_fields, dtype=np.bool_)
+        fm_mask[fm_cols] = True
+        wide_mask = np.zeros(table.num_fields, dtype=np.bool_)
+        wide_mask[self.wide_cols_0.tolist()] = True
+        return {
+            "deep_pos": deep_pos,
+            "fm_mask": fm_mask,
+            "wide_mask": wide_mask,
+            "dim": table.dim,
+            "wide_dim": self.wide_dim,
+            "deep_width": len(deep_cols) * table.dim,
+        }
+
+    def _use_fused_lookup(self, weight: torch.Tensor) -> bool:
+        if (
+            self._fused_plan is None
+            or not self.training
+            or not torch.is_grad_enabled()
+            or weight.device.type != "cpu"
+            or weight.dtype != torch.float32
+            or not self.tables[0].embedding.sparse
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return False
+        from model import kernels
+
+        return kernels.available()
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The sparse-gradient tables (for the sparse optimizer)."""
@@ -268,13 +350,25 @@ class DeepFM(nn.Module):
         element-wise work: about 20% faster steps on CPU). The embedding lookups stay eager
         so their gradients stay sparse; evaluation and export use the eager ``head``."""
         self._train_head = torch.compile(self.head, dynamic=False)
+        self._train_combine = torch.compile(self.combine, dynamic=False)
 
     def release_training_head(self) -> None:
         self._train_head = None
+        self._train_combine = None
 
     def embed(self, sparse: torch.Tensor, multi: torch.Tensor) -> list[torch.Tensor]:
         """Each table's lookups: ``[B, N_t, D_t + wide_embedding_dim]`` per table."""
         return [table(sparse, multi) for table in self.tables]
+
+    def combine(
+        self, y_wide: torch.Tensor, y_fm: torch.Tensor, deep_in: torch.Tensor
+    ) -> torch.Tensor:
+        """The two output paths (DESIGN.md section 5): ``y_wide [B, 1]``, ``y_fm [B, D]``
+        and the deep MLP's input ``[B, deep_in_features]`` -> logits ``[B, C]``."""
+        y_deep = self.deep(deep_in)  # [B, H]
+        if self.final is None:
+            return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
+        return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
 
     def head(self, embedded: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
         """Embeddings and dense numbers -> logits ``[B, C]`` (DESIGN.md section 5)."""
@@ -295,15 +389,21 @@ class DeepFM(nn.Module):
         if self.num_dense > 0:
             deep_parts.append(_select(dense, self.dense_cols, self.dense_all))
         deep_in = deep_parts[0] if len(deep_parts) == 1 else torch.cat(deep_parts, dim=1)
-        y_deep = self.deep(deep_in)  # [B, H]
         assert y_fm is not None
-        if self.final is None:
-            return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
-        return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
+        return self.combine(y_wide, y_fm, deep_in)
 
     def forward(
         self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
     ) -> torch.Tensor:
+        weight = self.tables[0].embedding.weight
+        if self._use_fused_lookup(weight):
+            rows, pool_weight, field = self.tables[0].lookup_rows(sparse, multi)
+            deep_dense = _select(dense, self.dense_cols, self.dense_all)
+            deep_in, y_fm, y_wide = _PooledLookup.apply(
+                weight, rows, pool_weight, deep_dense, field, self._fused_plan
+            )
+            combine = self._train_combine or self.combine
+            return combine(y_wide, y_fm, deep_in)
         embedded = self.embed(sparse, multi)
         if self.training and self._train_head is not None:
             return self._train_head(embedded, dense)
@@ -313,6 +413,60 @@ class DeepFM(nn.Module):
         self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         return to_predictions(self(sparse, multi, dense), self.loss_kind)
+
+
+class _PooledLookup(torch.autograd.Function):
+    """The embedding side of DeepFM on CPU through ``model.kernels``: table rows ->
+    (deep MLP input with the dense columns appended, FM output ``[B, D]``, wide sum
+    ``[B, 1]``); the backward returns the table's gradient as a sparse COO tensor (one row
+    per lookup, like ``nn.Embedding(sparse=True)``), so the sparse optimizers and the
+    multi-process gradient exchange see what the PyTorch path gives them."""
+
+    @staticmethod
+    def forward(ctx, weight, rows, pool_weight, dense, field, plan):
+        from model import kernels
+
+        kernels.set_threads(torch.get_num_threads())
+        batch = rows.shape[0]
+        dense = dense.float().contiguous()
+        x = torch.empty(batch, plan["deep_width"] + dense.shape[1])
+        s = torch.empty(batch, plan["dim"])
+        fm = torch.empty(batch, plan["dim"])
+        wide = torch.empty(batch, 1)
+        pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
+        kernels.pooled_forward(
+            weight.detach().numpy(), rows.numpy(), field, pool.numpy(), plan["deep_pos"],
+            plan["fm_mask"], plan["wide_mask"], plan["dim"], dense.numpy(),
+            x.numpy(), s.numpy(), fm.numpy(), wide.numpy(),
+        )  # fmt: skip
+        ctx.save_for_backward(rows, pool, x, s)
+        ctx.field, ctx.plan, ctx.table_shape = field, plan, weight.shape
+        return x, fm, wide
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_fm, grad_wide):
+        from model import kernels
+
+        rows, pool, x, s = ctx.saved_tensors
+        plan = ctx.plan
+        batch, lookups = rows.shape
+        grad_x = torch.zeros_like(x) if grad_x is None else grad_x.float().contiguous()
+        grad_fm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
+        grad_wide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
+        values = torch.empty(batch * lookups, plan["dim"] + plan["wide_dim"])
+        kernels.set_threads(torch.get_num_threads())
+        kernels.pooled_backward(
+            rows.numpy(), ctx.field, pool.numpy(), plan["deep_pos"], plan["fm_mask"],
+            plan["wide_mask"], plan["dim"], plan["wide_dim"], x.numpy(), s.numpy(),
+            grad_x.numpy(), grad_fm.numpy(), grad_wide.numpy(), values.numpy(),
+        )  # fmt: skip
+        grad = torch.sparse_coo_tensor(
+            rows.view(1, -1), values, ctx.table_shape, check_invariants=False
+        )
+        return grad, None, None, None, None, None
+
+
+_EMPTY = torch.empty(0, 0)
 
 
 def spec_order(spec: InputSpec) -> list[str]:

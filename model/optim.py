@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from model.config import DenseOptimizerConfig, SparseOptimizerConfig
@@ -40,6 +41,7 @@ class SparseAdagrad(torch.optim.Optimizer):
             "rowwise": rowwise,
         }
         super().__init__(params, defaults)
+        self._scratch: dict[torch.Tensor, tuple[np.ndarray, ...]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 shape = p.shape[:1] if rowwise else p.shape
@@ -57,6 +59,8 @@ class SparseAdagrad(torch.optim.Optimizer):
                     continue
                 grad = p.grad
                 acc = self.state[p]["sum"]
+                if grad.is_sparse and self._kernel_update(p, grad, acc, lr, eps, rowwise):
+                    continue
                 if grad.is_sparse:
                     rows, g = _sum_duplicate_rows(grad)
                 else:
@@ -80,6 +84,40 @@ class SparseAdagrad(torch.optim.Optimizer):
                     w_rows = p.index_select(0, rows).float().addcdiv_(g, denom, value=-lr)
                     p.index_copy_(0, rows, w_rows.to(p.dtype))
         return loss
+
+    def _kernel_update(self, p, grad, acc, lr, eps, rowwise) -> bool:
+        """The CPU path: ``model.kernels.adagrad_update`` sums duplicate rows without a sort
+        and updates each row once. False when it does not apply (GPU, not float32, no
+        kernels), and the PyTorch path below runs instead."""
+        if p.device.type != "cpu" or p.dtype != torch.float32 or p.dim() != 2:
+            return False
+        from model import kernels
+
+        if not kernels.available():
+            return False
+        rows = grad._indices()[0].contiguous()
+        values = grad._values().float().contiguous()
+        # threads sum duplicates in parallel, each with its own row -> slot map; a few
+        # suffice (the maps cost 4 bytes per table row each)
+        parts = min(kernels.set_threads(torch.get_num_threads()), 4)
+        n, width = values.shape
+        scratch = self._scratch.get(p)
+        if scratch is None or scratch[0].shape[0] != parts or scratch[1].shape[0] < n:
+            # per thread a slot map row -> scratch position (the kernel leaves it all -1),
+            # the distinct rows, their summed gradients, the slices' ends. Kept between
+            # steps: fresh pages every step cost more than the update.
+            scratch = (
+                np.full((parts, p.shape[0]), -1, dtype=np.int32),
+                np.empty(n, dtype=np.int64),
+                np.empty((n, width), dtype=np.float32),
+                np.empty(parts, dtype=np.int64),
+            )
+            self._scratch[p] = scratch
+        kernels.adagrad_update(
+            p.detach().numpy(), acc.view(p.shape[0], -1).numpy(), rows.numpy(),
+            values.numpy(), np.float32(lr), np.float32(eps), bool(rowwise), *scratch,
+        )  # fmt: skip
+        return True
 
 
 def _sum_duplicate_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

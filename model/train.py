@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from model import kernels
 from model.config import Config, check_columns
 from model.deepfm import DeepFM, score_of, to_predictions
 from model.features import EncodedFeatures, FeatureEncoder
@@ -309,6 +310,10 @@ def train(
 
     if tc.compile:
         model.compile_training_head()
+    if dev.type == "cpu" and sparse_grads:
+        # compile (or load from numba's cache) the CPU embedding kernels before the clock
+        # starts; without them the PyTorch path runs
+        kernels.available()
     train_model: torch.nn.Module = model
     sync_sparse = None
     if world > 1:
