@@ -34,6 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
 from model.metrics import auc, logloss  # noqa: E402
 from model.modules import MLP  # noqa: E402
@@ -247,6 +248,7 @@ def main() -> None:
     )
     out = {
         "device": str(device),
+        "cpu_kernels": device.type == "cpu" and kernels.available(),
         "compile": args.compile,
         "threads": args.threads,
         "precision": args.precision,

@@ -53,9 +53,18 @@ def set_threads(n: int) -> int:
     return n
 
 
+def _jit(fn):
+    """``njit`` with numba's on-disk cache where it finds a writable place for it (next to
+    this file or in the user's cache directory); without one, compile in each process."""
+    try:
+        return njit(parallel=True, cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(parallel=True, cache=False, nogil=True)(fn)
+
+
 if numba is not None:
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def pooled_forward(
         weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, dense,
         x, s, fm, wide,
@@ -109,7 +118,7 @@ if numba is not None:
             for j in range(nd):
                 x[b, base + j] = dense[b, j]
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def pooled_backward(
         rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, wide_dim,
         x, s, gx, gfm, gwide, grad,
@@ -140,7 +149,7 @@ if numba is not None:
                 for j in range(wide_dim):
                     grad[n, dim + j] = gw
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_jit
     def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
         """Adagrad on the rows of a sparse gradient (``rows [N]``, ``grads [N, C]``, rows may
         repeat): per distinct row ``g = sum of its gradients``, ``acc += g^2`` (or the mean
