@@ -192,8 +192,9 @@ class TrainConfig:
     # Sparse embedding gradients (true), dense (false), or auto: sparse on CPU, dense on a
     # GPU when all tables together hold at most 2**27 values.
     sparse_gradients: bool | None = None
-    # torch.compile the network after the embedding lookups (a few seconds of compiling,
-    # then about 20% faster steps on CPU); off by default for short runs and tests.
+    # torch.compile the network after the embedding lookups (a few seconds of compiling).
+    # With the CPU kernels (model/kernels.py) only the MLPs and output are left to compile,
+    # which gains little on CPU; off by default.
     compile: bool = False
     num_threads: int | None = None
     save_checkpoints_steps: int = 0

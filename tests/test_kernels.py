@@ -82,6 +82,17 @@ def test_fused_lookup_equals_the_pytorch_path(features, groups, model_cfg, monke
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_lookup_under_bf16_autocast_equals_the_pytorch_path(monkeypatch):
+    model, spec = build(make_cfg(FEATURES, GROUPS), seed=5)
+    inputs = random_inputs(spec, seed=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch_path = step(copy.deepcopy(model), inputs, False, monkeypatch)
+        fused = step(model, inputs, True, monkeypatch)
+    torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-2, atol=1e-3)
+    assert fused["table_grad"].dtype == torch.float32
+
+
 def test_fused_lookup_is_only_for_cpu_training(monkeypatch):
     cfg = make_cfg(FEATURES, GROUPS)
     model, spec = build(cfg)
