@@ -128,6 +128,26 @@ def test_fused_lookup_with_dense_tables_uses_autograd(monkeypatch):
     assert calls == [] and not model.tables[0].embedding.weight.grad.is_sparse
 
 
+def test_a_kernel_that_fails_to_run_means_the_pytorch_path(monkeypatch):
+    def broken(*_args):
+        raise TypeError("no matching definition")
+
+    monkeypatch.setattr(kernels, "_ready", None)
+    monkeypatch.setattr(kernels, "pooled_forward", broken)
+    with pytest.warns(UserWarning, match="CPU embedding kernels unavailable"):
+        assert kernels.available() is False
+    model, spec = build(make_cfg(FEATURES, GROUPS))
+    model.train()
+    model(*random_inputs(spec)).sum().backward()  # runs, through PyTorch ops
+    assert model.tables[0].embedding.weight.grad.is_sparse
+
+
+def test_deepfm_no_kernels_turns_them_off(monkeypatch):
+    monkeypatch.setattr(kernels, "_ready", None)
+    monkeypatch.setenv("DEEPFM_NO_KERNELS", "1")
+    assert kernels.available() is False
+
+
 # ------------------------------------------------------------------ sparse Adagrad
 
 
