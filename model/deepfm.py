@@ -298,29 +298,107 @@ class DeepFM(nn.Module):
 
     def _plan_fused_lookup(self) -> dict | None:
         """What the fused CPU kernels need (see ``model.kernels``), or None when this layout
-        is not one they serve: one table, and every FM field also in the deep group (its
-        embedding is read back from the deep input)."""
+        is not one they serve: one table, every multi-valued FM field also in the deep group
+        (its pooled embedding is read back from the deep input)."""
         if len(self.tables) != 1:
             return None
         table = self.tables[0]
         deep_cols = self.deep_cols_0.tolist()
         fm_cols = self.fm_cols.tolist()
-        if not set(fm_cols) <= set(deep_cols):
+        if any(f >= table.num_sparse and f not in deep_cols for f in fm_cols):
             return None
-        deep_pos = np.full(table.num_fields, -1, dtype=np.int64)
-        deep_pos[deep_cols] = np.arange(len(deep_cols))
         fm_mask = np.zeros(table.num_fields, dtype=np.bool_)
         fm_mask[fm_cols] = True
         wide_mask = np.zeros(table.num_fields, dtype=np.bool_)
         wide_mask[self.wide_cols_0.tolist()] = True
+        offsets = table.sparse_offsets.tolist() + table.multi_offsets.tolist()
+        sizes = [
+            (offsets[f + 1] if f + 1 < table.num_fields else table.pad_row) - offsets[f]
+            for f in range(table.num_fields)
+        ]
         return {
-            "deep_pos": deep_pos,
-            "fm_mask": fm_mask,
-            "wide_mask": wide_mask,
             "dim": table.dim,
             "wide_dim": self.wide_dim,
-            "deep_width": len(deep_cols) * table.dim,
+            "deep_cols": deep_cols,  # fields in deep-input order
+            "fm_mask": fm_mask,
+            "wide_mask": wide_mask,
+            # an FM field's one lookup (single-valued fields come first in the lookups)
+            "table_lookup": np.arange(table.num_fields, dtype=np.int64),
+            "offsets": offsets,
+            "sizes": sizes,
+            "num_sparse": table.num_sparse,
+            "num_dense": self.num_dense,
+            "by_batch": {},
         }
+
+    def _fused_batch_plan(self, batch: int, lookups: int) -> dict:
+        """The fused plan for one batch size: which single-valued fields are summed per value
+        (their first-layer product is computed once per table row, see
+        ``_FusedFirstLayer``) and the column bookkeeping that follows from it."""
+        plan = self._fused_plan
+        key = (batch, lookups)
+        cached = plan["by_batch"].get(key)
+        if cached is not None:
+            return cached
+        dim, sizes = plan["dim"], plan["sizes"]
+        # small-vocabulary single-valued fields, smallest first, while their rows together
+        # stay a small fraction of the batch (projecting V rows costs like V samples)
+        budget = max(batch // 4, _MIN_VALUE_BUDGET)
+        small, rows_used = [], 0
+        for f in sorted(range(plan["num_sparse"]), key=lambda f: sizes[f]):
+            if rows_used + sizes[f] > budget:
+                break
+            small.append(f)
+            rows_used += sizes[f]
+        small.sort()
+        deep_cols = plan["deep_cols"]
+        deep_index = {f: i for i, f in enumerate(deep_cols)}
+        big_deep = [f for f in deep_cols if f not in small]
+        small_deep = [f for f in small if f in deep_index]
+        deep_pos = np.full(len(sizes), -1, dtype=np.int64)
+        deep_pos[big_deep] = np.arange(len(big_deep))
+
+        def w1_cols(fields: list[int]) -> list[int]:
+            return [deep_index[f] * dim + d for f in fields for d in range(dim)]
+
+        dense_start = len(deep_cols) * dim
+        dense_cols = list(range(dense_start, dense_start + plan["num_dense"]))
+        bases = np.cumsum([0] + [sizes[f] for f in small])
+        block = {f: i for i, f in enumerate(small_deep)}
+        # each value row's columns in the block matrix of the deep small fields; rows of a
+        # small field outside the deep group go to a trailing unused block
+        value_block = np.repeat(
+            [block.get(f, len(small_deep)) for f in small], [sizes[f] for f in small]
+        )
+        small_set = set(small)
+        cached = {
+            "deep_pos": deep_pos,
+            "x_cols": torch.tensor(w1_cols(big_deep) + dense_cols, dtype=torch.long),
+            "small_lookup": torch.tensor(small, dtype=torch.long),
+            "small_shift": torch.tensor(
+                [int(bases[i]) - plan["offsets"][f] for i, f in enumerate(small)], dtype=torch.long
+            ),
+            "small_rows": torch.tensor(
+                [
+                    r
+                    for f in small
+                    for r in range(plan["offsets"][f], plan["offsets"][f] + sizes[f])
+                ],
+                dtype=torch.long,
+            ),
+            "small_deep": np.array([f in block for f in small], dtype=np.bool_),
+            "small_fm": plan["fm_mask"][small].copy(),
+            "small_wide": plan["wide_mask"][small].copy(),
+            "num_small_deep": len(small_deep),
+            "value_cols": torch.tensor(
+                value_block[:, None] * dim + np.arange(dim)[None, :], dtype=torch.long
+            ).reshape(-1, dim),
+            "w1_small_cols": torch.tensor(w1_cols(small_deep), dtype=torch.long),
+            # the lookups whose gradient is written per sample (all but the small fields')
+            "lookups": np.array([k for k in range(lookups) if k not in small_set], dtype=np.int64),
+        }
+        plan["by_batch"][key] = cached
+        return cached
 
     def _use_fused_lookup(self, weight: torch.Tensor) -> bool:
         if (
@@ -350,7 +428,7 @@ class DeepFM(nn.Module):
         embedding lookups stay eager so their gradients stay sparse; evaluation and export
         use the eager modules."""
         self._train_head = torch.compile(self.head, dynamic=False)
-        self._train_combine = torch.compile(self.combine, dynamic=False)
+        self._train_combine = torch.compile(self.combine_after_first_linear, dynamic=False)
 
     def release_training_head(self) -> None:
         self._train_head = None
@@ -366,6 +444,16 @@ class DeepFM(nn.Module):
         """The two output paths (DESIGN.md section 5): ``y_wide [B, 1]``, ``y_fm [B, D]``
         and the deep MLP's input ``[B, deep_in_features]`` -> logits ``[B, C]``."""
         y_deep = self.deep(deep_in)  # [B, H]
+        if self.final is None:
+            return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
+        return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
+
+    def combine_after_first_linear(
+        self, y_wide: torch.Tensor, y_fm: torch.Tensor, h1: torch.Tensor
+    ) -> torch.Tensor:
+        """``combine`` given the deep MLP's first ``Linear`` output ``h1`` instead of its
+        input (the fused CPU path computes that layer itself)."""
+        y_deep = self.deep.forward_after_first_linear(h1)
         if self.final is None:
             return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
         return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
@@ -398,12 +486,20 @@ class DeepFM(nn.Module):
         weight = self.tables[0].embedding.weight
         if self._use_fused_lookup(weight):
             rows, pool_weight, field = self.tables[0].lookup_rows(sparse, multi)
-            deep_dense = _select(dense, self.dense_cols, self.dense_all)
-            deep_in, y_fm, y_wide = _PooledLookup.apply(
-                weight, rows, pool_weight, deep_dense, field, self._fused_plan
+            plan = {**self._fused_plan, **self._fused_batch_plan(*rows.shape)}
+            first = self.deep.first_linear
+            h1, y_fm, y_wide = _FusedFirstLayer.apply(
+                weight,
+                first.weight,
+                first.bias,
+                rows,
+                pool_weight,
+                _select(dense, self.dense_cols, self.dense_all),
+                field,
+                plan,
             )
-            combine = self._train_combine or self.combine
-            return combine(y_wide, y_fm, deep_in)
+            combine = self._train_combine or self.combine_after_first_linear
+            return combine(y_wide, y_fm, h1)
         embedded = self.embed(sparse, multi)
         if self.training and self._train_head is not None:
             return self._train_head(embedded, dense)
@@ -415,57 +511,127 @@ class DeepFM(nn.Module):
         return to_predictions(self(sparse, multi, dense), self.loss_kind)
 
 
-class _PooledLookup(torch.autograd.Function):
-    """The embedding side of DeepFM on CPU through ``model.kernels``: table rows ->
-    (deep MLP input with the dense columns appended, FM output ``[B, D]``, wide sum
-    ``[B, 1]``); the backward returns the table's gradient as a sparse COO tensor (one row
-    per lookup, like ``nn.Embedding(sparse=True)``), so the sparse optimizers and the
-    multi-process gradient exchange see what the PyTorch path gives them."""
+class _FusedFirstLayer(torch.autograd.Function):
+    """The embedding side of DeepFM and the deep MLP's first ``Linear`` on CPU, through
+    ``model.kernels``: table rows -> (first-layer output ``h1 [B, H]``, FM output
+    ``[B, D]``, wide sum ``[B, 1]``).
+
+    ``h1 = b + x W^T`` splits by field. The fields with few table rows (``small``) are
+    projected once per row, ``P_f = T_f W_f^T``, and ``h1`` sums the projected rows of each
+    sample's values; the other fields' embeddings and the dense columns form ``x_big`` and
+    go through one matrix product. Backward mirrors it: the gradient of ``h1`` is summed per
+    value of a small field (``G``), so ``dW_f = G^T T_f`` and ``dT_f = G W_f`` cost per
+    table row, not per sample; the FM and wide gradients of those fields are summed per
+    value too. The table's gradient is a sparse COO tensor (per-lookup rows for the other
+    fields, per-value rows for the small ones), so the sparse optimizers and the
+    multi-process gradient exchange see what the PyTorch path gives them.
+    """
 
     @staticmethod
-    def forward(ctx, weight, rows, pool_weight, dense, field, plan):
+    def forward(ctx, weight, w1, b1, rows, pool_weight, dense, field, plan):
         from model import kernels
 
-        kernels.set_threads(torch.get_num_threads())
+        with torch.autocast("cpu", enabled=False):
+            kernels.set_threads(torch.get_num_threads())
+            batch, dim = rows.shape[0], plan["dim"]
+            table = weight.detach()
+            w1 = w1.detach().float()
+            dense = dense.float().contiguous()
+            x = torch.empty(batch, len(plan["x_cols"]))  # big fields, then dense columns
+            s = torch.empty(batch, dim)
+            fm = torch.empty(batch, dim)
+            wide = torch.empty(batch, 1)
+            pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
+            kernels.pooled_forward(
+                table.numpy(), rows.numpy(), field, pool.numpy(), plan["deep_pos"],
+                plan["fm_mask"], plan["wide_mask"], plan["table_lookup"], dim, dense.numpy(),
+                x.numpy(), s.numpy(), fm.numpy(), wide.numpy(),
+            )  # fmt: skip
+            small_idx = (
+                rows.index_select(1, plan["small_lookup"]) + plan["small_shift"]
+            ).contiguous()
+            values = table.index_select(0, plan["small_rows"])[:, :dim]  # [V, D]
+            blocks = torch.zeros(values.shape[0], (plan["num_small_deep"] + 1) * dim)
+            blocks.scatter_(1, plan["value_cols"], values)
+            blocks = blocks[:, : plan["num_small_deep"] * dim]
+            proj = blocks @ w1.index_select(1, plan["w1_small_cols"]).t()  # [V, H]
+            h1 = torch.empty(batch, w1.shape[0])
+            bias = torch.zeros(w1.shape[0]) if b1 is None else b1.detach().float()
+            kernels.projected_sum(
+                proj.contiguous().numpy(), small_idx.numpy(), plan["small_deep"],
+                bias.contiguous().numpy(), h1.numpy(),
+            )  # fmt: skip
+            if x.shape[1] > 0:
+                h1.addmm_(x, w1.index_select(1, plan["x_cols"]).t())
+        ctx.save_for_backward(rows, pool, x, s, small_idx, values, blocks, w1)
+        ctx.field, ctx.plan, ctx.table, ctx.has_bias = field, plan, weight, b1 is not None
+        return h1, fm, wide
+
+    @staticmethod
+    def backward(ctx, grad_h1, grad_fm, grad_wide):
+        with torch.autocast("cpu", enabled=False):
+            return _FusedFirstLayer._backward(ctx, grad_h1, grad_fm, grad_wide)
+
+    @staticmethod
+    def _backward(ctx, grad_h1, grad_fm, grad_wide):
+        from model import kernels
+
+        rows, pool, x, s, small_idx, values, blocks, w1 = ctx.saved_tensors
+        plan, dim, wide_dim = ctx.plan, ctx.plan["dim"], ctx.plan["wide_dim"]
         batch = rows.shape[0]
-        dense = dense.float().contiguous()
-        x = torch.empty(batch, plan["deep_width"] + dense.shape[1])
-        s = torch.empty(batch, plan["dim"])
-        fm = torch.empty(batch, plan["dim"])
-        wide = torch.empty(batch, 1)
-        pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
-        kernels.pooled_forward(
-            weight.detach().numpy(), rows.numpy(), field, pool.numpy(), plan["deep_pos"],
-            plan["fm_mask"], plan["wide_mask"], plan["dim"], dense.numpy(),
-            x.numpy(), s.numpy(), fm.numpy(), wide.numpy(),
-        )  # fmt: skip
-        ctx.save_for_backward(rows, pool, x, s)
-        ctx.field, ctx.plan, ctx.table_shape = field, plan, weight.shape
-        return x, fm, wide
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_fm, grad_wide):
-        from model import kernels
-
-        rows, pool, x, s = ctx.saved_tensors
-        plan = ctx.plan
-        batch, lookups = rows.shape
-        grad_x = torch.zeros_like(x) if grad_x is None else grad_x.float().contiguous()
-        grad_fm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
-        grad_wide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
-        values = torch.empty(batch * lookups, plan["dim"] + plan["wide_dim"])
+        gh = grad_h1.float().contiguous()
+        gfm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
+        gwide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
+        grad_w1 = torch.empty_like(w1)
+        grad_b1 = gh.sum(0) if ctx.has_bias else None
+        x_cols = plan["x_cols"]
+        if x.shape[1] > 0:
+            grad_w1.index_copy_(1, x_cols, gh.t() @ x)
+            gx = gh @ w1.index_select(1, x_cols)
+        else:
+            gx = x
         kernels.set_threads(torch.get_num_threads())
+        lookups = plan["lookups"]
+        per_lookup = torch.empty(batch * len(lookups), dim + wide_dim)
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan["deep_pos"], plan["fm_mask"],
-            plan["wide_mask"], plan["dim"], plan["wide_dim"], x.numpy(), s.numpy(),
-            grad_x.numpy(), grad_fm.numpy(), grad_wide.numpy(), values.numpy(),
+            plan["wide_mask"], plan["table_lookup"], dim, wide_dim,
+            ctx.table.detach().numpy(), x.numpy(), s.numpy(), gx.contiguous().numpy(),
+            gfm.numpy(), gwide.numpy(), lookups, per_lookup.numpy(),
         )  # fmt: skip
-        grad = torch.sparse_coo_tensor(
-            rows.view(1, -1), values, ctx.table_shape, check_invariants=False
+        indices = [rows.index_select(1, torch.from_numpy(lookups)).reshape(-1)]
+        grads = [per_lookup]
+        n_values = values.shape[0]
+        if n_values > 0:
+            parts = min(torch.get_num_threads(), 4)
+            g_sum = torch.empty(parts, n_values, gh.shape[1])
+            a_sum = torch.empty(parts, n_values, dim)
+            c_sum = torch.empty(parts, n_values, dim)
+            w_sum = torch.empty(parts, n_values)
+            kernels.value_sums(
+                small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
+                gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), g_sum.numpy(),
+                a_sum.numpy(), c_sum.numpy(), w_sum.numpy(),
+            )  # fmt: skip
+            g_value = g_sum.sum(0)  # [V, H]: the first layer's gradient summed per value
+            a, c = a_sum.sum(0), c_sum.sum(0)
+            grad_values = a - values * c  # FM: sum over samples of gfm * (s - e)
+            if plan["num_small_deep"] > 0:
+                small_cols = plan["w1_small_cols"]
+                grad_w1.index_copy_(1, small_cols, g_value.t() @ blocks)
+                grad_blocks = g_value @ w1.index_select(1, small_cols)  # [V, blocks * D]
+                padded = torch.cat([grad_blocks, torch.zeros(n_values, dim)], dim=1)
+                grad_values += padded.gather(1, plan["value_cols"])
+            wide_part = w_sum.sum(0)[:, None].expand(n_values, wide_dim)
+            indices.append(plan["small_rows"])
+            grads.append(torch.cat([grad_values, wide_part], dim=1))
+        grad_table = torch.sparse_coo_tensor(
+            torch.cat(indices)[None], torch.cat(grads), ctx.table.shape, check_invariants=False
         )
-        return grad, None, None, None, None, None
+        return grad_table, grad_w1, grad_b1, None, None, None, None, None
 
 
+_MIN_VALUE_BUDGET = 64
 _EMPTY = torch.empty(0, 0)
 
 

@@ -66,14 +66,15 @@ if numba is not None:
 
     @_jit
     def pooled_forward(
-        weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, dense,
-        x, s, fm, wide,
+        weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim,
+        dense, x, s, fm, wide,
     ):  # fmt: skip
         """``weight [R, dim + W]``, ``rows [B, K]`` (K lookups per sample), ``field [K]``
         (the field of each lookup), ``pool_weight [B, K]`` or ``[0, 0]`` (all ones),
-        ``deep_pos [F]`` (slot in the deep input, -1 if not deep), ``fm_mask``/``wide_mask``
-        ``[F]``, ``dense [B, nd]`` -> ``x [B, n_deep * dim + nd]``, ``s [B, dim]`` (sum of
-        the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``."""
+        ``deep_pos [F]`` (slot in ``x``, -1 if not there), ``fm_mask``/``wide_mask`` ``[F]``,
+        ``table_lookup [F]`` (for an FM field not in ``x``: its one lookup's column),
+        ``dense [B, nd]`` -> ``x [B, slots * dim + nd]``, ``s [B, dim]`` (sum of the FM
+        fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``."""
         B, K = rows.shape
         F = deep_pos.shape[0]
         W = weight.shape[1] - dim
@@ -109,7 +110,8 @@ if numba is not None:
                 qv = np.float32(0.0)
                 for f in range(F):
                     if fm_mask[f]:
-                        v = x[b, deep_pos[f] * dim + d]
+                        p = deep_pos[f]
+                        v = x[b, p * dim + d] if p >= 0 else weight[rows[b, table_lookup[f]], d]
                         sv += v
                         qv += v * v
                 s[b, d] = sv
@@ -120,34 +122,87 @@ if numba is not None:
 
     @_jit
     def pooled_backward(
-        rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, wide_dim,
-        x, s, gx, gfm, gwide, grad,
+        rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim, wide_dim,
+        weight, x, s, gx, gfm, gwide, lookups, grad,
     ):  # fmt: skip
-        """The gradient of each lookup, ``grad [B * K, dim + wide_dim]`` (row ``b * K + k``),
-        from the gradients of ``pooled_forward``'s outputs ``gx``, ``gfm``, ``gwide``. The FM
-        gradient of field ``f`` is ``gfm * (s - e_f)``, with ``e_f`` read back from ``x``."""
-        B, K = rows.shape
+        """The gradient of the lookups in columns ``lookups [K']``: ``grad [B * K', dim +
+        wide_dim]`` (row ``b * K' + j`` for column ``lookups[j]``), from the gradients of
+        ``pooled_forward``'s outputs ``gx``, ``gfm``, ``gwide``. The FM gradient of field
+        ``f`` is ``gfm * (s - e_f)``, ``e_f`` read back from ``x`` or the table."""
+        B = rows.shape[0]
+        K = lookups.shape[0]
         weighted = pool_weight.shape[0] > 0
         for b in prange(B):
-            for k in range(K):
-                n = b * K + k
+            for j in range(K):
+                k = lookups[j]
+                n = b * K + j
                 f = field[k]
                 w = pool_weight[b, k] if weighted else np.float32(1.0)
                 p = deep_pos[f]
-                if p >= 0:
-                    o = p * dim
+                for d in range(dim):
+                    g = np.float32(0.0)
+                    if p >= 0:
+                        g = gx[b, p * dim + d]
                     if fm_mask[f]:
-                        for d in range(dim):
-                            grad[n, d] = w * (gx[b, o + d] + gfm[b, d] * (s[b, d] - x[b, o + d]))
-                    else:
-                        for d in range(dim):
-                            grad[n, d] = w * gx[b, o + d]
-                else:
-                    for d in range(dim):
-                        grad[n, d] = 0.0
+                        e = x[b, p * dim + d] if p >= 0 else weight[rows[b, table_lookup[f]], d]
+                        g += gfm[b, d] * (s[b, d] - e)
+                    grad[n, d] = w * g
                 gw = w * gwide[b, 0] if wide_mask[f] else np.float32(0.0)
-                for j in range(wide_dim):
-                    grad[n, dim + j] = gw
+                for i in range(wide_dim):
+                    grad[n, dim + i] = gw
+
+    @_jit
+    def projected_sum(proj, idx, deep, bias, out):
+        """``out[b] = bias + sum of proj[idx[b, i]]`` over the fields ``i`` with ``deep[i]``:
+        the first layer's output from the per-value projections of small-vocabulary fields
+        (``proj [V, H]``, ``idx [B, F_s]`` value rows, ``bias [H]``)."""
+        B, F = idx.shape
+        H = out.shape[1]
+        for b in prange(B):
+            o = out[b]
+            for j in range(H):
+                o[j] = bias[j]
+            for i in range(F):
+                if deep[i]:
+                    p = proj[idx[b, i]]
+                    for j in range(H):
+                        o[j] += p[j]
+
+    @_jit
+    def value_sums(idx, deep, fm_mask, wide_mask, gh, gfm, s, gwide, g_sum, a_sum, c_sum, w_sum):
+        """Per value row ``v`` of the small-vocabulary fields, sums over the samples that
+        look it up: ``g_sum [T, V, H]`` of the first layer's gradient ``gh`` (fields in
+        ``deep``), ``a_sum``/``c_sum [T, V, dim]`` of ``gfm * s`` and ``gfm`` (FM fields),
+        ``w_sum [T, V]`` of ``gwide`` (wide fields). Thread ``t`` sums one slice of the
+        batch into ``[t]``; the caller adds the ``T`` slices."""
+        B, F = idx.shape
+        T = g_sum.shape[0]
+        H = g_sum.shape[2]
+        dim = s.shape[1]
+        chunk = (B + T - 1) // T
+        for t in prange(T):
+            g_t = g_sum[t]
+            a_t = a_sum[t]
+            c_t = c_sum[t]
+            w_t = w_sum[t]
+            g_t[:] = 0
+            a_t[:] = 0
+            c_t[:] = 0
+            w_t[:] = 0
+            for b in range(t * chunk, min(B, (t + 1) * chunk)):
+                gb = gh[b]
+                for i in range(F):
+                    v = idx[b, i]
+                    if deep[i]:
+                        gv = g_t[v]
+                        for j in range(H):
+                            gv[j] += gb[j]
+                    if fm_mask[i]:
+                        for d in range(dim):
+                            a_t[v, d] += gfm[b, d] * s[b, d]
+                            c_t[v, d] += gfm[b, d]
+                    if wide_mask[i]:
+                        w_t[v] += gwide[b, 0]
 
     @_jit
     def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
@@ -229,20 +284,27 @@ def _warm_up() -> bool:
         weight = np.ones((3, 3), f32)
         rows = np.array([[0, 2], [1, 2]], i64)
         field = np.array([0, 1], i64)
-        deep_pos = np.array([0, 1], i64)
+        deep_pos = np.array([0, -1], i64)
         masks = np.ones(2, np.bool_)
-        x = np.empty((2, 5), f32)
+        x = np.empty((2, 3), f32)
         s, fm = np.empty((2, 2), f32), np.empty((2, 2), f32)
         wide = np.empty((2, 1), f32)
         for pool in (np.empty((0, 0), f32), np.ones((2, 2), f32)):
             pooled_forward(
-                weight, rows, field, pool, deep_pos, masks, masks, 2, np.ones((2, 1), f32),
-                x, s, fm, wide,
+                weight, rows, field, pool, deep_pos, masks, masks, field, 2,
+                np.ones((2, 1), f32), x, s, fm, wide,
             )  # fmt: skip
             grad = np.empty((4, 3), f32)
             pooled_backward(
-                rows, field, pool, deep_pos, masks, masks, 2, 1, x, s, x, fm, wide, grad
-            )
+                rows, field, pool, deep_pos, masks, masks, field, 2, 1, weight, x, s, x, fm,
+                wide, field, grad,
+            )  # fmt: skip
+        h = np.empty((2, 3), f32)
+        projected_sum(weight, rows, masks, np.zeros(3, f32), h)
+        value_sums(
+            rows, masks, masks, masks, h, fm, s, wide, np.empty((2, 3, 3), f32),
+            np.empty((2, 3, 2), f32), np.empty((2, 3, 2), f32), np.empty((2, 3), f32),
+        )  # fmt: skip
         slot = np.full((2, 3), -1, np.int32)
         for rowwise in (False, True):
             acc = np.zeros((3, 1 if rowwise else 3), f32)

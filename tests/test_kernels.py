@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 from test_deepfm import FEATURES, build, make_cfg, random_inputs
+from test_deepfm import GROUPS as DEEPFM_GROUPS
 
+import model.deepfm as deepfm_module
 from model import kernels
 from model.config import config_from_dict
 from model.deepfm import DeepFM
@@ -52,18 +54,34 @@ def step(model: DeepFM, inputs, use_kernels: bool, monkeypatch) -> dict:
     }
 
 
+@pytest.mark.parametrize("value_budget", [64, 12, 0], ids=["all-small", "mixed", "none-small"])
 @pytest.mark.parametrize(
     "features, groups, model_cfg",
     [
         (FEATURES, GROUPS, {}),
         (FEATURES, GROUPS, {"final": {"hidden_units": [4]}}),
         (FEATURES, GROUPS, {"wide_embedding_dim": 1}),
+        (FEATURES, DEEPFM_GROUPS, {}),
         (SINGLE_VALUED, SINGLE_GROUPS, {}),
         (SINGLE_VALUED, {"wide": ["u"], "deep": ["u", "i", "p"]}, {}),
+        (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5], "use_bn": True}}),
     ],
-    ids=["multi-valued", "final-mlp", "wide-dim-1", "single-valued", "fm-from-deep-no-dense"],
+    ids=[
+        "multi-valued",
+        "final-mlp",
+        "wide-dim-1",
+        "fm-field-outside-deep",
+        "single-valued",
+        "fm-from-deep-no-dense",
+        "batch-norm-no-bias",
+    ],
 )
-def test_fused_lookup_equals_the_pytorch_path(features, groups, model_cfg, monkeypatch):
+def test_fused_lookup_equals_the_pytorch_path(
+    features, groups, model_cfg, value_budget, monkeypatch
+):
+    """Small-vocabulary fields are summed per value (their share of the first layer is
+    computed per table row) up to ``value_budget`` rows: all, some or none of them."""
+    monkeypatch.setattr(deepfm_module, "_MIN_VALUE_BUDGET", value_budget)
     cfg = make_cfg(features, groups, **model_cfg)
     model, spec = build(cfg, seed=3)
     assert model._fused_plan is not None
@@ -108,8 +126,9 @@ def test_fused_lookup_is_only_for_cpu_training(monkeypatch):
 
 
 def test_layouts_the_fused_lookup_does_not_serve_fall_back():
-    # an FM field outside the deep group: its embedding is not in the deep input
-    model, _ = build(make_cfg(FEATURES, {"wide": ["u"], "fm": ["u", "c"], "deep": ["u", "x"]}))
+    # a multi-valued FM field outside the deep group: its pooled embedding is not at hand
+    groups = {"wide": ["u"], "fm": ["u", "tags"], "deep": ["u", "x"]}
+    model, _ = build(make_cfg(FEATURES, groups))
     assert model._fused_plan is None
     # two embedding dims in the deep group: two tables
     features = [*FEATURES, {"name": "z", "type": "id", "num_buckets": 3, "embedding_dim": 2}]

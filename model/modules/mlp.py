@@ -146,3 +146,19 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
+
+    @property
+    def first_linear(self) -> nn.Linear:
+        """The first layer's ``Linear`` (its input is the MLP's input)."""
+        return self.mlp[0][0]
+
+    def forward_after_first_linear(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of the MLP given the first ``Linear``'s output ``h``:
+        ``forward(x) == forward_after_first_linear(first_linear(x))``."""
+        for i, layer in enumerate(self.mlp[0]):
+            if i > 0:
+                h = layer(h)
+        for i, perceptron in enumerate(self.mlp):
+            if i > 0:
+                h = perceptron(h)
+        return h
