@@ -354,7 +354,6 @@ class DeepFM(nn.Module):
         deep_cols = plan["deep_cols"]
         deep_index = {f: i for i, f in enumerate(deep_cols)}
         big_deep = [f for f in deep_cols if f not in small]
-        small_deep = [f for f in small if f in deep_index]
         deep_pos = np.full(len(sizes), -1, dtype=np.int64)
         deep_pos[big_deep] = np.arange(len(big_deep))
 
@@ -364,36 +363,29 @@ class DeepFM(nn.Module):
         dense_start = len(deep_cols) * dim
         dense_cols = list(range(dense_start, dense_start + plan["num_dense"]))
         bases = np.cumsum([0] + [sizes[f] for f in small])
-        block = {f: i for i, f in enumerate(small_deep)}
-        # each value row's columns in the block matrix of the deep small fields; rows of a
-        # small field outside the deep group go to a trailing unused block
-        value_block = np.repeat(
-            [block.get(f, len(small_deep)) for f in small], [sizes[f] for f in small]
-        )
+        offsets = plan["offsets"]
         small_set = set(small)
         cached = {
             "deep_pos": deep_pos,
             "x_cols": torch.tensor(w1_cols(big_deep) + dense_cols, dtype=torch.long),
-            "small_lookup": torch.tensor(small, dtype=torch.long),
-            "small_shift": torch.tensor(
-                [int(bases[i]) - plan["offsets"][f] for i, f in enumerate(small)], dtype=torch.long
+            "small_lookup": np.array(small, dtype=np.int64),
+            "small_shift": np.array(
+                [int(bases[i]) - offsets[f] for i, f in enumerate(small)], dtype=np.int64
             ),
-            "small_rows": torch.tensor(
-                [
-                    r
-                    for f in small
-                    for r in range(plan["offsets"][f], plan["offsets"][f] + sizes[f])
-                ],
-                dtype=torch.long,
+            # the value rows: every table row of the small fields, field by field
+            "value_rows": np.array(
+                [r for f in small for r in range(offsets[f], offsets[f] + sizes[f])],
+                dtype=np.int64,
             ),
-            "small_deep": np.array([f in block for f in small], dtype=np.bool_),
+            # each value row's first deep-input column (-1: its field is not in deep)
+            "value_col": np.repeat(
+                [deep_index[f] * dim if f in deep_index else -1 for f in small],
+                [sizes[f] for f in small],
+            ).astype(np.int64),
+            "small_cols": np.array(w1_cols([f for f in small if f in deep_index]), dtype=np.int64),
+            "small_deep": np.array([f in deep_index for f in small], dtype=np.bool_),
             "small_fm": plan["fm_mask"][small].copy(),
             "small_wide": plan["wide_mask"][small].copy(),
-            "num_small_deep": len(small_deep),
-            "value_cols": torch.tensor(
-                value_block[:, None] * dim + np.arange(dim)[None, :], dtype=torch.long
-            ).reshape(-1, dim),
-            "w1_small_cols": torch.tensor(w1_cols(small_deep), dtype=torch.long),
             # the lookups whose gradient is written per sample (all but the small fields')
             "lookups": np.array([k for k in range(lookups) if k not in small_set], dtype=np.int64),
         }
@@ -517,13 +509,13 @@ class _FusedFirstLayer(torch.autograd.Function):
     ``[B, D]``, wide sum ``[B, 1]``).
 
     ``h1 = b + x W^T`` splits by field. The fields with few table rows (``small``) are
-    projected once per row, ``P_f = T_f W_f^T``, and ``h1`` sums the projected rows of each
-    sample's values; the other fields' embeddings and the dense columns form ``x_big`` and
-    go through one matrix product. Backward mirrors it: the gradient of ``h1`` is summed per
-    value of a small field (``G``), so ``dW_f = G^T T_f`` and ``dT_f = G W_f`` cost per
-    table row, not per sample; the FM and wide gradients of those fields are summed per
-    value too. The table's gradient is a sparse COO tensor (per-lookup rows for the other
-    fields, per-value rows for the small ones), so the sparse optimizers and the
+    projected once per row, ``P_v = e_v W_f^T``, and ``h1`` sums the projected rows of each
+    sample's values; the other fields' embeddings and the dense columns form ``x`` and go
+    through one matrix product. Backward mirrors it: the gradient of ``h1`` is summed per
+    value of a small field (``G``), so ``dW_f = G^T E_f`` and the rows' gradients ``G W_f``
+    cost per table row, not per sample; the FM and wide gradients of those fields are
+    summed per value too. The table's gradient is a sparse COO tensor (per-lookup rows for
+    the other fields, per-value rows for the small ones), so the sparse optimizers and the
     multi-process gradient exchange see what the PyTorch path gives them.
     """
 
@@ -536,34 +528,32 @@ class _FusedFirstLayer(torch.autograd.Function):
             batch, dim = rows.shape[0], plan["dim"]
             table = weight.detach()
             w1 = w1.detach().float()
+            hidden = w1.shape[0]
             dense = dense.float().contiguous()
             x = torch.empty(batch, len(plan["x_cols"]))  # big fields, then dense columns
             s = torch.empty(batch, dim)
             fm = torch.empty(batch, dim)
             wide = torch.empty(batch, 1)
+            small_idx = torch.empty(batch, len(plan["small_lookup"]), dtype=torch.long)
             pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
             kernels.pooled_forward(
                 table.numpy(), rows.numpy(), field, pool.numpy(), plan["deep_pos"],
                 plan["fm_mask"], plan["wide_mask"], plan["table_lookup"], dim, dense.numpy(),
-                x.numpy(), s.numpy(), fm.numpy(), wide.numpy(),
+                plan["small_lookup"], plan["small_shift"], x.numpy(), s.numpy(), fm.numpy(),
+                wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
-            small_idx = (
-                rows.index_select(1, plan["small_lookup"]) + plan["small_shift"]
-            ).contiguous()
-            values = table.index_select(0, plan["small_rows"])[:, :dim]  # [V, D]
-            blocks = torch.zeros(values.shape[0], (plan["num_small_deep"] + 1) * dim)
-            blocks.scatter_(1, plan["value_cols"], values)
-            blocks = blocks[:, : plan["num_small_deep"] * dim]
-            proj = blocks @ w1.index_select(1, plan["w1_small_cols"]).t()  # [V, H]
-            h1 = torch.empty(batch, w1.shape[0])
-            bias = torch.zeros(w1.shape[0]) if b1 is None else b1.detach().float()
-            kernels.projected_sum(
-                proj.contiguous().numpy(), small_idx.numpy(), plan["small_deep"],
-                bias.contiguous().numpy(), h1.numpy(),
+            w1t = w1.t().contiguous()  # [in, H]
+            h1 = torch.empty(batch, hidden)
+            bias = torch.zeros(hidden) if b1 is None else b1.detach().float().contiguous()
+            kernels.projected_first_layer(
+                table.numpy(), dim, plan["value_rows"], plan["value_col"], w1t.numpy(),
+                small_idx.numpy(), plan["small_deep"], bias.numpy(),
+                np.empty((len(plan["value_rows"]), hidden), np.float32), h1.numpy(),
             )  # fmt: skip
+            w1t_x = w1t.index_select(0, plan["x_cols"])  # [x columns, H]
             if x.shape[1] > 0:
-                h1.addmm_(x, w1.index_select(1, plan["x_cols"]).t())
-        ctx.save_for_backward(rows, pool, x, s, small_idx, values, blocks, w1)
+                h1.addmm_(x, w1t_x)
+        ctx.save_for_backward(rows, pool, x, s, small_idx, w1, w1t_x)
         ctx.field, ctx.plan, ctx.table, ctx.has_bias = field, plan, weight, b1 is not None
         return h1, fm, wide
 
@@ -576,59 +566,47 @@ class _FusedFirstLayer(torch.autograd.Function):
     def _backward(ctx, grad_h1, grad_fm, grad_wide):
         from model import kernels
 
-        rows, pool, x, s, small_idx, values, blocks, w1 = ctx.saved_tensors
+        rows, pool, x, s, small_idx, w1, w1t_x = ctx.saved_tensors
         plan, dim, wide_dim = ctx.plan, ctx.plan["dim"], ctx.plan["wide_dim"]
-        batch = rows.shape[0]
+        batch, hidden = rows.shape[0], w1.shape[0]
+        table = ctx.table.detach()
         gh = grad_h1.float().contiguous()
         gfm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
         gwide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
-        grad_w1 = torch.empty_like(w1)
-        grad_b1 = gh.sum(0) if ctx.has_bias else None
-        x_cols = plan["x_cols"]
+        grad_w1 = torch.empty_like(w1)  # every column is written below
+        gx = x
         if x.shape[1] > 0:
-            grad_w1.index_copy_(1, x_cols, gh.t() @ x)
-            gx = gh @ w1.index_select(1, x_cols)
-        else:
-            gx = x
+            grad_w1.index_copy_(1, plan["x_cols"], gh.t() @ x)
+            gx = gh @ w1t_x.t()
         kernels.set_threads(torch.get_num_threads())
-        lookups = plan["lookups"]
-        per_lookup = torch.empty(batch * len(lookups), dim + wide_dim)
+        lookups, value_rows = plan["lookups"], plan["value_rows"]
+        n_lookup = batch * len(lookups)
+        values = torch.empty(n_lookup + len(value_rows), dim + wide_dim)
+        indices = torch.empty(n_lookup + len(value_rows), dtype=torch.long)
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan["deep_pos"], plan["fm_mask"],
-            plan["wide_mask"], plan["table_lookup"], dim, wide_dim,
-            ctx.table.detach().numpy(), x.numpy(), s.numpy(), gx.contiguous().numpy(),
-            gfm.numpy(), gwide.numpy(), lookups, per_lookup.numpy(),
+            plan["wide_mask"], plan["table_lookup"], dim, wide_dim, table.numpy(), x.numpy(),
+            s.numpy(), gx.contiguous().numpy(), gfm.numpy(), gwide.numpy(), lookups,
+            values[:n_lookup].numpy(), indices[:n_lookup].numpy(),
         )  # fmt: skip
-        indices = [rows.index_select(1, torch.from_numpy(lookups)).reshape(-1)]
-        grads = [per_lookup]
-        n_values = values.shape[0]
-        if n_values > 0:
-            parts = min(torch.get_num_threads(), 4)
-            g_sum = torch.empty(parts, n_values, gh.shape[1])
-            a_sum = torch.empty(parts, n_values, dim)
-            c_sum = torch.empty(parts, n_values, dim)
-            w_sum = torch.empty(parts, n_values)
-            kernels.value_sums(
-                small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
-                gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), g_sum.numpy(),
-                a_sum.numpy(), c_sum.numpy(), w_sum.numpy(),
-            )  # fmt: skip
-            g_value = g_sum.sum(0)  # [V, H]: the first layer's gradient summed per value
-            a, c = a_sum.sum(0), c_sum.sum(0)
-            grad_values = a - values * c  # FM: sum over samples of gfm * (s - e)
-            if plan["num_small_deep"] > 0:
-                small_cols = plan["w1_small_cols"]
-                grad_w1.index_copy_(1, small_cols, g_value.t() @ blocks)
-                grad_blocks = g_value @ w1.index_select(1, small_cols)  # [V, blocks * D]
-                padded = torch.cat([grad_blocks, torch.zeros(n_values, dim)], dim=1)
-                grad_values += padded.gather(1, plan["value_cols"])
-            wide_part = w_sum.sum(0)[:, None].expand(n_values, wide_dim)
-            indices.append(plan["small_rows"])
-            grads.append(torch.cat([grad_values, wide_part], dim=1))
+        indices[n_lookup:] = torch.from_numpy(value_rows)
+        parts = min(torch.get_num_threads(), 4)
+        grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
+        f32 = np.float32
+        kernels.value_backward(
+            small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
+            gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), table.numpy(), value_rows,
+            plan["value_col"], plan["small_cols"], w1.numpy(),
+            np.empty((parts, len(value_rows), hidden), f32),
+            np.empty((parts, len(value_rows), dim), f32),
+            np.empty((parts, len(value_rows), dim), f32),
+            np.empty((parts, len(value_rows)), f32), np.empty((parts, hidden), f32),
+            values[n_lookup:].numpy(), grad_w1.numpy(), grad_b1.numpy(),
+        )  # fmt: skip
         grad_table = torch.sparse_coo_tensor(
-            torch.cat(indices)[None], torch.cat(grads), ctx.table.shape, check_invariants=False
+            indices[None], values, ctx.table.shape, check_invariants=False
         )
-        return grad_table, grad_w1, grad_b1, None, None, None, None, None
+        return grad_table, grad_w1, grad_b1 if ctx.has_bias else None, None, None, None, None, None
 
 
 _MIN_VALUE_BUDGET = 64

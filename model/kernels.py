@@ -67,14 +67,16 @@ if numba is not None:
     @_jit
     def pooled_forward(
         weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim,
-        dense, x, s, fm, wide,
+        dense, small_lookup, small_shift, x, s, fm, wide, small_idx,
     ):  # fmt: skip
         """``weight [R, dim + W]``, ``rows [B, K]`` (K lookups per sample), ``field [K]``
         (the field of each lookup), ``pool_weight [B, K]`` or ``[0, 0]`` (all ones),
         ``deep_pos [F]`` (slot in ``x``, -1 if not there), ``fm_mask``/``wide_mask`` ``[F]``,
         ``table_lookup [F]`` (for an FM field not in ``x``: its one lookup's column),
-        ``dense [B, nd]`` -> ``x [B, slots * dim + nd]``, ``s [B, dim]`` (sum of the FM
-        fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``."""
+        ``dense [B, nd]``, ``small_lookup``/``small_shift [F_s]`` (the small fields' lookup
+        column and table row -> value row shift) -> ``x [B, slots * dim + nd]``, ``s [B,
+        dim]`` (sum of the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``,
+        ``small_idx [B, F_s]`` (value rows)."""
         B, K = rows.shape
         F = deep_pos.shape[0]
         W = weight.shape[1] - dim
@@ -119,16 +121,19 @@ if numba is not None:
             wide[b, 0] = wsum
             for j in range(nd):
                 x[b, base + j] = dense[b, j]
+            for i in range(small_lookup.shape[0]):
+                small_idx[b, i] = rows[b, small_lookup[i]] + small_shift[i]
 
     @_jit
     def pooled_backward(
         rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim, wide_dim,
-        weight, x, s, gx, gfm, gwide, lookups, grad,
+        weight, x, s, gx, gfm, gwide, lookups, grad, grad_rows,
     ):  # fmt: skip
         """The gradient of the lookups in columns ``lookups [K']``: ``grad [B * K', dim +
-        wide_dim]`` (row ``b * K' + j`` for column ``lookups[j]``), from the gradients of
-        ``pooled_forward``'s outputs ``gx``, ``gfm``, ``gwide``. The FM gradient of field
-        ``f`` is ``gfm * (s - e_f)``, ``e_f`` read back from ``x`` or the table."""
+        wide_dim]`` (row ``b * K' + j`` for column ``lookups[j]``, its table row in
+        ``grad_rows``), from the gradients of ``pooled_forward``'s outputs ``gx``, ``gfm``,
+        ``gwide``. The FM gradient of field ``f`` is ``gfm * (s - e_f)``, ``e_f`` read back
+        from ``x`` or the table."""
         B = rows.shape[0]
         K = lookups.shape[0]
         weighted = pool_weight.shape[0] > 0
@@ -136,6 +141,7 @@ if numba is not None:
             for j in range(K):
                 k = lookups[j]
                 n = b * K + j
+                grad_rows[n] = rows[b, k]
                 f = field[k]
                 w = pool_weight[b, k] if weighted else np.float32(1.0)
                 p = deep_pos[f]
@@ -152,14 +158,27 @@ if numba is not None:
                     grad[n, dim + i] = gw
 
     @_jit
-    def projected_sum(proj, idx, deep, bias, out):
-        """``out[b] = bias + sum of proj[idx[b, i]]`` over the fields ``i`` with ``deep[i]``:
-        the first layer's output from the per-value projections of small-vocabulary fields
-        (``proj [V, H]``, ``idx [B, F_s]`` value rows, ``bias [H]``)."""
+    def projected_first_layer(weight, dim, value_rows, value_col, w1t, idx, deep, bias, proj, h1):
+        """The deep MLP's first ``Linear`` for the small-vocabulary fields, per value: each
+        value row ``v`` (table row ``value_rows[v]``, first-layer input columns from
+        ``value_col[v]``, -1 for a field outside the deep group) is projected once,
+        ``proj[v] = e_v W_f^T`` (``w1t [in, H]`` is the weight transposed), then ``h1[b] =
+        bias + sum of proj[idx[b, i]]`` over the deep small fields ``i``."""
+        V = value_rows.shape[0]
         B, F = idx.shape
-        H = out.shape[1]
+        H = h1.shape[1]
+        for v in prange(V):
+            c0 = value_col[v]
+            for j in range(H):
+                proj[v, j] = 0.0
+            if c0 >= 0:
+                r = value_rows[v]
+                for d in range(dim):
+                    e = weight[r, d]
+                    for j in range(H):
+                        proj[v, j] += e * w1t[c0 + d, j]
         for b in prange(B):
-            o = out[b]
+            o = h1[b]
             for j in range(H):
                 o[j] = bias[j]
             for i in range(F):
@@ -169,28 +188,43 @@ if numba is not None:
                         o[j] += p[j]
 
     @_jit
-    def value_sums(idx, deep, fm_mask, wide_mask, gh, gfm, s, gwide, g_sum, a_sum, c_sum, w_sum):
-        """Per value row ``v`` of the small-vocabulary fields, sums over the samples that
-        look it up: ``g_sum [T, V, H]`` of the first layer's gradient ``gh`` (fields in
-        ``deep``), ``a_sum``/``c_sum [T, V, dim]`` of ``gfm * s`` and ``gfm`` (FM fields),
-        ``w_sum [T, V]`` of ``gwide`` (wide fields). Thread ``t`` sums one slice of the
-        batch into ``[t]``; the caller adds the ``T`` slices."""
+    def value_backward(
+        idx, deep, fm_mask, wide_mask, gh, gfm, s, gwide, weight, value_rows, value_col,
+        small_cols, w1, g_sum, a_sum, c_sum, w_sum, b_sum, grad_values, grad_w1, grad_b1,
+    ):  # fmt: skip
+        """Backward of the small fields' share (``projected_first_layer`` and their FM and
+        wide terms), summed per value row instead of per sample:
+
+        - ``grad_values [V, dim + W]``: each value row's table gradient, ``G_v W_f`` (deep,
+          ``G_v`` the first layer's gradient ``gh`` summed over the samples with that value)
+          plus ``sum gfm * s - e_v * sum gfm`` (FM) and ``sum gwide`` (wide);
+        - ``grad_w1[:, small_cols]``: the first layer's weight gradient of those columns,
+          ``G^T E`` per field; ``grad_b1 [H]`` (size 0 without a bias): ``sum_b gh[b]``.
+
+        ``g_sum [T, V, H]``, ``a_sum``/``c_sum [T, V, dim]``, ``w_sum [T, V]``, ``b_sum [T,
+        H]`` are scratch: thread ``t`` sums one slice of the batch, then slices are added."""
         B, F = idx.shape
         T = g_sum.shape[0]
-        H = g_sum.shape[2]
+        V = value_rows.shape[0]
+        H = gh.shape[1]
         dim = s.shape[1]
+        W = grad_values.shape[1] - dim
         chunk = (B + T - 1) // T
         for t in prange(T):
             g_t = g_sum[t]
             a_t = a_sum[t]
             c_t = c_sum[t]
             w_t = w_sum[t]
+            b_t = b_sum[t]
             g_t[:] = 0
             a_t[:] = 0
             c_t[:] = 0
             w_t[:] = 0
+            b_t[:] = 0
             for b in range(t * chunk, min(B, (t + 1) * chunk)):
                 gb = gh[b]
+                for j in range(H):
+                    b_t[j] += gb[j]
                 for i in range(F):
                     v = idx[b, i]
                     if deep[i]:
@@ -203,6 +237,40 @@ if numba is not None:
                             c_t[v, d] += gfm[b, d]
                     if wide_mask[i]:
                         w_t[v] += gwide[b, 0]
+        for v in prange(V):
+            for t in range(1, T):
+                for j in range(H):
+                    g_sum[0, v, j] += g_sum[t, v, j]
+                for d in range(dim):
+                    a_sum[0, v, d] += a_sum[t, v, d]
+                    c_sum[0, v, d] += c_sum[t, v, d]
+                w_sum[0, v] += w_sum[t, v]
+            r = value_rows[v]
+            for d in range(dim):
+                grad_values[v, d] = a_sum[0, v, d] - weight[r, d] * c_sum[0, v, d]
+            c0 = value_col[v]
+            if c0 >= 0:
+                for j in range(H):
+                    gv = g_sum[0, v, j]
+                    for d in range(dim):
+                        grad_values[v, d] += gv * w1[j, c0 + d]
+            for k in range(W):
+                grad_values[v, dim + k] = w_sum[0, v]
+        for j in prange(H):
+            if grad_b1.shape[0] > 0:
+                total = np.float32(0.0)
+                for t in range(T):
+                    total += b_sum[t, j]
+                grad_b1[j] = total
+            for c in small_cols:
+                grad_w1[j, c] = 0.0
+            for v in range(V):
+                c0 = value_col[v]
+                if c0 >= 0:
+                    gv = g_sum[0, v, j]
+                    r = value_rows[v]
+                    for d in range(dim):
+                        grad_w1[j, c0 + d] += gv * weight[r, d]
 
     @_jit
     def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
@@ -289,21 +357,29 @@ def _warm_up() -> bool:
         x = np.empty((2, 3), f32)
         s, fm = np.empty((2, 2), f32), np.empty((2, 2), f32)
         wide = np.empty((2, 1), f32)
+        small = np.array([0], i64)
+        idx = np.empty((2, 1), i64)
         for pool in (np.empty((0, 0), f32), np.ones((2, 2), f32)):
             pooled_forward(
                 weight, rows, field, pool, deep_pos, masks, masks, field, 2,
-                np.ones((2, 1), f32), x, s, fm, wide,
+                np.ones((2, 1), f32), small, small, x, s, fm, wide, idx,
             )  # fmt: skip
             grad = np.empty((4, 3), f32)
             pooled_backward(
                 rows, field, pool, deep_pos, masks, masks, field, 2, 1, weight, x, s, x, fm,
-                wide, field, grad,
+                wide, field, grad, np.empty(4, i64),
             )  # fmt: skip
         h = np.empty((2, 3), f32)
-        projected_sum(weight, rows, masks, np.zeros(3, f32), h)
-        value_sums(
-            rows, masks, masks, masks, h, fm, s, wide, np.empty((2, 3, 3), f32),
-            np.empty((2, 3, 2), f32), np.empty((2, 3, 2), f32), np.empty((2, 3), f32),
+        value_col = np.array([0, -1], i64)
+        projected_first_layer(
+            weight, 2, field, value_col, weight, idx, masks, np.zeros(3, f32),
+            np.empty((2, 3), f32), h,
+        )  # fmt: skip
+        value_backward(
+            idx, masks, masks, masks, h, fm, s, wide, weight, field, value_col, small, weight,
+            np.empty((2, 2, 3), f32), np.empty((2, 2, 2), f32), np.empty((2, 2, 2), f32),
+            np.empty((2, 2), f32), np.empty((2, 3), f32), np.empty((2, 3), f32),
+            np.empty((3, 3), f32), np.empty(3, f32),
         )  # fmt: skip
         slot = np.full((2, 3), -1, np.int32)
         for rowwise in (False, True):
