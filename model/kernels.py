@@ -4,13 +4,18 @@ On a CPU the DeepFM step is the deep MLP's matrix products plus memory-bound wor
 the embedding tables: gathering rows, pooling them, the FM and wide sums, their backward,
 and the sparse optimizer's update of the rows a batch touched. Written as PyTorch ops that
 work is a dozen passes over ``[batch, fields, dim]`` tensors plus a sort to sum duplicate
-rows; these kernels do it in three passes:
+rows. Here:
 
-- ``pooled_forward``: one pass over the lookups writes the deep MLP's input (pooled
-  embeddings of the deep fields, then the dense columns), the FM's sum vector and output,
-  and the wide sum;
-- ``pooled_backward``: one pass writes each lookup's gradient (deep input gradient, FM
-  gradient, wide gradient, times its pooling weight): the values of a sparse COO gradient;
+- ``pooled_forward``: one pass over the lookups writes the deep MLP's input for the fields
+  with many table rows (then the dense columns), the FM's sum vector and output, the wide
+  sum, and the value rows of the small-vocabulary fields;
+- ``projected_first_layer``: for the small-vocabulary fields the first ``Linear`` is
+  computed once per table row (``e_v W_f^T``) and each sample adds its values' rows,
+  instead of a matrix product over every sample;
+- ``pooled_backward``: one pass writes the per-lookup gradients of the other fields (the
+  values of a sparse COO gradient);
+- ``value_backward``: the small fields' gradients (first layer, FM, wide) summed per table
+  row, and the first layer's weight and bias gradients for them;
 - ``adagrad_update``: sums the gradients of duplicate rows without sorting (each thread
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
   merged) and applies Adagrad to each touched row once.
