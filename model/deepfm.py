@@ -331,19 +331,20 @@ class DeepFM(nn.Module):
             "by_batch": {},
         }
 
-    def _fused_batch_plan(self, batch: int, lookups: int) -> dict:
+    def _fused_batch_plan(self, batch: int, lookups: int, per_value: bool = True) -> dict:
         """The fused plan for one batch size: which single-valued fields are summed per value
         (their first-layer product is computed once per table row, see
-        ``_FusedFirstLayer``) and the column bookkeeping that follows from it."""
+        ``_FusedFirstLayer``; none without ``per_value``) and the column bookkeeping that
+        follows from it."""
         plan = self._fused_plan
-        key = (batch, lookups)
+        key = (batch, lookups, per_value)
         cached = plan["by_batch"].get(key)
         if cached is not None:
             return cached
         dim, sizes = plan["dim"], plan["sizes"]
         # small-vocabulary single-valued fields, smallest first, while their rows together
         # stay a small fraction of the batch (projecting V rows costs like V samples)
-        budget = max(batch // 4, _MIN_VALUE_BUDGET)
+        budget = max(batch // 4, _MIN_VALUE_BUDGET) if per_value else 0
         small, rows_used = [], 0
         for f in sorted(range(plan["num_sparse"]), key=lambda f: sizes[f]):
             if rows_used + sizes[f] > budget:
@@ -478,7 +479,9 @@ class DeepFM(nn.Module):
         weight = self.tables[0].embedding.weight
         if self._use_fused_lookup(weight):
             rows, pool_weight, field = self.tables[0].lookup_rows(sparse, multi)
-            plan = {**self._fused_plan, **self._fused_batch_plan(*rows.shape)}
+            # under autocast the first layer runs in its dtype over all fields, as in Linear
+            per_value = not torch.is_autocast_enabled("cpu")
+            plan = {**self._fused_plan, **self._fused_batch_plan(*rows.shape, per_value)}
             first = self.deep.first_linear
             h1, y_fm, y_wide = _FusedFirstLayer.apply(
                 weight,
@@ -523,6 +526,11 @@ class _FusedFirstLayer(torch.autograd.Function):
     def forward(ctx, weight, w1, b1, rows, pool_weight, dense, field, plan):
         from model import kernels
 
+        # under autocast the matrix products run in its dtype, as they would in the Linear
+        mm_dtype = (
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+        )
+        ctx.mm_dtype = mm_dtype
         with torch.autocast("cpu", enabled=False):
             kernels.set_threads(torch.get_num_threads())
             batch, dim = rows.shape[0], plan["dim"]
@@ -543,16 +551,19 @@ class _FusedFirstLayer(torch.autograd.Function):
                 wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
             w1t = w1.t().contiguous()  # [in, H]
-            h1 = torch.empty(batch, hidden)
-            bias = torch.zeros(hidden) if b1 is None else b1.detach().float().contiguous()
-            kernels.projected_first_layer(
-                table.numpy(), dim, plan["value_rows"], plan["value_col"], w1t.numpy(),
-                small_idx.numpy(), plan["small_deep"], bias.numpy(),
-                np.empty((len(plan["value_rows"]), hidden), np.float32), h1.numpy(),
-            )  # fmt: skip
             w1t_x = w1t.index_select(0, plan["x_cols"])  # [x columns, H]
-            if x.shape[1] > 0:
-                h1.addmm_(x, w1t_x)
+            bias = torch.zeros(hidden) if b1 is None else b1.detach().float().contiguous()
+            if mm_dtype == torch.float32:
+                h1 = torch.empty(batch, hidden)
+                kernels.projected_first_layer(
+                    table.numpy(), dim, plan["value_rows"], plan["value_col"], w1t.numpy(),
+                    small_idx.numpy(), plan["small_deep"], bias.numpy(),
+                    np.empty((len(plan["value_rows"]), hidden), np.float32), h1.numpy(),
+                )  # fmt: skip
+                if x.shape[1] > 0:
+                    h1.addmm_(x, w1t_x)
+            else:  # autocast (no per-value fields in the plan): the Linear in its dtype
+                h1 = torch.addmm(bias.to(mm_dtype), x.to(mm_dtype), w1t_x.to(mm_dtype))
         ctx.save_for_backward(rows, pool, x, s, small_idx, w1, w1t_x)
         ctx.field, ctx.plan, ctx.table, ctx.has_bias = field, plan, weight, b1 is not None
         return h1, fm, wide
@@ -570,14 +581,19 @@ class _FusedFirstLayer(torch.autograd.Function):
         plan, dim, wide_dim = ctx.plan, ctx.plan["dim"], ctx.plan["wide_dim"]
         batch, hidden = rows.shape[0], w1.shape[0]
         table = ctx.table.detach()
-        gh = grad_h1.float().contiguous()
+        mm = ctx.mm_dtype
+        gh = grad_h1.contiguous() if mm != torch.float32 else grad_h1.float().contiguous()
         gfm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
         gwide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
         grad_w1 = torch.empty_like(w1)  # every column is written below
         gx = x
-        if x.shape[1] > 0:
+        if x.shape[1] > 0 and mm == torch.float32:
             grad_w1.index_copy_(1, plan["x_cols"], gh.t() @ x)
             gx = gh @ w1t_x.t()
+        elif x.shape[1] > 0:  # autocast: as the Linear's backward, in its dtype
+            gh = gh.to(mm)
+            grad_w1.index_copy_(1, plan["x_cols"], (gh.t() @ x.to(mm)).float())
+            gx = (gh @ w1t_x.t().to(mm)).float()
         kernels.set_threads(torch.get_num_threads())
         lookups, value_rows = plan["lookups"], plan["value_rows"]
         n_lookup = batch * len(lookups)
@@ -590,6 +606,12 @@ class _FusedFirstLayer(torch.autograd.Function):
             values[:n_lookup].numpy(), indices[:n_lookup].numpy(),
         )  # fmt: skip
         indices[n_lookup:] = torch.from_numpy(value_rows)
+        if mm != torch.float32:  # no per-value fields under autocast: only the bias is left
+            grad_b1 = gh.float().sum(0) if ctx.has_bias else None
+            grad_table = torch.sparse_coo_tensor(
+                indices[None], values, ctx.table.shape, check_invariants=False
+            )
+            return grad_table, grad_w1, grad_b1, None, None, None, None, None
         parts = min(torch.get_num_threads(), 4)
         grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
         f32 = np.float32
