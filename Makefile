@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py --data data/bench/flat.parquet --label clk \
 		--categorical user_id,adgroup_id,pid,age_level,gender,shopping_level,occupation,city_level,cms_segid,cate_id,campaign_id,customer_id,brand \
 		--numeric price --embedding-dim 16 --hidden 256,128,64 --batch-size 4096 --epochs 1 --threads 2
+	$(BIN)/python benchmarks/step_vs_bound.py --data data/bench/flat.parquet --label clk \
+		--categorical user_id,adgroup_id,pid,age_level,gender,shopping_level,occupation,city_level,cms_segid,cate_id,campaign_id,customer_id,brand \
+		--numeric price --threads 2
 
 clean:
 	rm -rf $(VENV) data artifacts .pytest_cache

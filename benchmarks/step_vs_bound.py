@@ -1,0 +1,142 @@
+"""The training step against the MLP-alone bound, interleaved to cancel machine drift.
+
+    python benchmarks/step_vs_bound.py --data flat.parquet --label clk \
+        --categorical user_id,adgroup_id,pid --numeric price [--rounds 12] [--chunk 20]
+
+``train_throughput.py`` times one epoch, then the bound: on a machine whose speed drifts
+within minutes (a shared VM) the two figures can come from different speeds. Here chunks
+of ``--chunk`` DeepFM training steps alternate with chunks of bound steps (the deep MLP
+and output layer alone, forward + backward + Adam, on random input of the same width), so
+each pair of chunks runs at one speed. Prints ONE JSON line: the median step times and
+the median, min and max of the per-pair ratios (bound time / DeepFM step time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_throughput import build_config  # noqa: E402
+
+from model import kernels  # noqa: E402
+from model.config import config_from_dict  # noqa: E402
+from model.deepfm import DeepFM, to_predictions  # noqa: E402
+from model.features import FeatureEncoder  # noqa: E402
+from model.losses import compute_loss  # noqa: E402
+from model.modules import MLP  # noqa: E402
+from model.optim import build_dense_optimizer, build_sparse_optimizer  # noqa: E402
+from model.train import encode_dataset  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--categorical", required=True)
+    p.add_argument("--numeric", default="")
+    p.add_argument("--timestamp", default="event_timestamp")
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--hidden", default="256,128,64")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sparse-optimizer", default="adagrad")
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--chunk", type=int, default=20)
+    args = p.parse_args()
+    # the settings train_throughput.py uses, one epoch's worth of data
+    args.min_count, args.init_fn, args.epochs, args.seed = 1, None, 1, 42
+    args.sparse_lr, args.sparse_initial_accumulator, args.dense_lr = 0.02, 0.0, 1e-3
+    args.precision, args.compile = "fp32", False
+    torch.set_num_threads(args.threads)
+
+    df = pd.read_parquet(args.data)
+    cfg = config_from_dict(build_config(args))
+    encoder = FeatureEncoder(cfg).fit(df)
+    data = encode_dataset(cfg, encoder, df, "the data")
+    torch.manual_seed(0)
+    model = DeepFM(cfg.model, cfg.feature_groups, encoder.input_spec())
+    sparse_opt = build_sparse_optimizer(model.embedding_parameters(), cfg.train.sparse_optimizer)
+    dense_opt = build_dense_optimizer(
+        model.dense_parameters(), cfg.train.dense_optimizer, torch.device("cpu")
+    )
+    kernels.available()
+    model.train()
+    batch = args.batch_size
+    perm = torch.randperm(len(data))
+    features, labels = data.features.index(perm), data.labels[perm]
+    steps = len(labels) // batch
+    state = {"step": 0}
+
+    def deepfm_step() -> None:
+        start = (state["step"] % steps) * batch
+        state["step"] += 1
+        b = features.slice(start, start + batch)
+        logits = model(b.sparse, b.multi, b.dense)
+        predictions = to_predictions(logits, model.loss_kind)
+        loss = compute_loss(predictions, labels[start : start + batch], cfg.model.losses[0])
+        sparse_opt.zero_grad(set_to_none=True)
+        dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+        loss.item()
+
+    hidden = [int(h) for h in args.hidden.split(",")]
+    net = nn.Sequential(MLP(model.deep_in_features, hidden), nn.Linear(hidden[-1], 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, model.deep_in_features)
+    y = (torch.rand(batch) < 0.05).float()
+
+    def bound_step() -> None:
+        loss = nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def timed(step) -> float:
+        t0 = time.perf_counter()
+        for _ in range(args.chunk):
+            step()
+        return (time.perf_counter() - t0) / args.chunk * 1000
+
+    for _ in range(10):
+        deepfm_step()
+        bound_step()
+    ours, bound = [], []
+    for _ in range(args.rounds):
+        ours.append(timed(deepfm_step))
+        bound.append(timed(bound_step))
+    ratios = [b / o for o, b in zip(ours, bound, strict=True)]
+    print(
+        json.dumps(
+            {
+                "cpu_kernels": kernels.available(),
+                "threads": args.threads,
+                "batch_size": batch,
+                "deepfm_step_ms": round(statistics.median(ours), 3),
+                "bound_step_ms": round(statistics.median(bound), 3),
+                "ratio_median": round(statistics.median(ratios), 4),
+                "ratio_min": round(min(ratios), 4),
+                "ratio_max": round(max(ratios), 4),
+                "rounds": args.rounds,
+                "chunk": args.chunk,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
