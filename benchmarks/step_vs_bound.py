@@ -22,19 +22,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_throughput import build_config  # noqa: E402
+from train_throughput import add_config_args, bound_step, build_config  # noqa: E402
 
 from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
 from model.deepfm import DeepFM, to_predictions  # noqa: E402
 from model.features import FeatureEncoder  # noqa: E402
 from model.losses import compute_loss  # noqa: E402
-from model.modules import MLP  # noqa: E402
 from model.optim import build_dense_optimizer, build_sparse_optimizer  # noqa: E402
 from model.train import encode_dataset  # noqa: E402
 
@@ -43,23 +41,12 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True)
-    p.add_argument("--label", required=True)
-    p.add_argument("--categorical", required=True)
-    p.add_argument("--numeric", default="")
-    p.add_argument("--timestamp", default="event_timestamp")
-    p.add_argument("--embedding-dim", type=int, default=16)
-    p.add_argument("--hidden", default="256,128,64")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sparse-optimizer", default="adagrad")
+    add_config_args(p)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--chunk", type=int, default=20)
     args = p.parse_args()
-    # the settings train_throughput.py uses, one epoch's worth of data
-    args.min_count, args.init_fn, args.epochs, args.seed = 1, None, 1, 42
-    args.sparse_lr, args.sparse_initial_accumulator, args.dense_lr = 0.02, 0.0, 1e-3
-    args.precision, args.compile = "fp32", False
+    if args.precision != "fp32" or args.compile:
+        p.error("the interleaved steps run in fp32 and eager: leave --precision and --compile")
     torch.set_num_threads(args.threads)
 
     df = pd.read_parquet(args.data)
@@ -95,16 +82,7 @@ def main() -> None:
         loss.item()
 
     hidden = [int(h) for h in args.hidden.split(",")]
-    net = nn.Sequential(MLP(model.deep_in_features, hidden), nn.Linear(hidden[-1], 1))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch, model.deep_in_features)
-    y = (torch.rand(batch) < 0.05).float()
-
-    def bound_step() -> None:
-        loss = nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    bound = bound_step(model.deep_in_features, hidden, batch, torch.device("cpu"), "fp32")
 
     def timed(step) -> float:
         t0 = time.perf_counter()
@@ -114,12 +92,12 @@ def main() -> None:
 
     for _ in range(10):
         deepfm_step()
-        bound_step()
-    ours, bound = [], []
+        bound()
+    ours, bounds = [], []
     for _ in range(args.rounds):
         ours.append(timed(deepfm_step))
-        bound.append(timed(bound_step))
-    ratios = [b / o for o, b in zip(ours, bound, strict=True)]
+        bounds.append(timed(bound))
+    ratios = [b / o for o, b in zip(ours, bounds, strict=True)]
     print(
         json.dumps(
             {
@@ -127,7 +105,7 @@ def main() -> None:
                 "threads": args.threads,
                 "batch_size": batch,
                 "deepfm_step_ms": round(statistics.median(ours), 3),
-                "bound_step_ms": round(statistics.median(bound), 3),
+                "bound_step_ms": round(statistics.median(bounds), 3),
                 "ratio_median": round(statistics.median(ratios), 4),
                 "ratio_min": round(min(ratios), 4),
                 "ratio_max": round(max(ratios), 4),

@@ -81,17 +81,17 @@ def build_config(args: argparse.Namespace) -> dict:
     }
 
 
-def mlp_bound(
+def bound_step(
     width: int,
     hidden: list[int],
     batch: int,
     device: torch.device,
     precision: str,
-    steps: int,
     input_grad: bool = False,
-) -> float:
-    """Samples/s of the deep MLP + output layer alone: forward, backward, Adam step (with
-    ``input_grad``, also the gradient of the input)."""
+):
+    """One step of the deep MLP + output layer alone on random input of the DeepFM's deep
+    width: forward, backward, Adam step (with ``input_grad``, also the gradient of the
+    input). Returns the step function."""
     torch.manual_seed(0)
     net = nn.Sequential(MLP(width, hidden), nn.Linear(hidden[-1], 1)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
@@ -112,6 +112,20 @@ def mlp_bound(
         loss.backward()
         opt.step()
 
+    return step
+
+
+def mlp_bound(
+    width: int,
+    hidden: list[int],
+    batch: int,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    input_grad: bool = False,
+) -> float:
+    """Samples/s of ``bound_step`` (the compute bound)."""
+    step = bound_step(width, hidden, batch, device, precision, input_grad)
     for _ in range(10):
         step()
     if device.type == "cuda":
@@ -122,6 +136,31 @@ def mlp_bound(
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - t0)
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The data and model settings ``build_config`` reads (shared with step_vs_bound.py)."""
+    p.add_argument("--data", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("--categorical", required=True, help="comma-separated id columns")
+    p.add_argument("--numeric", default="", help="comma-separated numeric columns")
+    p.add_argument("--timestamp", default="event_timestamp", help="for the time split")
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--hidden", default="256,128,64")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--sparse-optimizer", default="adagrad")
+    p.add_argument("--sparse-lr", type=float, default=0.02)
+    p.add_argument("--sparse-initial-accumulator", type=float, default=0.0)
+    p.add_argument("--init-fn", help='embedding init, e.g. "nn.init.normal_,std=0.0001"')
+    p.add_argument("--dense-lr", type=float, default=0.001)
+    p.add_argument("--min-count", type=int, default=1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the network after the lookups"
+    )
 
 
 class PlainDeepFM(nn.Module):
@@ -191,30 +230,10 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True)
-    p.add_argument("--label", required=True)
-    p.add_argument("--categorical", required=True, help="comma-separated id columns")
-    p.add_argument("--numeric", default="", help="comma-separated numeric columns")
-    p.add_argument("--timestamp", default="event_timestamp", help="for the time split")
+    add_config_args(p)
     p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--embedding-dim", type=int, default=16)
-    p.add_argument("--hidden", default="256,128,64")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--sparse-optimizer", default="adagrad")
-    p.add_argument("--sparse-lr", type=float, default=0.02)
-    p.add_argument("--sparse-initial-accumulator", type=float, default=0.0)
-    p.add_argument("--init-fn", help='embedding init, e.g. "nn.init.normal_,std=0.0001"')
-    p.add_argument("--dense-lr", type=float, default=0.001)
-    p.add_argument("--min-count", type=int, default=1)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bound-steps", type=int, default=50)
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the network after the lookups"
-    )
     p.add_argument("--baseline", action="store_true", help="also train a plain PyTorch DeepFM")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -149,16 +149,11 @@ class EmbeddingTable(nn.Module):
             parts.append(idx + self.sparse_offsets)
         length = 0
         if self.num_fields > self.num_sparse:
-            ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
-            length = ids.shape[2]
-            valid = ids >= 0
-            parts.append(
-                torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row).flatten(1)
-            )
-            count = valid.sum(dim=2, keepdim=True).clamp_min(1)
-            pool = torch.where(self.multi_mean[:, None], 1.0 / count, 1.0) * valid
+            rows, pool = self._multi_rows(multi)
+            length = rows.shape[2]
+            parts.append(rows.flatten(1))
             if self.num_sparse > 0:
-                weights.append(torch.ones(ids.shape[0], self.num_sparse, device=ids.device))
+                weights.append(torch.ones(rows.shape[0], self.num_sparse, device=rows.device))
             weights.append(pool.flatten(1))
         rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         pool_weight = None if not weights else torch.cat(weights, dim=1)
@@ -179,15 +174,20 @@ class EmbeddingTable(nn.Module):
             idx = sparse if self.sparse_all else sparse.index_select(1, self.sparse_cols)
             parts.append(self._lookup(idx + self.sparse_offsets))
         if self.num_fields > self.num_sparse:
-            ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
-            valid = ids >= 0
-            rows = torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row)
-            count = valid.sum(dim=2, keepdim=True).clamp_min(1)  # [B, F_m, 1]
-            # weight 1 (sum) or 1 / count (mean) per value, 0 for padding
-            weight = torch.where(self.multi_mean[:, None], 1.0 / count, 1.0) * valid
+            rows, weight = self._multi_rows(multi)
             pooled = (self._lookup(rows) * weight.unsqueeze(-1)).sum(dim=2)
             parts.append(pooled)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _multi_rows(self, multi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The multi-valued fields' table rows ``[B, F_m, L]`` (padding -> the zero pad row)
+        and pooling weights: 1 (sum) or 1 / count (mean) per value, 0 for padding."""
+        ids = multi.index_select(1, self.multi_cols)  # [B, F_m, L]
+        valid = ids >= 0
+        rows = torch.where(valid, ids + self.multi_offsets[:, None], self.pad_row)
+        count = valid.sum(dim=2, keepdim=True).clamp_min(1)  # [B, F_m, 1]
+        weight = torch.where(self.multi_mean[:, None], 1.0 / count, 1.0) * valid
+        return rows, weight
 
 
 def _long(values: list[int]) -> torch.Tensor:
@@ -436,17 +436,16 @@ class DeepFM(nn.Module):
     ) -> torch.Tensor:
         """The two output paths (DESIGN.md section 5): ``y_wide [B, 1]``, ``y_fm [B, D]``
         and the deep MLP's input ``[B, deep_in_features]`` -> logits ``[B, C]``."""
-        y_deep = self.deep(deep_in)  # [B, H]
-        if self.final is None:
-            return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
-        return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
+        return self._logits(y_wide, y_fm, self.deep(deep_in))
 
     def combine_after_first_linear(
         self, y_wide: torch.Tensor, y_fm: torch.Tensor, h1: torch.Tensor
     ) -> torch.Tensor:
         """``combine`` given the deep MLP's first ``Linear`` output ``h1`` instead of its
         input (the fused CPU path computes that layer itself)."""
-        y_deep = self.deep.forward_after_first_linear(h1)
+        return self._logits(y_wide, y_fm, self.deep.forward_after_first_linear(h1))
+
+    def _logits(self, y_wide: torch.Tensor, y_fm: torch.Tensor, y_deep: torch.Tensor):
         if self.final is None:
             return y_wide + y_fm.sum(dim=1, keepdim=True) + self.output(y_deep)
         return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
@@ -607,24 +606,21 @@ class _FusedFirstLayer(torch.autograd.Function):
         )  # fmt: skip
         indices[n_lookup:] = torch.from_numpy(value_rows)
         if mm != torch.float32:  # no per-value fields under autocast: only the bias is left
-            grad_b1 = gh.float().sum(0) if ctx.has_bias else None
-            grad_table = torch.sparse_coo_tensor(
-                indices[None], values, ctx.table.shape, check_invariants=False
-            )
-            return grad_table, grad_w1, grad_b1, None, None, None, None, None
-        parts = min(torch.get_num_threads(), 4)
-        grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
-        f32 = np.float32
-        kernels.value_backward(
-            small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
-            gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), table.numpy(), value_rows,
-            plan["value_col"], plan["small_cols"], w1.numpy(),
-            np.empty((parts, len(value_rows), hidden), f32),
-            np.empty((parts, len(value_rows), dim), f32),
-            np.empty((parts, len(value_rows), dim), f32),
-            np.empty((parts, len(value_rows)), f32), np.empty((parts, hidden), f32),
-            values[n_lookup:].numpy(), grad_w1.numpy(), grad_b1.numpy(),
-        )  # fmt: skip
+            grad_b1 = gh.float().sum(0)
+        else:
+            parts = min(torch.get_num_threads(), 4)
+            grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
+            f32 = np.float32
+            kernels.value_backward(
+                small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
+                gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), table.numpy(), value_rows,
+                plan["value_col"], plan["small_cols"], w1.numpy(),
+                np.empty((parts, len(value_rows), hidden), f32),
+                np.empty((parts, len(value_rows), dim), f32),
+                np.empty((parts, len(value_rows), dim), f32),
+                np.empty((parts, len(value_rows)), f32), np.empty((parts, hidden), f32),
+                values[n_lookup:].numpy(), grad_w1.numpy(), grad_b1.numpy(),
+            )  # fmt: skip
         grad_table = torch.sparse_coo_tensor(
             indices[None], values, ctx.table.shape, check_invariants=False
         )

@@ -237,3 +237,14 @@ def test_mlp_non_positive_sizes_raise() -> None:
         MLP(4, [0])
     with pytest.raises(ValueError, match="in_features"):
         MLP(0, [3])
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"use_bn": True}, {"use_ln": True, "dropout_ratio": 0.3}, {"activation": None}]
+)
+def test_mlp_after_its_first_linear_is_the_rest_of_the_mlp(options: dict) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(6, [5, 4, 3], **options).eval()
+    x = torch.randn(7, 6)
+    assert isinstance(mlp.first_linear, nn.Linear) and mlp.first_linear.in_features == 6
+    torch.testing.assert_close(mlp.forward_after_first_linear(mlp.first_linear(x)), mlp(x))

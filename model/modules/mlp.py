@@ -155,10 +155,8 @@ class MLP(nn.Module):
     def forward_after_first_linear(self, h: torch.Tensor) -> torch.Tensor:
         """The rest of the MLP given the first ``Linear``'s output ``h``:
         ``forward(x) == forward_after_first_linear(first_linear(x))``."""
-        for i, layer in enumerate(self.mlp[0]):
-            if i > 0:
-                h = layer(h)
-        for i, perceptron in enumerate(self.mlp):
-            if i > 0:
-                h = perceptron(h)
+        for layer in list(self.mlp[0])[1:]:
+            h = layer(h)
+        for perceptron in list(self.mlp)[1:]:
+            h = perceptron(h)
         return h
