@@ -328,6 +328,9 @@ class DeepFM(nn.Module):
             "sizes": sizes,
             "num_sparse": table.num_sparse,
             "num_dense": self.num_dense,
+            "hidden": self.deep.first_linear.out_features,
+            # the first layer's ReLU is applied in the fused kernels (Linear -> ReLU only)
+            "relu": self.deep.first_activation_is_relu,
             "by_batch": {},
         }
 
@@ -366,6 +369,17 @@ class DeepFM(nn.Module):
         bases = np.cumsum([0] + [sizes[f] for f in small])
         offsets = plan["offsets"]
         small_set = set(small)
+        hidden, ext = plan["hidden"], plan["hidden"] + 2 * dim
+        small_deep = [i for i, f in enumerate(small) if f in deep_index]
+        # the part of the per-sample gradient row [first layer | FM | FM] each small field
+        # sums per value (see kernels.value_sums)
+        seg = {
+            (True, True): (0, ext),
+            (True, False): (0, hidden),
+            (False, True): (hidden, ext),
+            (False, False): (0, 0),
+        }
+        segments = [seg[(f in deep_index, bool(plan["fm_mask"][f]))] for f in small]
         cached = {
             "deep_pos": deep_pos,
             "x_cols": torch.tensor(w1_cols(big_deep) + dense_cols, dtype=torch.long),
@@ -383,10 +397,14 @@ class DeepFM(nn.Module):
                 [deep_index[f] * dim if f in deep_index else -1 for f in small],
                 [sizes[f] for f in small],
             ).astype(np.int64),
-            "small_cols": np.array(w1_cols([f for f in small if f in deep_index]), dtype=np.int64),
-            "small_deep": np.array([f in deep_index for f in small], dtype=np.bool_),
-            "small_fm": plan["fm_mask"][small].copy(),
-            "small_wide": plan["wide_mask"][small].copy(),
+            # the small fields in deep (positions in small), their value rows and columns
+            "deep_fields": np.array(small_deep, dtype=np.int64),
+            "deep_lo": bases[small_deep].astype(np.int64),
+            "deep_hi": bases[[i + 1 for i in small_deep]].astype(np.int64),
+            "deep_col": np.array([deep_index[small[i]] * dim for i in small_deep], dtype=np.int64),
+            "seg_lo": np.array([lo for lo, _ in segments], dtype=np.int64),
+            "seg_hi": np.array([hi for _, hi in segments], dtype=np.int64),
+            "wide_fields": np.flatnonzero(plan["wide_mask"][small]).astype(np.int64),
             # the lookups whose gradient is written per sample (all but the small fields')
             "lookups": np.array([k for k in range(lookups) if k not in small_set], dtype=np.int64),
         }
@@ -439,11 +457,12 @@ class DeepFM(nn.Module):
         return self._logits(y_wide, y_fm, self.deep(deep_in))
 
     def combine_after_first_linear(
-        self, y_wide: torch.Tensor, y_fm: torch.Tensor, h1: torch.Tensor
+        self, y_wide: torch.Tensor, y_fm: torch.Tensor, h1: torch.Tensor, activated: bool = False
     ) -> torch.Tensor:
         """``combine`` given the deep MLP's first ``Linear`` output ``h1`` instead of its
-        input (the fused CPU path computes that layer itself)."""
-        return self._logits(y_wide, y_fm, self.deep.forward_after_first_linear(h1))
+        input (the fused CPU path computes that layer itself; ``activated``: and its ReLU)."""
+        deep = self.deep.forward_after_first_linear(h1, activated=activated)
+        return self._logits(y_wide, y_fm, deep)
 
     def _logits(self, y_wide: torch.Tensor, y_fm: torch.Tensor, y_deep: torch.Tensor):
         if self.final is None:
@@ -493,7 +512,7 @@ class DeepFM(nn.Module):
                 plan,
             )
             combine = self._train_combine or self.combine_after_first_linear
-            return combine(y_wide, y_fm, h1)
+            return combine(y_wide, y_fm, h1, activated=per_value and plan["relu"])
         embedded = self.embed(sparse, multi)
         if self.training and self._train_head is not None:
             return self._train_head(embedded, dense)
@@ -551,20 +570,25 @@ class _FusedFirstLayer(torch.autograd.Function):
             )  # fmt: skip
             w1t = w1.t().contiguous()  # [in, H]
             w1t_x = w1t.index_select(0, plan["x_cols"])  # [x columns, H]
-            bias = torch.zeros(hidden) if b1 is None else b1.detach().float().contiguous()
+            relu = plan["relu"] and mm_dtype == torch.float32
             if mm_dtype == torch.float32:
-                h1 = torch.empty(batch, hidden)
-                kernels.projected_first_layer(
+                # the matrix product over x, then each sample adds its values' projected
+                # rows (and the ReLU, when the first layer has one)
+                h1 = torch.mm(x, w1t_x) if b1 is None else torch.addmm(b1.detach(), x, w1t_x)
+                proj = torch.empty(len(plan["value_rows"]), hidden)
+                kernels.project_values(
                     table.numpy(), dim, plan["value_rows"], plan["value_col"], w1t.numpy(),
-                    small_idx.numpy(), plan["small_deep"], bias.numpy(),
-                    np.empty((len(plan["value_rows"]), hidden), np.float32), h1.numpy(),
+                    proj.numpy(),
                 )  # fmt: skip
-                if x.shape[1] > 0:
-                    h1.addmm_(x, w1t_x)
+                kernels.add_values(
+                    proj.numpy(), small_idx.numpy(), plan["deep_fields"], h1.numpy(), relu
+                )
             else:  # autocast (no per-value fields in the plan): the Linear in its dtype
+                bias = torch.zeros(hidden) if b1 is None else b1.detach().float()
                 h1 = torch.addmm(bias.to(mm_dtype), x.to(mm_dtype), w1t_x.to(mm_dtype))
-        ctx.save_for_backward(rows, pool, x, s, small_idx, w1, w1t_x)
+        ctx.save_for_backward(rows, pool, x, s, small_idx, w1t, w1t_x, h1 if relu else None)
         ctx.field, ctx.plan, ctx.table, ctx.has_bias = field, plan, weight, b1 is not None
+        ctx.relu = relu
         return h1, fm, wide
 
     @staticmethod
@@ -576,28 +600,51 @@ class _FusedFirstLayer(torch.autograd.Function):
     def _backward(ctx, grad_h1, grad_fm, grad_wide):
         from model import kernels
 
-        rows, pool, x, s, small_idx, w1, w1t_x = ctx.saved_tensors
+        rows, pool, x, s, small_idx, w1t, w1t_x, act = ctx.saved_tensors
         plan, dim, wide_dim = ctx.plan, ctx.plan["dim"], ctx.plan["wide_dim"]
-        batch, hidden = rows.shape[0], w1.shape[0]
+        batch, hidden = rows.shape[0], w1t.shape[1]
         table = ctx.table.detach()
         mm = ctx.mm_dtype
-        gh = grad_h1.contiguous() if mm != torch.float32 else grad_h1.float().contiguous()
         gfm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
         gwide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
-        grad_w1 = torch.empty_like(w1)  # every column is written below
-        gx = x
-        if x.shape[1] > 0 and mm == torch.float32:
-            grad_w1.index_copy_(1, plan["x_cols"], gh.t() @ x)
-            gx = gh @ w1t_x.t()
-        elif x.shape[1] > 0:  # autocast: as the Linear's backward, in its dtype
-            gh = gh.to(mm)
-            grad_w1.index_copy_(1, plan["x_cols"], (gh.t() @ x.to(mm)).float())
-            gx = (gh @ w1t_x.t().to(mm)).float()
         kernels.set_threads(torch.get_num_threads())
         lookups, value_rows = plan["lookups"], plan["value_rows"]
         n_lookup = batch * len(lookups)
         values = torch.empty(n_lookup + len(value_rows), dim + wide_dim)
         indices = torch.empty(n_lookup + len(value_rows), dtype=torch.long)
+        grad_w1 = torch.empty(hidden, w1t.shape[0])  # every column is written below
+        if mm == torch.float32:
+            # the small fields' per-value sums first: they also write the first layer's
+            # output gradient (through the ReLU's mask) that the matrix products use
+            parts = min(torch.get_num_threads(), 4)
+            grad = grad_h1.float().contiguous()
+            ext = torch.empty(batch, hidden + 2 * dim)
+            g_sum = torch.empty(parts, len(value_rows), hidden + 2 * dim)
+            w_sum = torch.empty(parts, len(value_rows))
+            b_sum = torch.empty(parts, hidden)
+            bias_field = 0 if len(plan["deep_fields"]) else -1
+            kernels.value_sums(
+                small_idx.numpy(), plan["seg_lo"], plan["seg_hi"], plan["wide_fields"],
+                grad.numpy(), (grad if act is None else act).numpy(), ctx.relu, gfm.numpy(),
+                s.numpy(), gwide.numpy(), ext.numpy(), g_sum.numpy(), w_sum.numpy(),
+                b_sum.numpy(), ctx.has_bias and bias_field < 0,
+            )  # fmt: skip
+            gh = ext[:, :hidden]
+            grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
+            kernels.value_grads(
+                value_rows, plan["value_col"], plan["deep_lo"], plan["deep_hi"],
+                plan["deep_col"], table.numpy(), w1t.numpy(), g_sum.numpy(), w_sum.numpy(),
+                b_sum.numpy(), bias_field, values[n_lookup:].numpy(), grad_w1.numpy(),
+                grad_b1.numpy(), np.empty((len(plan["deep_fields"]) * dim, hidden), np.float32),
+            )  # fmt: skip
+            if x.shape[1] > 0:
+                grad_w1.index_copy_(1, plan["x_cols"], gh.t() @ x)
+            gx = gh @ w1t_x.t()
+        else:  # autocast: as the Linear's backward, in its dtype; no per-value fields
+            gh = grad_h1.to(mm)
+            grad_w1.index_copy_(1, plan["x_cols"], (gh.t() @ x.to(mm)).float())
+            gx = (gh @ w1t_x.t().to(mm)).float()
+            grad_b1 = gh.float().sum(0)
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan["deep_pos"], plan["fm_mask"],
             plan["wide_mask"], plan["table_lookup"], dim, wide_dim, table.numpy(), x.numpy(),
@@ -605,22 +652,6 @@ class _FusedFirstLayer(torch.autograd.Function):
             values[:n_lookup].numpy(), indices[:n_lookup].numpy(),
         )  # fmt: skip
         indices[n_lookup:] = torch.from_numpy(value_rows)
-        if mm != torch.float32:  # no per-value fields under autocast: only the bias is left
-            grad_b1 = gh.float().sum(0)
-        else:
-            parts = min(torch.get_num_threads(), 4)
-            grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
-            f32 = np.float32
-            kernels.value_backward(
-                small_idx.numpy(), plan["small_deep"], plan["small_fm"], plan["small_wide"],
-                gh.numpy(), gfm.numpy(), s.numpy(), gwide.numpy(), table.numpy(), value_rows,
-                plan["value_col"], plan["small_cols"], w1.numpy(),
-                np.empty((parts, len(value_rows), hidden), f32),
-                np.empty((parts, len(value_rows), dim), f32),
-                np.empty((parts, len(value_rows), dim), f32),
-                np.empty((parts, len(value_rows)), f32), np.empty((parts, hidden), f32),
-                values[n_lookup:].numpy(), grad_w1.numpy(), grad_b1.numpy(),
-            )  # fmt: skip
         grad_table = torch.sparse_coo_tensor(
             indices[None], values, ctx.table.shape, check_invariants=False
         )

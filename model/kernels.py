@@ -58,13 +58,18 @@ def set_threads(n: int) -> int:
     return n
 
 
-def _jit(fn):
+def _jit(fn, **options):
     """``njit`` with numba's on-disk cache where it finds a writable place for it (next to
     this file or in the user's cache directory); without one, compile in each process."""
     try:
-        return njit(parallel=True, cache=True, nogil=True)(fn)
+        return njit(parallel=True, cache=True, nogil=True, **options)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(parallel=True, cache=False, nogil=True)(fn)
+        return njit(parallel=True, cache=False, nogil=True, **options)(fn)
+
+
+def _jit_reassoc(fn):
+    """``_jit`` allowing float sums to be reordered (so dot products vectorise)."""
+    return _jit(fn, fastmath={"reassoc", "contract"})
 
 
 if numba is not None:
@@ -89,43 +94,50 @@ if numba is not None:
         base = x.shape[1] - nd
         weighted = pool_weight.shape[0] > 0
         for b in prange(B):
+            xb = x[b]
             if weighted:  # pooled fields add up several lookups into their slot
                 for j in range(base):
-                    x[b, j] = 0.0
+                    xb[j] = 0.0
             wsum = np.float32(0.0)
             for k in range(K):
-                r = rows[b, k]
+                e = weight[rows[b, k]]
                 f = field[k]
                 p = deep_pos[f]
-                if weighted:
-                    w = pool_weight[b, k]
-                    if p >= 0:
-                        o = p * dim
+                if p >= 0:
+                    slot = xb[p * dim : p * dim + dim]
+                    if weighted:
+                        w = pool_weight[b, k]
                         for d in range(dim):
-                            x[b, o + d] += w * weight[r, d]
-                elif p >= 0:  # one lookup per field: copy the row
-                    o = p * dim
-                    for d in range(dim):
-                        x[b, o + d] = weight[r, d]
+                            slot[d] += w * e[d]
+                    else:  # one lookup per field: copy the row
+                        for d in range(dim):
+                            slot[d] = e[d]
                 if wide_mask[f]:
                     t = np.float32(0.0)
                     for j in range(W):
-                        t += weight[r, dim + j]
+                        t += e[dim + j]
                     wsum += pool_weight[b, k] * t if weighted else t
+            # FM: field by field into s (sum) and fm (sum of squares, then the FM output)
+            sb = s[b]
+            qb = fm[b]
             for d in range(dim):
-                sv = np.float32(0.0)
-                qv = np.float32(0.0)
-                for f in range(F):
-                    if fm_mask[f]:
-                        p = deep_pos[f]
-                        v = x[b, p * dim + d] if p >= 0 else weight[rows[b, table_lookup[f]], d]
-                        sv += v
-                        qv += v * v
-                s[b, d] = sv
-                fm[b, d] = np.float32(0.5) * (sv * sv - qv)
+                sb[d] = 0.0
+                qb[d] = 0.0
+            for f in range(F):
+                if fm_mask[f]:
+                    p = deep_pos[f]
+                    if p >= 0:
+                        e = xb[p * dim : p * dim + dim]
+                    else:
+                        e = weight[rows[b, table_lookup[f]], :dim]
+                    for d in range(dim):
+                        sb[d] += e[d]
+                        qb[d] += e[d] * e[d]
+            for d in range(dim):
+                qb[d] = np.float32(0.5) * (sb[d] * sb[d] - qb[d])
             wide[b, 0] = wsum
             for j in range(nd):
-                x[b, base + j] = dense[b, j]
+                xb[base + j] = dense[b, j]
             for i in range(small_lookup.shape[0]):
                 small_idx[b, i] = rows[b, small_lookup[i]] + small_shift[i]
 
@@ -163,119 +175,182 @@ if numba is not None:
                     grad[n, dim + i] = gw
 
     @_jit
-    def projected_first_layer(weight, dim, value_rows, value_col, w1t, idx, deep, bias, proj, h1):
-        """The deep MLP's first ``Linear`` for the small-vocabulary fields, per value: each
-        value row ``v`` (table row ``value_rows[v]``, first-layer input columns from
-        ``value_col[v]``, -1 for a field outside the deep group) is projected once,
-        ``proj[v] = e_v W_f^T`` (``w1t [in, H]`` is the weight transposed), then ``h1[b] =
-        bias + sum of proj[idx[b, i]]`` over the deep small fields ``i``."""
+    def project_values(weight, dim, value_rows, value_col, w1t, proj):
+        """The deep MLP's first ``Linear`` per value row of the small-vocabulary fields:
+        ``proj[v] = e_v W_f^T`` (table row ``value_rows[v]``, first-layer input columns from
+        ``value_col[v]``, zeros for a field outside the deep group; ``w1t [in, H]`` is the
+        weight transposed)."""
         V = value_rows.shape[0]
-        B, F = idx.shape
-        H = h1.shape[1]
+        H = proj.shape[1]
         for v in prange(V):
+            p = proj[v]
+            for j in range(H):
+                p[j] = 0.0
             c0 = value_col[v]
-            for j in range(H):
-                proj[v, j] = 0.0
             if c0 >= 0:
-                r = value_rows[v]
+                e = weight[value_rows[v]]
                 for d in range(dim):
-                    e = weight[r, d]
+                    ed = e[d]
+                    w = w1t[c0 + d]
                     for j in range(H):
-                        proj[v, j] += e * w1t[c0 + d, j]
-        for b in prange(B):
-            o = h1[b]
-            for j in range(H):
-                o[j] = bias[j]
-            for i in range(F):
-                if deep[i]:
-                    p = proj[idx[b, i]]
-                    for j in range(H):
-                        o[j] += p[j]
+                        p[j] += ed * w[j]
 
     @_jit
-    def value_backward(
-        idx, deep, fm_mask, wide_mask, gh, gfm, s, gwide, weight, value_rows, value_col,
-        small_cols, w1, g_sum, a_sum, c_sum, w_sum, b_sum, grad_values, grad_w1, grad_b1,
+    def add_values(proj, idx, deep_fields, h1, relu):
+        """``h1[b] += sum of proj[idx[b, i]]`` over the small fields ``i`` in
+        ``deep_fields``, then ``h1 = max(h1, 0)`` when ``relu`` (the first layer's ReLU;
+        NaN stays NaN, as in ``torch.relu``). ``h1`` holds the rest of the first layer."""
+        B = idx.shape[0]
+        F = deep_fields.shape[0]
+        H = h1.shape[1]
+        for b in prange(B):
+            o = h1[b]
+            i = 0
+            while i + 1 < F:  # two rows per pass over h1[b]
+                p = proj[idx[b, deep_fields[i]]]
+                q = proj[idx[b, deep_fields[i + 1]]]
+                for j in range(H):
+                    o[j] += p[j] + q[j]
+                i += 2
+            if i < F:
+                p = proj[idx[b, deep_fields[i]]]
+                for j in range(H):
+                    o[j] += p[j]
+            if relu:
+                for j in range(H):
+                    if o[j] < 0:
+                        o[j] = 0.0
+
+    @_jit
+    def value_sums(
+        idx, seg_lo, seg_hi, wide_fields, g, act, relu, gfm, s, gwide, ext, g_sum, w_sum,
+        b_sum, bias_per_sample,
     ):  # fmt: skip
-        """Backward of the small fields' share (``projected_first_layer`` and their FM and
-        wide terms), summed per value row instead of per sample:
-
-        - ``grad_values [V, dim + W]``: each value row's table gradient, ``G_v W_f`` (deep,
-          ``G_v`` the first layer's gradient ``gh`` summed over the samples with that value)
-          plus ``sum gfm * s - e_v * sum gfm`` (FM) and ``sum gwide`` (wide);
-        - ``grad_w1[:, small_cols]``: the first layer's weight gradient of those columns,
-          ``G^T E`` per field; ``grad_b1 [H]`` (size 0 without a bias): ``sum_b gh[b]``.
-
-        ``g_sum [T, V, H]``, ``a_sum``/``c_sum [T, V, dim]``, ``w_sum [T, V]``, ``b_sum [T,
-        H]`` are scratch: thread ``t`` sums one slice of the batch, then slices are added."""
-        B, F = idx.shape
+        """First half of the small fields' backward: the per-sample gradient row ``ext[b] =
+        [gh | gfm * s | gfm]`` (``gh`` is ``g`` through the ReLU's mask when ``relu``:
+        zero where ``act <= 0``) and its sums per value row, ``g_sum[t, v]`` over one slice
+        of the batch per thread ``t`` (small field ``i`` adds ``ext[b, seg_lo[i]:
+        seg_hi[i]]``: the first-layer part if it is deep, the FM part if it is in FM),
+        ``w_sum[t, v]`` the wide gradient's sums, ``b_sum[t]`` the bias's when
+        ``bias_per_sample`` (else it is read off ``g_sum``). ``ext[:, :H]`` is the first
+        layer's output gradient for the matrix products of the other columns."""
+        B = idx.shape[0]
         T = g_sum.shape[0]
-        V = value_rows.shape[0]
-        H = gh.shape[1]
+        H = g.shape[1]
         dim = s.shape[1]
-        W = grad_values.shape[1] - dim
+        F = seg_lo.shape[0]
         chunk = (B + T - 1) // T
         for t in prange(T):
             g_t = g_sum[t]
-            a_t = a_sum[t]
-            c_t = c_sum[t]
             w_t = w_sum[t]
             b_t = b_sum[t]
             g_t[:] = 0
-            a_t[:] = 0
-            c_t[:] = 0
             w_t[:] = 0
             b_t[:] = 0
             for b in range(t * chunk, min(B, (t + 1) * chunk)):
-                gb = gh[b]
-                for j in range(H):
-                    b_t[j] += gb[j]
-                for i in range(F):
-                    v = idx[b, i]
-                    if deep[i]:
-                        gv = g_t[v]
-                        for j in range(H):
-                            gv[j] += gb[j]
-                    if fm_mask[i]:
-                        for d in range(dim):
-                            a_t[v, d] += gfm[b, d] * s[b, d]
-                            c_t[v, d] += gfm[b, d]
-                    if wide_mask[i]:
-                        w_t[v] += gwide[b, 0]
-        for v in prange(V):
-            for t in range(1, T):
-                for j in range(H):
-                    g_sum[0, v, j] += g_sum[t, v, j]
+                eb = ext[b]
+                src = g[b]
+                if relu:
+                    ab = act[b]
+                    for j in range(H):
+                        eb[j] = np.float32(0.0) if ab[j] <= 0 else src[j]
+                else:
+                    for j in range(H):
+                        eb[j] = src[j]
+                gf = gfm[b]
+                sb = s[b]
                 for d in range(dim):
-                    a_sum[0, v, d] += a_sum[t, v, d]
-                    c_sum[0, v, d] += c_sum[t, v, d]
+                    eb[H + d] = gf[d] * sb[d]
+                    eb[H + dim + d] = gf[d]
+                if bias_per_sample:
+                    for j in range(H):
+                        b_t[j] += eb[j]
+                for i in range(F):
+                    lo = seg_lo[i]
+                    n = seg_hi[i] - lo
+                    dst = g_t[idx[b, i], lo : lo + n]  # slices: the loop vectorises
+                    part = eb[lo : lo + n]
+                    for j in range(n):
+                        dst[j] += part[j]
+                for i in wide_fields:
+                    w_t[idx[b, i]] += gwide[b, 0]
+
+    @_jit_reassoc
+    def value_grads(
+        value_rows, value_col, deep_lo, deep_hi, deep_col, weight, w1t, g_sum, w_sum, b_sum,
+        bias_field, grad_values, grad_w1, grad_b1, col_scratch,
+    ):  # fmt: skip
+        """Second half: the slices of ``value_sums`` added up (into ``g_sum[0]``), then
+
+        - ``grad_values [V, dim + W]``: each value row's table gradient, ``G_v W_f`` (deep,
+          ``G_v`` the summed first-layer gradient) plus ``sum gfm * s - e_v * sum gfm``
+          (FM) and ``sum gwide`` (wide);
+        - ``grad_w1[:, deep_col[k]:deep_col[k] + dim]``: the first layer's weight gradient
+          of deep small field ``k`` (value rows ``deep_lo[k]:deep_hi[k]``), ``G^T E``;
+        - ``grad_b1 [H]`` (size 0 without a bias): the sum of ``G_v`` over one deep small
+          field's values (every sample has one value of it), or of ``b_sum`` when
+          ``bias_field < 0``.
+
+        ``col_scratch [deep fields * dim, H]`` is scratch."""
+        T, V, C = g_sum.shape
+        H = w1t.shape[1]
+        dim = (C - H) // 2
+        W = grad_values.shape[1] - dim
+        for v in prange(V):
+            gv = g_sum[0, v]
+            for t in range(1, T):
+                other = g_sum[t, v]
+                for j in range(C):
+                    gv[j] += other[j]
                 w_sum[0, v] += w_sum[t, v]
-            r = value_rows[v]
-            for d in range(dim):
-                grad_values[v, d] = a_sum[0, v, d] - weight[r, d] * c_sum[0, v, d]
+            e = weight[value_rows[v]]
+            out = grad_values[v]
             c0 = value_col[v]
-            if c0 >= 0:
-                for j in range(H):
-                    gv = g_sum[0, v, j]
-                    for d in range(dim):
-                        grad_values[v, d] += gv * w1[j, c0 + d]
-            for k in range(W):
-                grad_values[v, dim + k] = w_sum[0, v]
-        for j in prange(H):
-            if grad_b1.shape[0] > 0:
-                total = np.float32(0.0)
-                for t in range(T):
-                    total += b_sum[t, j]
-                grad_b1[j] = total
-            for c in small_cols:
-                grad_w1[j, c] = 0.0
-            for v in range(V):
-                c0 = value_col[v]
+            for d in range(dim):
+                acc = gv[H + d] - e[d] * gv[H + dim + d]
                 if c0 >= 0:
-                    gv = g_sum[0, v, j]
-                    r = value_rows[v]
+                    wr = w1t[c0 + d]
+                    for j in range(H):
+                        acc += gv[j] * wr[j]
+                out[d] = acc
+            for k in range(W):
+                out[dim + k] = w_sum[0, v]
+        K = deep_lo.shape[0]
+        blocks = (H + 31) // 32
+        for jb in prange(blocks):  # by blocks of the first layer's outputs: even shares
+            j0 = jb * 32
+            n = min(H, j0 + 32) - j0
+            for q in range(K * dim):
+                row = col_scratch[q, j0 : j0 + n]
+                for j in range(n):
+                    row[j] = 0.0
+            for k in range(K):
+                for v in range(deep_lo[k], deep_hi[k]):
+                    e = weight[value_rows[v]]
+                    gv = g_sum[0, v, j0 : j0 + n]
                     for d in range(dim):
-                        grad_w1[j, c0 + d] += gv * weight[r, d]
+                        ed = e[d]
+                        row = col_scratch[k * dim + d, j0 : j0 + n]
+                        for j in range(n):
+                            row[j] += gv[j] * ed
+            for q in range(K * dim):
+                row = col_scratch[q, j0 : j0 + n]
+                c = deep_col[q // dim] + q % dim
+                for j in range(n):
+                    grad_w1[j0 + j, c] = row[j]
+        if grad_b1.shape[0] > 0:
+            for j in range(H):
+                grad_b1[j] = 0.0
+            if bias_field >= 0:
+                for v in range(deep_lo[bias_field], deep_hi[bias_field]):
+                    gv = g_sum[0, v]
+                    for j in range(H):
+                        grad_b1[j] += gv[j]
+            else:
+                for t in range(T):
+                    bt = b_sum[t]
+                    for j in range(H):
+                        grad_b1[j] += bt[j]
 
     @_jit
     def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
@@ -374,17 +449,21 @@ def _warm_up() -> bool:
                 rows, field, pool, deep_pos, masks, masks, field, 2, 1, weight, x, s, x, fm,
                 wide, field, grad, np.empty(4, i64),
             )  # fmt: skip
-        h = np.empty((2, 3), f32)
+        h = np.ones((2, 3), f32)
         value_col = np.array([0, -1], i64)
-        projected_first_layer(
-            weight, 2, field, value_col, weight, idx, masks, np.zeros(3, f32),
-            np.empty((2, 3), f32), h,
+        proj = np.empty((2, 3), f32)
+        project_values(weight, 2, field, value_col, weight, proj)
+        add_values(proj, idx, small, h, True)
+        ends = np.array([3], i64)
+        g_sum, w_sum, b_sum = np.empty((2, 2, 7), f32), np.empty((2, 2), f32), np.empty((2, 3), f32)
+        value_sums(
+            idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((2, 7), f32),
+            g_sum, w_sum, b_sum, False,
         )  # fmt: skip
-        value_backward(
-            idx, masks, masks, masks, h, fm, s, wide, weight, field, value_col, small, weight,
-            np.empty((2, 2, 3), f32), np.empty((2, 2, 2), f32), np.empty((2, 2, 2), f32),
-            np.empty((2, 2), f32), np.empty((2, 3), f32), np.empty((2, 3), f32),
-            np.empty((3, 3), f32), np.empty(3, f32),
+        value_grads(
+            field, value_col, small, ends - 1, small, weight, weight, g_sum, w_sum, b_sum, 0,
+            np.empty((2, 3), f32), np.empty((3, 3), f32), np.empty(3, f32),
+            np.empty((2, 3), f32),
         )  # fmt: skip
         slot = np.full((2, 3), -1, np.int32)
         for rowwise in (False, True):

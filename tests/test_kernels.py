@@ -65,6 +65,9 @@ def step(model: DeepFM, inputs, use_kernels: bool, monkeypatch) -> dict:
         (SINGLE_VALUED, SINGLE_GROUPS, {}),
         (SINGLE_VALUED, {"wide": ["u"], "deep": ["u", "i", "p"]}, {}),
         (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5], "use_bn": True}}),
+        (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5, 3], "bias": False}}),
+        (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5], "activation": "nn.Tanh"}}),
+        (SINGLE_VALUED, {"wide": ["w"], "fm": ["u", "i"], "deep": ["i", "p", "x"]}, {}),
     ],
     ids=[
         "multi-valued",
@@ -74,6 +77,9 @@ def step(model: DeepFM, inputs, use_kernels: bool, monkeypatch) -> dict:
         "single-valued",
         "fm-from-deep-no-dense",
         "batch-norm-no-bias",
+        "relu-no-bias",
+        "tanh",
+        "deep-only-fm-only-wide-only-fields",
     ],
 )
 def test_fused_lookup_equals_the_pytorch_path(
@@ -92,6 +98,8 @@ def test_fused_lookup_equals_the_pytorch_path(
     torch_path = step(copy.deepcopy(model), inputs, False, monkeypatch)
     fused = step(model, inputs, True, monkeypatch)
     assert calls == [1]  # the fused path ran once, the PyTorch path not at all
+    # the first layer's ReLU runs in the kernels when the layer is Linear -> ReLU
+    assert model._fused_plan["relu"] is model.deep.first_activation_is_relu
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
