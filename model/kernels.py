@@ -33,11 +33,15 @@ import numpy as np
 
 try:  # numba is a dependency, but the PyTorch path must keep working without it
     import numba
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except Exception:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 _lock = threading.Lock()
+_AHEAD = 4  # how many samples (or rows) ahead the kernels prefetch table rows
 _ready: bool | None = None
 
 
@@ -74,6 +78,31 @@ def _jit_reassoc(fn):
 
 if numba is not None:
 
+    @intrinsic
+    def prefetch_row(typingctx, array, row):
+        """Hint the CPU to fetch ``array[row]`` (a row of a C-contiguous 2-D array: its
+        first and last cache line) into the caches; no effect on results. The table rows
+        a batch gathers are random, so each load would otherwise wait for the memory."""
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            row_bytes = builder.mul(
+                cgutils.unpack_tuple(builder, ary.strides)[0], builder.sext(args[1], ir.IntType(64))
+            )
+            start = builder.gep(builder.bitcast(ary.data, cgutils.voidptr_t), [row_bytes])
+            width = cgutils.unpack_tuple(builder, ary.strides)[0]
+            last = builder.gep(start, [builder.sub(width, ir.Constant(ir.IntType(64), 1))])
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # read access, high locality, data cache
+            flags = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            builder.call(fn, [start, *flags])
+            builder.call(fn, [last, *flags])
+            return context.get_dummy_value()
+
+        return types.void(array, row), codegen
+
     @_jit
     def pooled_forward(
         weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim,
@@ -94,6 +123,9 @@ if numba is not None:
         base = x.shape[1] - nd
         weighted = pool_weight.shape[0] > 0
         for b in prange(B):
+            if b + _AHEAD < B:  # the rows of a sample a few iterations ahead
+                for k in range(K):
+                    prefetch_row(weight, rows[b + _AHEAD, k])
             xb = x[b]
             if weighted:  # pooled fields add up several lookups into their slot
                 for j in range(base):
@@ -370,6 +402,8 @@ if numba is not None:
             lo = t * chunk
             end = lo
             for n in range(lo, min(N, lo + chunk)):
+                if n + _AHEAD < N:
+                    prefetch_row(slot[t], rows[n + _AHEAD])
                 r = rows[n]
                 u = slot[t, r]
                 if u < 0:
@@ -395,6 +429,9 @@ if numba is not None:
                         break
         for t in prange(parts):
             for i in range(t * chunk, ends[t]):
+                if i + _AHEAD < ends[t] and uniq[i + _AHEAD] >= 0:
+                    prefetch_row(weight, uniq[i + _AHEAD])
+                    prefetch_row(acc, uniq[i + _AHEAD])
                 r = uniq[i]
                 if r < 0:
                     slot[t, -1 - r] = -1
