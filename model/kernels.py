@@ -86,12 +86,12 @@ if numba is not None:
 
         def codegen(context, builder, signature, args):
             ary = context.make_array(signature.args[0])(context, builder, args[0])
-            row_bytes = builder.mul(
-                cgutils.unpack_tuple(builder, ary.strides)[0], builder.sext(args[1], ir.IntType(64))
+            width = cgutils.unpack_tuple(builder, ary.strides)[0]  # bytes per row
+            index = context.cast(builder, args[1], signature.args[1], types.intp)
+            start = builder.gep(
+                builder.bitcast(ary.data, cgutils.voidptr_t), [builder.mul(width, index)]
             )
-            start = builder.gep(builder.bitcast(ary.data, cgutils.voidptr_t), [row_bytes])
-            width = cgutils.unpack_tuple(builder, ary.strides)[0]
-            last = builder.gep(start, [builder.sub(width, ir.Constant(ir.IntType(64), 1))])
+            last = builder.gep(start, [builder.sub(width, ir.Constant(width.type, 1))])
             i32 = ir.IntType(32)
             fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
             fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
