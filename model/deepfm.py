@@ -538,6 +538,10 @@ class _FusedFirstLayer(torch.autograd.Function):
     summed per value too. The table's gradient is a sparse COO tensor (per-lookup rows for
     the other fields, per-value rows for the small ones), so the sparse optimizers and the
     multi-process gradient exchange see what the PyTorch path gives them.
+
+    With ``plan["relu"]`` (the first layer is ``Linear -> ReLU``, fp32) ``h1`` is returned
+    through the ReLU and the backward applies its mask while summing per value: the MLP then
+    continues after its first activation (``forward_after_first_linear(activated=True)``).
     """
 
     @staticmethod

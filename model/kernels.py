@@ -9,16 +9,22 @@ rows. Here:
 - ``pooled_forward``: one pass over the lookups writes the deep MLP's input for the fields
   with many table rows (then the dense columns), the FM's sum vector and output, the wide
   sum, and the value rows of the small-vocabulary fields;
-- ``projected_first_layer``: for the small-vocabulary fields the first ``Linear`` is
-  computed once per table row (``e_v W_f^T``) and each sample adds its values' rows,
-  instead of a matrix product over every sample;
+- ``project_values`` and ``add_values``: for the small-vocabulary fields the first
+  ``Linear`` is computed once per table row (``e_v W_f^T``) and each sample adds its
+  values' rows to the matrix product of the other columns, instead of a matrix product
+  over every sample; the first layer's ReLU is applied in the same pass;
 - ``pooled_backward``: one pass writes the per-lookup gradients of the other fields (the
   values of a sparse COO gradient);
-- ``value_backward``: the small fields' gradients (first layer, FM, wide) summed per table
-  row, and the first layer's weight and bias gradients for them;
+- ``value_sums`` and ``value_grads``: the ReLU's mask applied to the first layer's output
+  gradient, the small fields' gradients (first layer, FM, wide) summed per table row, and
+  from those the rows' gradients and the first layer's weight and bias gradients;
 - ``adagrad_update``: sums the gradients of duplicate rows without sorting (each thread
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
   merged) and applies Adagrad to each touched row once.
+
+The gathers and the update prefetch the random table rows a few iterations ahead
+(``prefetch_row``), which matters once the matrix products have evicted the tables from
+the core's caches.
 
 ``model.deepfm`` and ``model.optim`` use them when numba imports and compiles here (and
 fall back to PyTorch ops otherwise); the tests check both paths against each other.
