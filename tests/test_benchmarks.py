@@ -1,0 +1,75 @@
+"""The two training benchmarks run end to end on a small generated set and print the JSON
+line the README's figures come from, with figures that agree with each other."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = [
+    "--label", "clk", "--categorical",
+    "user_id,adgroup_id,pid,age_level,gender,shopping_level,occupation,city_level,cms_segid,"
+    "cate_id,campaign_id,customer_id,brand",
+    "--numeric", "price", "--hidden", "32,16", "--batch-size", "512", "--threads", "1",
+]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["data", "generate", "--rows", "40000", "--seed", "1", "--out", str(out)]) == 0
+    return out / "flat.parquet"
+
+
+def run_script(name: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def test_train_throughput_prints_consistent_figures(flat):
+    out = run_script("train_throughput.py", "--data", str(flat), *COLUMNS, "--bound-steps", "5",
+                     "--epochs", "2")  # fmt: skip
+    rows = len(pd.read_parquet(flat))
+    assert out["rows_train"] + out["rows_test"] == rows
+    assert out["rows_test"] == pytest.approx(rows * 0.1, abs=rows * 0.02)
+    assert out["train_samples_per_s"] > 0 and out["mlp_bound_samples_per_s"] > 0
+    ratio = out["train_samples_per_s"] / out["mlp_bound_samples_per_s"]
+    assert out["ratio_to_mlp_bound"] == pytest.approx(ratio, abs=1e-3)
+    assert 0.5 < out["test_auc"] < 1.0  # the generator's clicks are learnable
+    assert out["test_logloss"] > 0
+    assert out["cpu_kernels"] is True
+    assert out["deep_input_width"] == 13 * 16 + 1  # 13 embedded ids (dim 16) + price
+
+
+def test_step_vs_bound_prints_per_pair_ratios(flat):
+    out = run_script("step_vs_bound.py", "--data", str(flat), *COLUMNS, "--rounds", "3",
+                     "--chunk", "2")  # fmt: skip
+    assert out["rounds"] == 3 and out["chunk"] == 2 and out["batch_size"] == 512
+    assert out["deepfm_step_ms"] > 0 and out["bound_step_ms"] > 0
+    assert out["ratio_min"] <= out["ratio_median"] <= out["ratio_max"]
+
+
+def test_step_vs_bound_refuses_settings_it_does_not_interleave(flat):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "step_vs_bound.py"), "--data", str(flat),
+         *COLUMNS, "--precision", "bf16"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--precision" in proc.stderr
