@@ -641,8 +641,8 @@ class _FusedFirstLayer(torch.autograd.Function):
                 b_sum.numpy(), bias_field, values[n_lookup:].numpy(), grad_w1.numpy(),
                 grad_b1.numpy(), np.empty((len(plan["deep_fields"]) * dim, hidden), np.float32),
             )  # fmt: skip
-            if x.shape[1] > 0:
-                grad_w1.index_copy_(1, plan["x_cols"], gh.t() @ x)
+            if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
+                grad_w1.index_copy_(1, plan["x_cols"], (x.t() @ gh).t())
             gx = gh @ w1t_x.t()
         else:  # autocast: as the Linear's backward, in its dtype; no per-value fields
             gh = grad_h1.to(mm)
