@@ -299,7 +299,9 @@ class DeepFM(nn.Module):
     def _plan_fused_lookup(self) -> dict | None:
         """What the fused CPU kernels need (see ``model.kernels``), or None when this layout
         is not one they serve: one table, every multi-valued FM field also in the deep group
-        (its pooled embedding is read back from the deep input)."""
+        (its pooled embedding is read back from the deep input). So an FM field outside the
+        deep group is single-valued, and its one lookup is column ``f`` of the lookups
+        (single-valued fields come first)."""
         if len(self.tables) != 1:
             return None
         table = self.tables[0]
@@ -322,15 +324,12 @@ class DeepFM(nn.Module):
             "deep_cols": deep_cols,  # fields in deep-input order
             "fm_mask": fm_mask,
             "wide_mask": wide_mask,
-            # an FM field's one lookup (single-valued fields come first in the lookups)
-            "table_lookup": np.arange(table.num_fields, dtype=np.int64),
             "offsets": offsets,
             "sizes": sizes,
             "num_sparse": table.num_sparse,
             "num_dense": self.num_dense,
             "hidden": self.deep.first_linear.out_features,
-            # the first layer's ReLU is applied in the fused kernels (Linear -> ReLU only)
-            "relu": self.deep.first_activation_is_relu,
+            "first_is_relu": self.deep.first_activation_is_relu,
             "by_batch": {},
         }
 
@@ -381,6 +380,8 @@ class DeepFM(nn.Module):
         }
         segments = [seg[(f in deep_index, bool(plan["fm_mask"][f]))] for f in small]
         cached = {
+            # the first layer's ReLU runs in the kernels: Linear -> ReLU, per-value (fp32) path
+            "relu": plan["first_is_relu"] and per_value,
             "deep_pos": deep_pos,
             "x_cols": torch.tensor(w1_cols(big_deep) + dense_cols, dtype=torch.long),
             "small_lookup": np.array(small, dtype=np.int64),
@@ -512,7 +513,7 @@ class DeepFM(nn.Module):
                 plan,
             )
             combine = self._train_combine or self.combine_after_first_linear
-            return combine(y_wide, y_fm, h1, activated=per_value and plan["relu"])
+            return combine(y_wide, y_fm, h1, activated=plan["relu"])
         embedded = self.embed(sparse, multi)
         if self.training and self._train_head is not None:
             return self._train_head(embedded, dense)
@@ -568,13 +569,13 @@ class _FusedFirstLayer(torch.autograd.Function):
             pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
             kernels.pooled_forward(
                 table.numpy(), rows.numpy(), field, pool.numpy(), plan["deep_pos"],
-                plan["fm_mask"], plan["wide_mask"], plan["table_lookup"], dim, dense.numpy(),
+                plan["fm_mask"], plan["wide_mask"], dim, dense.numpy(),
                 plan["small_lookup"], plan["small_shift"], x.numpy(), s.numpy(), fm.numpy(),
                 wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
             w1t = w1.t().contiguous()  # [in, H]
             w1t_x = w1t.index_select(0, plan["x_cols"])  # [x columns, H]
-            relu = plan["relu"] and mm_dtype == torch.float32
+            relu = plan["relu"]  # only without autocast: per_value in _fused_batch_plan
             if mm_dtype == torch.float32:
                 # the matrix product over x, then each sample adds its values' projected
                 # rows (and the ReLU, when the first layer has one)
@@ -651,7 +652,7 @@ class _FusedFirstLayer(torch.autograd.Function):
             grad_b1 = gh.float().sum(0)
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan["deep_pos"], plan["fm_mask"],
-            plan["wide_mask"], plan["table_lookup"], dim, wide_dim, table.numpy(), x.numpy(),
+            plan["wide_mask"], dim, wide_dim, table.numpy(), x.numpy(),
             s.numpy(), gx.contiguous().numpy(), gfm.numpy(), gwide.numpy(), lookups,
             values[:n_lookup].numpy(), indices[:n_lookup].numpy(),
         )  # fmt: skip

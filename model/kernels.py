@@ -111,13 +111,12 @@ if numba is not None:
 
     @_jit
     def pooled_forward(
-        weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim,
-        dense, small_lookup, small_shift, x, s, fm, wide, small_idx,
+        weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, dense,
+        small_lookup, small_shift, x, s, fm, wide, small_idx,
     ):  # fmt: skip
         """``weight [R, dim + W]``, ``rows [B, K]`` (K lookups per sample), ``field [K]``
         (the field of each lookup), ``pool_weight [B, K]`` or ``[0, 0]`` (all ones),
         ``deep_pos [F]`` (slot in ``x``, -1 if not there), ``fm_mask``/``wide_mask`` ``[F]``,
-        ``table_lookup [F]`` (for an FM field not in ``x``: its one lookup's column),
         ``dense [B, nd]``, ``small_lookup``/``small_shift [F_s]`` (the small fields' lookup
         column and table row -> value row shift) -> ``x [B, slots * dim + nd]``, ``s [B,
         dim]`` (sum of the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``,
@@ -164,10 +163,8 @@ if numba is not None:
             for f in range(F):
                 if fm_mask[f]:
                     p = deep_pos[f]
-                    if p >= 0:
-                        e = xb[p * dim : p * dim + dim]
-                    else:
-                        e = weight[rows[b, table_lookup[f]], :dim]
+                    # a field outside x is single-valued (DeepFM._plan_fused_lookup): lookup f
+                    e = xb[p * dim : p * dim + dim] if p >= 0 else weight[rows[b, f], :dim]
                     for d in range(dim):
                         sb[d] += e[d]
                         qb[d] += e[d] * e[d]
@@ -181,7 +178,7 @@ if numba is not None:
 
     @_jit
     def pooled_backward(
-        rows, field, pool_weight, deep_pos, fm_mask, wide_mask, table_lookup, dim, wide_dim,
+        rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, wide_dim,
         weight, x, s, gx, gfm, gwide, lookups, grad, grad_rows,
     ):  # fmt: skip
         """The gradient of the lookups in columns ``lookups [K']``: ``grad [B * K', dim +
@@ -205,7 +202,7 @@ if numba is not None:
                     if p >= 0:
                         g = gx[b, p * dim + d]
                     if fm_mask[f]:
-                        e = x[b, p * dim + d] if p >= 0 else weight[rows[b, table_lookup[f]], d]
+                        e = x[b, p * dim + d] if p >= 0 else weight[rows[b, k], d]
                         g += gfm[b, d] * (s[b, d] - e)
                     grad[n, d] = w * g
                 gw = w * gwide[b, 0] if wide_mask[f] else np.float32(0.0)
@@ -484,13 +481,13 @@ def _warm_up() -> bool:
         idx = np.empty((2, 1), i64)
         for pool in (np.empty((0, 0), f32), np.ones((2, 2), f32)):
             pooled_forward(
-                weight, rows, field, pool, deep_pos, masks, masks, field, 2,
-                np.ones((2, 1), f32), small, small, x, s, fm, wide, idx,
+                weight, rows, field, pool, deep_pos, masks, masks, 2, np.ones((2, 1), f32),
+                small, small, x, s, fm, wide, idx,
             )  # fmt: skip
             grad = np.empty((4, 3), f32)
             pooled_backward(
-                rows, field, pool, deep_pos, masks, masks, field, 2, 1, weight, x, s, x, fm,
-                wide, field, grad, np.empty(4, i64),
+                rows, field, pool, deep_pos, masks, masks, 2, 1, weight, x, s, x, fm, wide,
+                field, grad, np.empty(4, i64),
             )  # fmt: skip
         h = np.ones((2, 3), f32)
         value_col = np.array([0, -1], i64)

@@ -99,7 +99,9 @@ def test_fused_lookup_equals_the_pytorch_path(
     fused = step(model, inputs, True, monkeypatch)
     assert calls == [1]  # the fused path ran once, the PyTorch path not at all
     # the first layer's ReLU runs in the kernels when the layer is Linear -> ReLU
-    assert model._fused_plan["relu"] is model.deep.first_activation_is_relu
+    assert model._fused_plan["first_is_relu"] is model.deep.first_activation_is_relu
+    assert all(p["relu"] is model.deep.first_activation_is_relu
+               for p in model._fused_plan["by_batch"].values())  # fmt: skip
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
