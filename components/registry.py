@@ -300,13 +300,19 @@ class _GcsStore:
             raise _Changed(self.uri(key)) from exc
 
 
+def split_gcs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``; ValueError without a
+    bucket."""
+    bucket, _, prefix = uri.removeprefix("gs://").partition("/")
+    if not bucket:
+        raise ValueError(f"{uri}: no bucket; expected gs://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
 def _open(destination: str | Path) -> _Store:
     d = str(destination)
     if d.startswith("gs://"):
-        bucket, _, prefix = d.removeprefix("gs://").partition("/")
-        if not bucket:
-            raise ValueError(f"{d}: no bucket; expected gs://bucket/prefix")
-        return _GcsStore(bucket, prefix.strip("/"))
+        return _GcsStore(*split_gcs_uri(d))
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", d):
         raise ValueError(f"{d}: unsupported destination; use a local path or gs://bucket/prefix")
     return _LocalStore(Path(d))

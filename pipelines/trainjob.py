@@ -440,13 +440,6 @@ def run_trainjob(
 # --------------------------------------------------------------------------- data staging
 
 
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("gs://").partition("/")
-    if not bucket:
-        raise ValueError(f"{uri}: no bucket; expected gs://bucket/path")
-    return bucket, key.strip("/")
-
-
 def stage_in(uri: str, dest: str | Path) -> Path:
     """Copy ``uri`` (gs://bucket/key or a local path) to ``dest``: one object/file to the
     file ``dest``, or every object under the prefix/folder into the folder ``dest``.
@@ -467,7 +460,9 @@ def stage_in(uri: str, dest: str | Path) -> Path:
         return dest
     from google.cloud import storage
 
-    bucket_name, key = _split(uri)
+    from components.registry import split_gcs_uri
+
+    bucket_name, key = split_gcs_uri(uri)
     bucket = storage.Client().bucket(bucket_name)
     blob = bucket.get_blob(key) if key else None
     if blob is not None:
@@ -509,7 +504,9 @@ def stage_out(src: str | Path, uri: str) -> str:
         return uri
     from google.cloud import storage
 
-    bucket_name, key = _split(uri)
+    from components.registry import split_gcs_uri
+
+    bucket_name, key = split_gcs_uri(uri)
     bucket = storage.Client().bucket(bucket_name)
     for p in files:
         name = "/".join(filter(None, (key, p.relative_to(src).as_posix())))

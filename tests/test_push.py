@@ -35,6 +35,7 @@ from components.registry import (
     fetch_model,
     push_model,
     read_current,
+    split_gcs_uri,
 )
 from model.config import config_from_dict
 from model.deepfm import DeepFM
@@ -572,3 +573,21 @@ def test_the_gate_runs_under_kfp_local(models, tmp_path, monkeypatch):
     assert outputs["push"]["metadata"]["uri"] == current["uri"]
     assert outputs["record-not-pushed"]["metadata"]["pushed"] == 0
     assert read_current(tmp_path / "not_blessed") is None
+
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("gs://models/deepfm", ("models", "deepfm")),
+        ("gs://models/a/b/", ("models", "a/b")),
+        ("gs://models", ("models", "")),
+        ("gs://models/", ("models", "")),
+    ],
+)
+def test_split_gcs_uri(uri, expected):
+    assert split_gcs_uri(uri) == expected
+
+
+def test_split_gcs_uri_without_a_bucket_names_the_uri():
+    with pytest.raises(ValueError, match="gs:///x: no bucket"):
+        split_gcs_uri("gs:///x")
