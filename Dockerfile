@@ -14,9 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY model/ model/
+COPY feature_repo/ feature_repo/
+COPY registry/ registry/
+COPY validation/ validation/
+COPY evaluation/ evaluation/
+COPY training/ training/
+COPY serving/ serving/
 COPY components/ components/
 COPY pipelines/ pipelines/
-COPY feature_repo/ feature_repo/
 COPY configs/ configs/
 # Keep the image's CUDA torch: drop the CPU torch pin of the laptop set-up.
 RUN grep -v '^torch' constraints.txt > /tmp/constraints.txt \

@@ -45,14 +45,14 @@ def build_service(work: Path, rows: int) -> tuple[Path, Path]:
     """A materialized feature repo and a registry with one model under ``work``."""
     import torch
 
-    from components.registry import push_model
     from feature_repo import store
     from feature_repo.sample_data import generate
     from feature_repo.spec import REPO_DIR
-    from model.config import load_config
     from model.deepfm import DeepFM
     from model.export import save_model_dir
     from model.features import FeatureEncoder
+    from registry.model_registry import push_model
+    from training.config import load_config
 
     repo = work / "feature_repo"
     (repo / "data").mkdir(parents=True)
@@ -75,7 +75,7 @@ def build_service(work: Path, rows: int) -> tuple[Path, Path]:
 
 
 def run_server(registry: Path, repo: Path, port: int) -> None:
-    from pipelines.serve import ServeOptions, serve
+    from serving.server import ServeOptions, serve
 
     options = ServeOptions(model=str(registry), feature_repo=str(repo), reload_interval_s=30)
     serve(options, "127.0.0.1", port, access_log=False)
@@ -175,7 +175,7 @@ def main() -> None:
                 p.error("--url needs --ids (a parquet with user_id, adgroup_id, pid)")
             base, impressions = args.url.rstrip("/"), pd.read_parquet(args.ids)
         else:
-            from pipelines.serve import bind
+            from serving.server import bind
 
             work = Path(tempfile.mkdtemp(prefix="serve-load-"))
             print(f"building a {args.rows:,}-row service in {work} ...", file=sys.stderr)

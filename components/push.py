@@ -1,5 +1,5 @@
 """The push step (TFX's Pusher): a blessed model goes to the registry, pointer last
-(``components/registry.py``); an unblessed one is recorded as not pushed and the run goes on.
+(``registry.model_registry``); an unblessed one is recorded as not pushed and the run goes on.
 
 Both write TFX's PushedModel facts on their ``pushed_model`` artifact's metadata:
 ``pushed`` (1 or 0), and ``version`` and ``uri`` or the ``reason``.
@@ -21,7 +21,7 @@ def push(
     """Push the model directory at ``model.path`` to ``destination`` (a local path or
     ``gs://bucket/prefix``) as ``version`` ("" = UTC time plus the manifest's hash) and make it
     current, recording ``auc`` in the pointer. Returns the version folder's uri."""
-    from components.registry import push_model
+    from registry.model_registry import push_model
 
     pointer = push_model(model.path, destination, version or None, metrics={"auc": auc})
     pushed_model.metadata.update(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -370,7 +371,7 @@ def _validate_feature(i: int, f: FeatureConfig) -> None:
     key = f"features[{i}] ({f.name})"
     _check_positive(f"{key}.embedding_dim", f.embedding_dim)
     if f.init_fn:
-        from model.deepfm import parse_init_fn
+        from model.modules.init import parse_init_fn
 
         try:
             parse_init_fn(f.init_fn)
@@ -455,7 +456,7 @@ def validate(cfg: Config) -> Config:
     _check_positive("model.wide_embedding_dim", m.wide_embedding_dim)
     _check_positive("model.num_class", m.num_class)
     if m.wide_init_fn:
-        from model.deepfm import parse_init_fn
+        from model.modules.init import parse_init_fn
 
         try:
             parse_init_fn(m.wide_init_fn)
@@ -498,9 +499,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return validate(_build(Config, data, ""))
 
 
-def read_config_dict(path: str | Path) -> dict[str, Any]:
-    """The plain data of a YAML config file, with ``feature_spec`` resolved into
-    ``features`` and ``feature_groups`` (not validated yet)."""
+def read_config_dict(
+    path: str | Path, resolve_spec: Callable[[dict[str, Any], Path], None] | None = None
+) -> dict[str, Any]:
+    """The plain data of a YAML config file (not validated yet). A ``feature_spec: PATH`` key
+    is handed to ``resolve_spec(data, path)``, which fills ``features`` and ``feature_groups``
+    in place: the model library does not read feature specs itself (the training library
+    does, ``training.config.load_config``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -511,15 +516,23 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     if "feature_spec" in data:
-        _derive_features(data, path)
+        if resolve_spec is None:
+            raise ConfigError(
+                f"{path}: feature_spec: load this config with training.config.load_config, "
+                "which resolves the feature spec into features and feature_groups"
+            )
+        resolve_spec(data, path)
     return data
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    resolve_spec: Callable[[dict[str, Any], Path], None] | None = None,
+) -> Config:
     """Read a YAML config file, apply dotted ``overrides`` (``{"train.batch_size": 4096}``),
-    and validate it. ``feature_spec: PATH`` in the file takes the features and feature
-    groups from the one feature spec (``feature_repo/features.yaml``) instead of a list."""
-    data = read_config_dict(path)
+    and validate it. ``resolve_spec`` as in ``read_config_dict``."""
+    data = read_config_dict(path, resolve_spec)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -532,32 +545,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def _derive_features(data: dict[str, Any], path: Path) -> None:
-    """Fill ``features``, ``feature_groups`` and the label/timestamp defaults from the one
-    feature spec that ``feature_spec`` names (relative to the config file)."""
-    from feature_repo.spec import SpecError, load_spec
-
-    spec_path = Path(str(data.pop("feature_spec")))
-    if not spec_path.is_absolute():
-        spec_path = path.parent / spec_path
-    for key in ("features", "feature_groups"):
-        if key in data:
-            raise ConfigError(
-                f"{path}: {key}: comes from feature_spec {spec_path}; do not list it too"
-            )
-    try:
-        section = load_spec(spec_path).model_section()
-    except SpecError as e:
-        raise ConfigError(f"{path}: feature_spec: {e}") from None
-    data["features"] = section["features"]
-    data["feature_groups"] = section["feature_groups"]
-    block = data.setdefault("data", {})
-    if not isinstance(block, dict):
-        raise ConfigError(f"{path}: data: expected a mapping")
-    block.setdefault("label", section["label"])
-    block.setdefault("timestamp", section["timestamp"])
 
 
 def check_columns(cfg: Config, columns: typing.Iterable[str], where: str) -> None:

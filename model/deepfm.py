@@ -1,4 +1,4 @@
-"""DeepFM with TorchEasyRec's semantics (DESIGN.md section 5).
+"""DeepFM with TorchEasyRec's semantics (docs/ARCHITECTURE.md, "The model").
 
 Inputs are the encoder's tensors (see ``model.features``):
 ``sparse [B, F_s] int64``, ``multi [B, F_m, L] int64`` (-1 = padding), ``dense [B, F_d] float``.
@@ -16,7 +16,6 @@ gather for all fields of that dim); the wide part has its own table of
 
 from __future__ import annotations
 
-import ast
 import math
 
 import numpy as np
@@ -27,43 +26,7 @@ from torch import nn
 from model.config import FeatureGroups, ModelConfig
 from model.features import InputSpec, SparseInput
 from model.modules import MLP, FactorizationMachine
-
-_INIT_FNS = {
-    "uniform_": nn.init.uniform_,
-    "normal_": nn.init.normal_,
-    "zeros_": nn.init.zeros_,
-    "constant_": nn.init.constant_,
-    "trunc_normal_": nn.init.trunc_normal_,
-    "xavier_uniform_": nn.init.xavier_uniform_,
-    "xavier_normal_": nn.init.xavier_normal_,
-}
-
-
-def parse_init_fn(spec: str):
-    """``"nn.init.uniform_,a=-0.01,b=0.01"`` -> a function ``tensor -> tensor`` (TorchEasyRec's
-    ``wide_init_fn`` syntax, parsed without eval)."""
-    name, *args = [p.strip() for p in spec.split(",")]
-    short = name.removeprefix("torch.").removeprefix("nn.").removeprefix("init.")
-    if short not in _INIT_FNS:
-        raise ValueError(
-            f"unknown init function {name!r}; expected one of "
-            + ", ".join(f"nn.init.{n}" for n in _INIT_FNS)
-        )
-    kwargs = {}
-    for a in args:
-        key, eq, value = a.partition("=")
-        if not eq:
-            raise ValueError(f"init function argument {a!r} must be key=value")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            raise ValueError(f"init function argument {a!r}: value is not a literal") from None
-    fn = _INIT_FNS[short]
-
-    def init(t: torch.Tensor) -> torch.Tensor:
-        return fn(t, **kwargs)
-
-    return init
+from model.modules.init import parse_init_fn
 
 
 class EmbeddingTable(nn.Module):
@@ -453,8 +416,8 @@ class DeepFM(nn.Module):
     def combine(
         self, y_wide: torch.Tensor, y_fm: torch.Tensor, deep_in: torch.Tensor
     ) -> torch.Tensor:
-        """The two output paths (DESIGN.md section 5): ``y_wide [B, 1]``, ``y_fm [B, D]``
-        and the deep MLP's input ``[B, deep_in_features]`` -> logits ``[B, C]``."""
+        """The two output paths (docs/ARCHITECTURE.md, "The model"): ``y_wide [B, 1]``,
+        ``y_fm [B, D]`` and the deep MLP's input ``[B, deep_in_features]`` -> logits ``[B, C]``."""
         return self._logits(y_wide, y_fm, self.deep(deep_in))
 
     def combine_after_first_linear(
@@ -471,7 +434,7 @@ class DeepFM(nn.Module):
         return self.output(self.final(torch.cat([y_wide, y_fm, y_deep], dim=1)))
 
     def head(self, embedded: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
-        """Embeddings and dense numbers -> logits ``[B, C]`` (DESIGN.md section 5)."""
+        """Embeddings and dense numbers -> logits ``[B, C]`` (docs/ARCHITECTURE.md, "The model")."""
         y_wide = torch.zeros(dense.shape[0], 1, dtype=torch.float32, device=dense.device)
         deep_parts = []
         y_fm = None

@@ -73,9 +73,9 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from model.config import load_config
     from model.export import save_model_dir
     from model.train import time_split, train
+    from training.config import load_config
 
     overrides = _parse_sets(args.set)
     if args.epochs is not None:
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_features_parser(sub)
     _add_pipeline_parser(sub)
-    from pipelines.serve import add_serve_parser
+    from serving.server import add_serve_parser
 
     add_serve_parser(sub)
     return parser

@@ -82,7 +82,7 @@ def _outputs(task_dir: Path) -> dict:
 
 def summarize(run_dir: Path, push_destination: str) -> dict:
     """What a local run did, read from its folder and the registry pointer."""
-    from components.registry import read_current
+    from registry.model_registry import read_current
 
     evaluation = _outputs(run_dir / "evaluate")
     pushed = (run_dir / "push").is_dir()

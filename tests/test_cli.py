@@ -16,11 +16,11 @@ import pytest
 import torch
 import yaml
 
-from model.config import read_config_dict
 from model.export import load
 from model.metrics import auc
 from model.train import time_split
 from pipelines.cli import main
+from training.config import read_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "deepfm.yaml"

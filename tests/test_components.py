@@ -11,23 +11,24 @@ import torch
 import yaml
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
-from components.evaluate import (
+from components.evaluate import evaluate
+from evaluation.evaluate import (
     calibration_table,
     confusion_at_base_rate,
-    evaluate,
     evaluate_model,
     gate,
     render_report,
     roc_curve,
 )
-from components.features import resolve_window, retrieve_features
-from components.registry import push_model, read_current
-from components.train import resolve_config_path, train_model
 from feature_repo import store
 from feature_repo.sample_data import generate
 from feature_repo.spec import REPO_DIR
+from feature_repo.window import resolve_window
 from model.export import load, sha256_file
 from model.metrics import auc
+from registry.model_registry import push_model, read_current
+from training.data import retrieve_features
+from training.run import resolve_config_path, train_model
 
 ROWS = 12_000
 

@@ -14,9 +14,8 @@ from model.config import (
     ConfigError,
     check_columns,
     config_from_dict,
-    load_config,
-    read_config_dict,
 )
+from training.config import load_config, read_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEPFM = ROOT / "configs" / "deepfm.yaml"

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import Config, ConfigError, config_from_dict
-from model.deepfm import DeepFM, parse_init_fn, score_of
+from model.deepfm import DeepFM, score_of
 from model.features import FeatureEncoder, InputSpec
+from model.modules.init import parse_init_fn
 
 B = 6  # batch rows
 

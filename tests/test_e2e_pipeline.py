@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.registry import POINTER, read_current
 from feature_repo import store
 from feature_repo.sample_data import generate
 from feature_repo.spec import REPO_DIR
 from model.export import load
 from model.metrics import auc
 from pipelines.local_run import run_local
+from registry.model_registry import POINTER, read_current
 
 pytestmark = pytest.mark.slow
 

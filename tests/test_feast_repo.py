@@ -35,8 +35,8 @@ from feature_repo.definitions import SourceError, build, check_definitions
 from feature_repo.sample_data import PIDS, PROFILE_FEATURES, SCHEMAS, generate, point_in_time_join
 from feature_repo.spec import DTYPES, REPO_DIR, SpecError, load_spec
 from feature_repo.store import FeatureStoreError, get_features, get_training_data
-from model.config import load_config
 from model.train import time_split, train
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 20_000

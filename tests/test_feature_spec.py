@@ -15,7 +15,8 @@ import yaml
 from feature_repo import spec as spec_module
 from feature_repo.sample_data import SCHEMAS, generate
 from feature_repo.spec import GROUPS, REPO_DIR, SpecError, data_dir, load_spec
-from model.config import ConfigError, FeatureConfig, config_from_dict, load_config
+from model.config import ConfigError, FeatureConfig, config_from_dict
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "deepfm.yaml"

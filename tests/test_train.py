@@ -18,7 +18,6 @@ import torch
 
 import model.train as train_module
 from feature_repo.sample_data import generate
-from model.config import load_config
 from model.deepfm import DeepFM
 from model.export import PROGRAM, load, save_model_dir, verify_model_dir
 from model.features import OOV_ROW, FeatureEncoder
@@ -31,6 +30,7 @@ from model.train import (
     time_split,
     train,
 )
+from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "deepfm.yaml"

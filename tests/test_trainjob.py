@@ -1,4 +1,4 @@
-"""pipelines/trainjob.py: the TrainJob it builds, the node script it runs, and
+"""training/trainjob.py: the TrainJob it builds, the node script it runs, and
 ``run_trainjob`` / ``train_with_trainjob`` against a fake Kubernetes API on 127.0.0.1 (the
 CustomObjects and pod endpoints the kubernetes client calls) and gcp-storage-emulator."""
 
@@ -21,8 +21,8 @@ import pytest
 from google.cloud import storage
 from kubernetes import client
 
-from pipelines import trainjob
-from pipelines.trainjob import TrainJobError, run_trainjob, trainjob_manifest
+from training import trainjob
+from training.trainjob import TrainJobError, run_trainjob, trainjob_manifest
 
 IMAGE = "registry.example/deepfm:1"
 GCS = {
@@ -72,9 +72,9 @@ def test_manifest_for_gpus_and_gcs():
     lines = script.splitlines()
     assert lines[0] == "set -euo pipefail"
     assert lines[1:3] == [
-        "python -m pipelines.trainjob stage-in gs://bkt/data/train.parquet "
+        "python -m training.trainjob stage-in gs://bkt/data/train.parquet "
         "/tmp/deepfm-trainjob/train.parquet",
-        "python -m pipelines.trainjob stage-in gs://bkt/data/eval.parquet "
+        "python -m training.trainjob stage-in gs://bkt/data/eval.parquet "
         "/tmp/deepfm-trainjob/eval.parquet",
     ]
     assert lines[3] == (
@@ -178,7 +178,7 @@ def test_node_script_stages_in_trains_and_node_0_stages_out(tmp_path, rank, uplo
     subprocess.run(command, env=env, check=True, timeout=30)
     calls = log.read_text().splitlines()
     assert [c.split()[:4] for c in calls[:2]] == [
-        ["python", "-m", "pipelines.trainjob", "stage-in"]
+        ["python", "-m", "training.trainjob", "stage-in"]
     ] * 2
     assert calls[2].startswith("torchrun -m pipelines.cli train ")
     assert calls[2].endswith("--set train.batch_size=1 024")  # one argument, quoted

@@ -1,6 +1,7 @@
-"""Tests of step 1, validate (components/validate.py): the clean sample passes, each kind of
-bad raw data it claims to catch fails with a message naming the source, the column and the
-expectation, the suites follow the feature spec, and the report is written either way."""
+"""Tests of step 1, validate (validation/suites.py, components/validate.py): the clean
+sample passes, each kind of bad raw data it claims to catch fails with a message naming
+the source, the column and the expectation, the suites follow the feature spec, and the
+report is written either way."""
 
 import shutil
 from pathlib import Path
@@ -11,18 +12,17 @@ import pytest
 import yaml
 from kfp.dsl import HTML, Metrics
 
-from components.validate import (
+from components.validate import require_valid_data, validate
+from feature_repo.sample_data import generate
+from feature_repo.spec import DATA_DIR_ENV, REPO_DIR, SPEC_FILE, load_spec
+from validation.suites import (
     DataValidationError,
     build_suites,
     read_sources,
-    require_valid_data,
-    validate,
     validate_frames,
     validate_sources,
     validate_window,
 )
-from feature_repo.sample_data import generate
-from feature_repo.spec import DATA_DIR_ENV, REPO_DIR, SPEC_FILE, load_spec
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-09T00:00:00Z"  # the sample's 8-day window
 SOURCES = ("impressions", "user_profile", "ad_feature")

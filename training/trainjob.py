@@ -13,7 +13,7 @@ node runs exactly the README's multi-node command, its flags coming from the run
 Data exchange (the pods see neither the launcher's disk nor each other's):
 
 - **gs:// URIs**: each node downloads the train/eval parquet once before ``torchrun``
-  (``python -m pipelines.trainjob stage-in``) and node 0, whose rank-0 process wrote the
+  (``python -m training.trainjob stage-in``) and node 0, whose rank-0 process wrote the
   model directory, uploads it after (``stage-out``, MANIFEST.json last). Credentials come
   from Workload Identity on the pods' service account.
 - **paths on a shared volume** (ReadWriteMany, e.g. the KFP workspace PVC mounted through
@@ -27,7 +27,7 @@ Entry points:
   condition's reason and the tail of each node's log.
 - ``train_with_trainjob(...)``: the body of the pipeline's train step when it trains on a
   TrainJob (stage the data, run, fetch and verify the model directory, return its metrics).
-- ``python -m pipelines.trainjob manifest|run|stage-in|stage-out``.
+- ``python -m training.trainjob manifest|run|stage-in|stage-out``.
 """
 
 from __future__ import annotations
@@ -136,12 +136,12 @@ def node_command(
     for key, uri in data.items():
         if is_gcs(uri):
             lines.append(
-                shlex.join(["python", "-m", "pipelines.trainjob", "stage-in", uri, local[key]])
+                shlex.join(["python", "-m", "training.trainjob", "stage-in", uri, local[key]])
             )
     lines.append(shlex.join(train))
     if is_gcs(model_uri):
         stage_out = shlex.join(
-            ["python", "-m", "pipelines.trainjob", "stage-out", model_dir, model_uri]
+            ["python", "-m", "training.trainjob", "stage-out", model_dir, model_uri]
         )
         # rank 0 (local rank 0 of node 0) writes the model directory
         lines.append(f'if [ "${{PET_NODE_RANK:-0}}" = 0 ]; then {stage_out}; fi')
@@ -460,7 +460,7 @@ def stage_in(uri: str, dest: str | Path) -> Path:
         return dest
     from google.cloud import storage
 
-    from components.registry import split_gcs_uri
+    from registry.model_registry import split_gcs_uri
 
     bucket_name, key = split_gcs_uri(uri)
     bucket = storage.Client().bucket(bucket_name)
@@ -504,7 +504,7 @@ def stage_out(src: str | Path, uri: str) -> str:
         return uri
     from google.cloud import storage
 
-    from components.registry import split_gcs_uri
+    from registry.model_registry import split_gcs_uri
 
     bucket_name, key = split_gcs_uri(uri)
     bucket = storage.Client().bucket(bucket_name)
@@ -637,9 +637,9 @@ def _manifest_from_args(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipelines.trainjob manifest|run|stage-in|stage-out``; exit 2 on bad
+    """``python -m training.trainjob manifest|run|stage-in|stage-out``; exit 2 on bad
     input, 1 when the job fails."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.trainjob", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.trainjob", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     job = argparse.ArgumentParser(add_help=False)
     job.add_argument("--name", help="TrainJob name (default: deepfm-train-<random>)")

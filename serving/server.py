@@ -23,7 +23,7 @@ predictions are exactly ``RankingModel.predict`` of the same rows: probabilities
 one per instance, in order.
 
 **Models.** ``--model`` is a registry destination (a folder or ``gs://bucket/prefix`` with
-CURRENT.json, see ``components/registry.py``) or a plain model directory (with
+CURRENT.json, see ``registry/model_registry.py``) or a plain model directory (with
 MANIFEST.json). Every ``--reload-interval`` seconds the server checks which model is current
 (the pointer, or the directory's manifest); a new one is copied to a private cache, checked
 against its manifest, loaded, checked against the feature spec (the store can feed every
@@ -337,8 +337,8 @@ class ModelSource:
     version) or a model directory (its MANIFEST.json is the version)."""
 
     def __init__(self, location: str | Path) -> None:
-        from components.registry import POINTER
         from model.export import MANIFEST
+        from registry.model_registry import POINTER
 
         self.location = str(location)
         if self.location.startswith("gs://"):
@@ -357,8 +357,8 @@ class ModelSource:
     def current(self) -> tuple[str, str, str]:
         """``(version, manifest_sha256, uri)`` of the model to serve now; RegistryError /
         ValueError when there is none."""
-        from components.registry import POINTER, RegistryError, read_current
         from model.export import MANIFEST
+        from registry.model_registry import POINTER, RegistryError, read_current
 
         if self.registry:
             pointer = read_current(self.location)
@@ -375,8 +375,8 @@ class ModelSource:
     def fetch(self, version: str, manifest_sha256: str, into: Path) -> None:
         """Copy the model ``current()`` named to the absent folder ``into``; ValueError /
         RegistryError when what arrived is not that model."""
-        from components.registry import fetch_model
         from model.export import MANIFEST
+        from registry.model_registry import fetch_model
 
         if self.registry:
             fetch_model(self.location, into, version=version)

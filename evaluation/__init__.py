@@ -1,0 +1,1 @@
+"""Evaluation: metrics of the candidate and the blessed model on the same rows, the gate, the report."""
