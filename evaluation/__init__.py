@@ -1,1 +1,2 @@
-"""Evaluation: metrics of the candidate and the blessed model on the same rows, the gate, the report."""
+"""Evaluation: metrics of the candidate and the blessed model on the same rows, the gate,
+the report."""

@@ -1,1 +1,2 @@
-"""The model registry: versioned, atomically pushed model directories on a local path or gs://, with a CURRENT.json pointer."""
+"""The model registry: versioned, atomically pushed model directories on a local path or
+gs://, with a CURRENT.json pointer."""

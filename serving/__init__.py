@@ -1,1 +1,2 @@
-"""Online serving: the model server (scores, features from the online store, model versions from the registry)."""
+"""Online serving: the model server (scores, features from the online store, model
+versions from the registry)."""
