@@ -1,6 +1,6 @@
 """The training config: features, feature groups, model, losses, metrics, training.
 
-A YAML file maps onto these dataclasses. ``load_config`` validates on load: unknown keys,
+A YAML file maps onto these pydantic models. ``load_config`` validates on load: unknown keys,
 wrong types, impossible values and references to features that do not exist fail with a
 ``ConfigError`` naming the key, e.g. ``model.deep.hidden_units[1]: must be > 0, got -3``.
 
@@ -17,35 +17,71 @@ Example (see ``configs/deepfm.yaml``)::
 
 from __future__ import annotations
 
-import dataclasses
-import types
+import re
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message starts with the dotted key at fault."""
 
 
+def _fail(key: str, message: str, kind: str = "invalid") -> NoReturn:
+    """Fail a validator; ``key`` (may be empty) is relative to the model being validated."""
+    raise PydanticCustomError(kind, "{message}", {"key": key, "message": message})
+
+
+class _Section(BaseModel):
+    """A mapping of the config: strict types (no ``"1"`` for 1, no 512.0 for 512, ints are
+    accepted as floats), unknown keys rejected, ``null`` for a section whose keys all have
+    defaults is the defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None and not any(f.is_required() for f in cls.model_fields.values()):
+            return {}
+        unknown = sorted(set(data) - set(cls.model_fields)) if isinstance(data, dict) else []
+        if unknown:
+            allowed = ", ".join(sorted(cls.model_fields))
+            _fail(str(unknown[0]), f"unknown key (allowed: {allowed})", "extra_forbidden")
+        return data
+
+
+Positive = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+def _check_init_fn(key: str, spec: str | None) -> None:
+    if spec:
+        from model.modules.init import parse_init_fn
+
+        try:
+            parse_init_fn(spec)
+        except ValueError as e:
+            _fail(key, str(e))
+
+
 # --------------------------------------------------------------------------- features
 
 
-@dataclass
-class VocabConfig:
+class VocabConfig(_Section):
     """Fit a vocabulary on the training data: ids seen fewer than ``min_count`` times share
     the OOV row; ``max_size`` keeps only the most frequent ids."""
 
-    min_count: int = 1
-    max_size: int | None = None
+    min_count: Positive = 1
+    max_size: Positive | None = None
 
 
-@dataclass
-class FeatureConfig:
+class FeatureConfig(_Section):
     """One input feature.
 
     - ``type: id``: a categorical id, encoded by exactly one of ``vocab`` (fitted; row 0 =
@@ -58,17 +94,17 @@ class FeatureConfig:
       without, it is a dense input normalised by ``normalizer`` (missing -> the training mean).
     """
 
-    name: str
+    name: str = Field(min_length=1)
     type: Literal["id", "multi_id", "raw"]
     column: str | None = None
-    embedding_dim: int = 16
+    embedding_dim: Positive = 16
     vocab: VocabConfig | None = None
-    hash_bucket_size: int | None = None
-    num_buckets: int | None = None
+    hash_bucket_size: Positive | None = None
+    num_buckets: Positive | None = None
     boundaries: list[float] | None = None
     normalizer: Literal["standard", "log1p_standard", "none"] = "standard"
     pooling: Literal["sum", "mean"] = "sum"
-    max_length: int = 16
+    max_length: Positive = 16
     # Initialiser of the embedding, e.g. "nn.init.normal_,std=0.0001"; default torchrec's
     # uniform(-sqrt(1/rows), sqrt(1/rows)), as TorchEasyRec.
     init_fn: str | None = None
@@ -82,49 +118,80 @@ class FeatureConfig:
         """Embedded through a table (ids, multi-valued ids, bucketised numbers)."""
         return self.type != "raw" or self.boundaries is not None
 
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        _check_init_fn("init_fn", self.init_fn)
+        chosen = [n for n in ("vocab", "hash_bucket_size", "num_buckets") if getattr(self, n)]
+        b = self.boundaries
+        if self.type != "raw":
+            if len(chosen) != 1:
+                _fail(
+                    "",
+                    f"an {self.type} feature needs exactly one of vocab, hash_bucket_size, "
+                    f"num_buckets (got {', '.join(chosen) or 'none'})",
+                )
+            if b is not None:
+                _fail("boundaries", "only raw features take boundaries")
+        elif chosen:
+            _fail(chosen[0], "raw features take boundaries or a normalizer")
+        elif b is not None and not b:
+            _fail("boundaries", "must not be empty")
+        elif b and any(lo >= hi for lo, hi in zip(b, b[1:], strict=False)):
+            _fail("boundaries", f"must be strictly increasing, got {b}")
+        return self
 
-@dataclass
-class FeatureGroups:
-    """Feature names per DeepFM group. ``fm`` is optional: without it the deep group's
-    embeddings feed the FM."""
 
-    wide: list[str]
-    deep: list[str]
+class FeatureGroups(_Section):
+    """Feature names per DeepFM group. ``fm`` is optional: without it (or empty) the deep
+    group's embeddings feed the FM."""
+
+    wide: list[str] = Field(min_length=1)
+    deep: list[str] = Field(min_length=1)
     fm: list[str] | None = None
 
 
 # ----------------------------------------------------------------------------- model
 
 
-@dataclass
-class MLPConfig:
+class MLPConfig(_Section):
     """Options of ``model.modules.MLP``."""
 
-    hidden_units: list[int]
-    dropout_ratio: float | list[float] | None = None
+    hidden_units: list[Positive] = Field(min_length=1)
+    dropout_ratio: Fraction | list[Fraction] | None = None
     activation: str | None = "nn.ReLU"
     use_bn: bool = False
     use_ln: bool = False
     bias: bool = True
 
+    @model_validator(mode="after")
+    def _check(self) -> MLPConfig:
+        if self.use_bn and self.use_ln:
+            _fail("", "use_bn and use_ln cannot both be true")
+        ratios, layers = self.dropout_ratio, len(self.hidden_units)
+        if isinstance(ratios, list) and len(ratios) not in (0, 1, layers):
+            _fail("dropout_ratio", f"{len(ratios)} values for {layers} layers")
+        from model.modules.mlp import create_activation
 
-@dataclass
-class BinaryCrossEntropy:
-    label_smoothing: float = 0.0
+        try:
+            create_activation(self.activation)
+        except (ValueError, SyntaxError) as e:
+            _fail("activation", str(e))
+        return self
 
 
-@dataclass
-class SoftmaxCrossEntropy:
-    label_smoothing: float = 0.0
+class BinaryCrossEntropy(_Section):
+    label_smoothing: Fraction = 0.0
 
 
-@dataclass
-class L2Loss:
+class SoftmaxCrossEntropy(_Section):
+    label_smoothing: Fraction = 0.0
+
+
+class L2Loss(_Section):
     pass
 
 
-@dataclass
-class LossConfig:
+class LossConfig(_Section):
     """Exactly one of the losses (TorchEasyRec's ``LossConfig`` oneof)."""
 
     binary_cross_entropy: BinaryCrossEntropy | None = None
@@ -133,62 +200,82 @@ class LossConfig:
 
     @property
     def kind(self) -> str:
-        return next(f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+        return next(n for n in type(self).model_fields if getattr(self, n) is not None)
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        chosen = [n for n in type(self).model_fields if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            _fail("", f"exactly one loss type, got {chosen or 'none'}")
+        return self
 
 
-@dataclass
-class ModelConfig:
+Metric = Literal["auc", "logloss", "grouped_auc", "normalized_entropy", "calibration"]
+
+
+class ModelConfig(_Section):
     """DeepFM: ``deep`` MLP, optional ``final`` MLP, the wide part's embedding size and
     initialiser (e.g. ``"nn.init.uniform_,a=-0.01,b=0.01"``), classes and losses."""
 
     deep: MLPConfig
     final: MLPConfig | None = None
-    wide_embedding_dim: int = 4
+    wide_embedding_dim: Positive = 4
     wide_init_fn: str | None = None
-    num_class: int = 1
-    losses: list[LossConfig] = field(
+    num_class: Positive = 1
+    losses: list[LossConfig] = Field(
         default_factory=lambda: [LossConfig(binary_cross_entropy=BinaryCrossEntropy())]
     )
-    metrics: list[Literal["auc", "logloss", "grouped_auc", "normalized_entropy", "calibration"]] = (
-        field(default_factory=lambda: ["auc", "logloss", "grouped_auc", "calibration"])
+    metrics: list[Metric] = Field(
+        default_factory=lambda: ["auc", "logloss", "grouped_auc", "calibration"]
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        _check_init_fn("wide_init_fn", self.wide_init_fn)
+        if not self.losses:
+            _fail("losses", "must list one loss")
+        if len(self.losses) > 1:
+            _fail("losses", "DeepFM trains one loss; list exactly one")
+        kind = self.losses[0].kind
+        if kind == "softmax_cross_entropy" and self.num_class < 2:
+            _fail("losses[0]", "softmax_cross_entropy needs num_class > 1")
+        if kind != "softmax_cross_entropy" and self.num_class != 1:
+            _fail("losses[0]", f"{kind} needs num_class 1")
+        return self
 
 
 # -------------------------------------------------------------------------- training
 
 
-@dataclass
-class SparseOptimizerConfig:
+class SparseOptimizerConfig(_Section):
     """Optimizer of the embedding tables (sparse row updates)."""
 
     type: Literal["adagrad", "rowwise_adagrad", "sparse_adam", "sgd"] = "adagrad"
-    lr: float = 0.02
+    lr: float = Field(0.02, gt=0)
     initial_accumulator_value: float = 0.0
     eps: float = 1e-8
 
 
-@dataclass
-class DenseOptimizerConfig:
+class DenseOptimizerConfig(_Section):
     """Optimizer of the MLPs and output layer."""
 
     type: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
-    lr: float = 0.001
-    weight_decay: float = 0.0
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """How to train. ``num_epochs`` defaults to 1 (CTR models overfit after the first
     epoch); with more epochs training stops once the eval AUC stops improving for
     ``early_stop_patience`` epochs."""
 
-    batch_size: int = 1024
-    eval_batch_size: int = 65536
-    num_epochs: int = 1
-    early_stop_patience: int = 1
+    batch_size: Positive = 1024
+    eval_batch_size: Positive = 65536
+    num_epochs: Positive = 1
+    early_stop_patience: Positive = 1
     seed: int = 42
-    sparse_optimizer: SparseOptimizerConfig = field(default_factory=SparseOptimizerConfig)
-    dense_optimizer: DenseOptimizerConfig = field(default_factory=DenseOptimizerConfig)
+    sparse_optimizer: SparseOptimizerConfig = Field(default_factory=SparseOptimizerConfig)
+    dense_optimizer: DenseOptimizerConfig = Field(default_factory=DenseOptimizerConfig)
     mixed_precision: Literal["bf16", "fp16"] | None = None
     # Sparse embedding gradients (true), dense (false), or auto: sparse on CPU, dense on a
     # GPU when all tables together hold at most 2**27 values.
@@ -197,13 +284,12 @@ class TrainConfig:
     # With the CPU kernels (model/kernels.py) only the MLPs and output are left to compile,
     # which gains little on CPU; off by default.
     compile: bool = False
-    num_threads: int | None = None
-    save_checkpoints_steps: int = 0
-    log_steps: int = 200
+    num_threads: Positive | None = None
+    save_checkpoints_steps: int = Field(0, ge=0)
+    log_steps: Positive = 200
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Which columns hold the label, the optional sample weight, the event time (for a
     time split) and the grouping key of grouped AUC."""
 
@@ -213,13 +299,12 @@ class DataConfig:
     group_key: str | None = "user_id"
 
 
-@dataclass
-class Config:
-    features: list[FeatureConfig]
+class Config(_Section):
+    features: list[FeatureConfig] = Field(min_length=1)
     feature_groups: FeatureGroups
     model: ModelConfig
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def feature(self, name: str) -> FeatureConfig:
         return self._by_name()[name]
@@ -230,273 +315,125 @@ class Config:
     @property
     def group_features(self) -> list[str]:
         """Every feature some group uses, in first-use order (wide, fm, deep)."""
-        seen: dict[str, None] = {}
-        for name in [
-            *self.feature_groups.wide,
-            *(self.feature_groups.fm or []),
-            *self.feature_groups.deep,
-        ]:
-            seen.setdefault(name, None)
-        return list(seen)
+        groups = self.feature_groups
+        return list(dict.fromkeys([*groups.wide, *(groups.fm or []), *groups.deep]))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``config_from_dict`` turns back into an equal Config (explicit
         nulls kept: ``activation: null`` is not the default)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def input_columns(self) -> list[str]:
         """The raw columns the features read (what scoring needs)."""
         return sorted({self.feature(n).source_column for n in self.group_features})
 
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        """Cross-section checks: unique feature names, groups of known features that fit
+        their group (no dense feature in wide or fm, one FM embedding size), metrics."""
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            _fail("features", f"duplicate feature name {dup[0]!r}")
+        by_name, groups = self._by_name(), self.feature_groups
+        for gname in ("wide", "fm", "deep"):
+            members = getattr(groups, gname) or []
+            for j, n in enumerate(members):
+                if n not in by_name:
+                    _fail(f"feature_groups.{gname}[{j}]", f"unknown feature {n!r}")
+            if len(set(members)) != len(members):
+                _fail(f"feature_groups.{gname}", "a feature is listed twice")
+        for j, n in enumerate(groups.wide):
+            if not by_name[n].is_sparse:
+                _fail(
+                    f"feature_groups.wide[{j}]",
+                    f"dense feature {n!r} is not allowed in the wide group (give it "
+                    "boundaries to bucketise it)",
+                )
+        fm_names = groups.fm or groups.deep
+        fm_key = "feature_groups.fm" if groups.fm else "feature_groups.deep (used as the fm group)"
+        for n in fm_names:
+            if not by_name[n].is_sparse:
+                _fail(
+                    fm_key,
+                    f"dense feature {n!r} cannot enter the FM; add an fm group of embedded "
+                    "features",
+                )
+        if len({by_name[n].embedding_dim for n in fm_names}) > 1:
+            detail = ", ".join(f"{n}={by_name[n].embedding_dim}" for n in fm_names)
+            _fail(fm_key, f"all FM features need the same embedding_dim ({detail})")
+        if "grouped_auc" in self.model.metrics and not self.data.group_key:
+            _fail("model.metrics", "grouped_auc needs data.group_key")
+        return self
+
 
 # ------------------------------------------------------------------------ validation
 
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and build nested dataclasses."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+# pydantic error type -> the message after the key ({input} is the wrong value; other
+# fields come from the error's context). Shape errors name a feature by its index alone.
+_MESSAGES = {
+    "missing": "required key is missing",
+    "int_type": "expected an integer, got {input!r}",
+    "float_type": "expected a number, got {input!r}",
+    "bool_type": "expected true or false, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "list_type": "expected a list, got {input!r}",
+    "model_type": "expected a mapping, got {input!r}",
+    "model_attributes_type": "expected a mapping, got {input!r}",
+    "literal_error": "expected one of {expected}, got {input!r}",
+    "greater_than": "must be > {gt:g}, got {input}",
+    "greater_than_equal": "must be >= {ge:g}, got {input}",
+    "less_than": "must be < {lt:g}, got {input}",
+    "too_short": "must list at least one value",
+    "string_too_short": "must not be empty",
+}
+_SHAPE_ERRORS = {"missing", "extra_forbidden", "literal_error"}
 
 
-def _build(cls: type, data: Any, key: str) -> Any:
-    if data is None and all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(cls)
-    ):
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    prefix = f"{key}." if key else ""
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key (allowed: {', '.join(sorted(fields))})"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}: required key is missing")
-    return cls(**kwargs)
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    ok = isinstance(node, list) and isinstance(part, int) and part < len(node)
+    return node[part] if ok else None
 
 
-def _check_positive(key: str, value: float | None, strict: bool = True) -> None:
-    if value is not None and (value <= 0 if strict else value < 0):
-        raise ConfigError(f"{key}: must be {'>' if strict else '>='} 0, got {value}")
-
-
-def _validate_mlp(mlp: MLPConfig, key: str) -> None:
-    if not mlp.hidden_units:
-        raise ConfigError(f"{key}.hidden_units: must list at least one layer")
-    for i, h in enumerate(mlp.hidden_units):
-        _check_positive(f"{key}.hidden_units[{i}]", h)
-    if mlp.use_bn and mlp.use_ln:
-        raise ConfigError(f"{key}: use_bn and use_ln cannot both be true")
-    ratios = mlp.dropout_ratio
-    if isinstance(ratios, list) and len(ratios) not in (0, 1, len(mlp.hidden_units)):
-        raise ConfigError(
-            f"{key}.dropout_ratio: {len(ratios)} values for {len(mlp.hidden_units)} layers"
-        )
-    for r in ratios if isinstance(ratios, list) else [ratios]:
-        if r is not None and not 0.0 <= r < 1.0:
-            raise ConfigError(f"{key}.dropout_ratio: {r} is outside [0, 1)")
-    from model.modules.mlp import create_activation
-
-    try:
-        create_activation(mlp.activation)
-    except (ValueError, SyntaxError) as e:
-        raise ConfigError(f"{key}.activation: {e}") from None
-
-
-def _validate_feature(i: int, f: FeatureConfig) -> None:
-    key = f"features[{i}]"
-    if not f.name:
-        raise ConfigError(f"{key}.name: must not be empty")
-    key = f"features[{i}] ({f.name})"
-    _check_positive(f"{key}.embedding_dim", f.embedding_dim)
-    if f.init_fn:
-        from model.modules.init import parse_init_fn
-
-        try:
-            parse_init_fn(f.init_fn)
-        except ValueError as e:
-            raise ConfigError(f"{key}.init_fn: {e}") from None
-    _check_positive(f"{key}.max_length", f.max_length)
-    if f.type in ("id", "multi_id"):
-        chosen = [
-            n for n in ("vocab", "hash_bucket_size", "num_buckets") if getattr(f, n) is not None
-        ]
-        if len(chosen) != 1:
-            raise ConfigError(
-                f"{key}: an {f.type} feature needs exactly one of vocab, hash_bucket_size, "
-                f"num_buckets (got {', '.join(chosen) or 'none'})"
-            )
-        _check_positive(f"{key}.hash_bucket_size", f.hash_bucket_size)
-        _check_positive(f"{key}.num_buckets", f.num_buckets)
-        if f.vocab is not None:
-            _check_positive(f"{key}.vocab.min_count", f.vocab.min_count)
-            _check_positive(f"{key}.vocab.max_size", f.vocab.max_size)
-        if f.boundaries is not None:
-            raise ConfigError(f"{key}.boundaries: only raw features take boundaries")
-    else:
-        for n in ("vocab", "hash_bucket_size", "num_buckets"):
-            if getattr(f, n) is not None:
-                raise ConfigError(f"{key}.{n}: raw features take boundaries or a normalizer")
-        if f.boundaries is not None:
-            b = f.boundaries
-            if not b:
-                raise ConfigError(f"{key}.boundaries: must not be empty")
-            if any(b[j] >= b[j + 1] for j in range(len(b) - 1)):
-                raise ConfigError(f"{key}.boundaries: must be strictly increasing, got {b}")
-
-
-def validate(cfg: Config) -> Config:
-    """Cross-field checks; returns ``cfg`` unchanged or raises ConfigError."""
-    names = [f.name for f in cfg.features]
-    if not names:
-        raise ConfigError("features: must list at least one feature")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"features: duplicate feature name {dup[0]!r}")
-    for i, f in enumerate(cfg.features):
-        _validate_feature(i, f)
-
-    by_name = cfg._by_name()
-    groups = cfg.feature_groups
-    for gname in ("wide", "fm", "deep"):
-        members = getattr(groups, gname)
-        if members is None:
+def _error_line(error: ValidationError, data: Any) -> str:
+    """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
+    feature also by name, ``features[3] (price)``, unless the error is about the shape of the
+    data) and what is wrong there."""
+    errors = error.errors()
+    first, node = errors[0], data
+    for i, part in enumerate(first["loc"]):
+        if isinstance(part, str) and not isinstance(node, dict):  # a union member's tag:
+            same = [e for e in errors if e["loc"][:i] == first["loc"][:i]]
+            first = max(same, key=lambda e: len(e["loc"]))  # the member that got furthest
+            break
+        node = _child(node, part)
+    named = first["type"] not in _SHAPE_ERRORS and not first["type"].endswith("_type")
+    key, node = "", data
+    for part in first["loc"]:
+        if isinstance(part, str) and not isinstance(node, dict):
             continue
-        if not members and gname != "fm":
-            raise ConfigError(f"feature_groups.{gname}: must list at least one feature")
-        for j, n in enumerate(members):
-            if n not in by_name:
-                raise ConfigError(f"feature_groups.{gname}[{j}]: unknown feature {n!r}")
-        if len(set(members)) != len(members):
-            raise ConfigError(f"feature_groups.{gname}: a feature is listed twice")
-    for j, n in enumerate(groups.wide):
-        if not by_name[n].is_sparse:
-            raise ConfigError(
-                f"feature_groups.wide[{j}]: dense feature {n!r} is not allowed in the wide group "
-                "(give it boundaries to bucketise it)"
-            )
-    fm_names = groups.fm if groups.fm else groups.deep
-    fm_key = "feature_groups.fm" if groups.fm else "feature_groups.deep (used as the fm group)"
-    for n in fm_names:
-        if not by_name[n].is_sparse:
-            raise ConfigError(
-                f"{fm_key}: dense feature {n!r} cannot enter the FM; add an fm group of "
-                "embedded features"
-            )
-    dims = {by_name[n].embedding_dim for n in fm_names}
-    if len(dims) > 1:
-        detail = ", ".join(f"{n}={by_name[n].embedding_dim}" for n in fm_names)
-        raise ConfigError(f"{fm_key}: all FM features need the same embedding_dim ({detail})")
-
-    m = cfg.model
-    _validate_mlp(m.deep, "model.deep")
-    if m.final is not None:
-        _validate_mlp(m.final, "model.final")
-    _check_positive("model.wide_embedding_dim", m.wide_embedding_dim)
-    _check_positive("model.num_class", m.num_class)
-    if m.wide_init_fn:
-        from model.modules.init import parse_init_fn
-
-        try:
-            parse_init_fn(m.wide_init_fn)
-        except ValueError as e:
-            raise ConfigError(f"model.wide_init_fn: {e}") from None
-    if not m.losses:
-        raise ConfigError("model.losses: must list one loss")
-    if len(m.losses) > 1:
-        raise ConfigError("model.losses: DeepFM trains one loss; list exactly one")
-    for i, loss in enumerate(m.losses):
-        set_ = [f.name for f in dataclasses.fields(loss) if getattr(loss, f.name) is not None]
-        if len(set_) != 1:
-            raise ConfigError(f"model.losses[{i}]: exactly one loss type, got {set_ or 'none'}")
-        kind = set_[0]
-        if kind == "binary_cross_entropy" and m.num_class != 1:
-            raise ConfigError(f"model.losses[{i}]: binary_cross_entropy needs num_class 1")
-        if kind == "softmax_cross_entropy" and m.num_class < 2:
-            raise ConfigError(f"model.losses[{i}]: softmax_cross_entropy needs num_class > 1")
-        if kind == "l2_loss" and m.num_class != 1:
-            raise ConfigError(f"model.losses[{i}]: l2_loss needs num_class 1")
-        smoothing = getattr(getattr(loss, kind), "label_smoothing", 0.0)
-        if not 0.0 <= smoothing < 1.0:
-            raise ConfigError(f"model.losses[{i}].{kind}.label_smoothing: must be in [0, 1)")
-    if "grouped_auc" in m.metrics and not cfg.data.group_key:
-        raise ConfigError("model.metrics: grouped_auc needs data.group_key")
-
-    t = cfg.train
-    for k in ("batch_size", "eval_batch_size", "num_epochs", "early_stop_patience", "log_steps"):
-        _check_positive(f"train.{k}", getattr(t, k))
-    _check_positive("train.save_checkpoints_steps", t.save_checkpoints_steps, strict=False)
-    _check_positive("train.num_threads", t.num_threads)
-    _check_positive("train.sparse_optimizer.lr", t.sparse_optimizer.lr)
-    _check_positive("train.dense_optimizer.lr", t.dense_optimizer.lr)
-    _check_positive("train.dense_optimizer.weight_decay", t.dense_optimizer.weight_decay, False)
-    return cfg
+        key += f"[{part}]" if isinstance(node, list) else f".{part}" if key else str(part)
+        node = _child(node, part)
+        if named and re.fullmatch(r"features\[\d+\]", key) and isinstance(node, dict):
+            key += f" ({node['name']})" if node.get("name") else ""
+    ctx = first.get("ctx") or {}
+    if ctx.get("key"):
+        key += ctx["key"] if not key or ctx["key"].startswith("[") else f".{ctx['key']}"
+    if "message" in ctx:
+        return f"{key}: {ctx['message']}"
+    template = _MESSAGES.get(first["type"])
+    text = template.format(input=first.get("input"), **ctx) if template else first["msg"]
+    return f"{key or 'config'}: {text}"
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from plain data (e.g. parsed YAML)."""
-    return validate(_build(Config, data, ""))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_error_line(e, data)) from None
 
 
 def read_config_dict(

@@ -307,7 +307,11 @@ def _feature(d: dict, name: str) -> dict:
         ),
         (
             lambda d: d["model"]["deep"].update(dropout_ratio=1.0),
-            r"^model\.deep\.dropout_ratio: 1\.0 is outside \[0, 1\)",
+            r"^model\.deep\.dropout_ratio: must be < 1, got 1\.0",
+        ),
+        (
+            lambda d: d["model"]["deep"].update(dropout_ratio=[0.1, -0.2, 0.3]),
+            r"^model\.deep\.dropout_ratio\[1\]: must be >= 0, got -0\.2",
         ),
         (
             lambda d: d["model"]["deep"].update(activation="nn.NoSuchThing"),
@@ -319,7 +323,7 @@ def _feature(d: dict, name: str) -> dict:
         ),
         (
             lambda d: d["model"]["losses"][0]["binary_cross_entropy"].update(label_smoothing=1.5),
-            r"^model\.losses\[0\]\.binary_cross_entropy\.label_smoothing: must be in \[0, 1\)",
+            r"^model\.losses\[0\]\.binary_cross_entropy\.label_smoothing: must be < 1, got 1\.5",
         ),
         (
             lambda d: d["model"]["losses"].append({"l2_loss": {}}),

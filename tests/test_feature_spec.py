@@ -2,7 +2,6 @@
 says, the model config it yields, its validation errors, and its fit to the sample data."""
 
 import copy
-import dataclasses
 import subprocess
 import sys
 from datetime import timedelta
@@ -113,7 +112,7 @@ def test_model_section_is_a_valid_model_config():
 
 
 def test_encoding_keys_are_feature_config_fields():
-    fields = {f.name for f in dataclasses.fields(FeatureConfig)}
+    fields = set(FeatureConfig.model_fields)
     assert set(spec_module.ENCODING_KEYS) <= fields
     assert fields - set(spec_module.ENCODING_KEYS) == {"name", "column"}
 
