@@ -1,5 +1,9 @@
-"""Step 1, validate: the thin face of ``validation.suites.validate_window`` (Great
-Expectations suites derived from the feature spec over the window's raw sources)."""
+"""Step 1, validate: the thin face of ``validation.validate.validate_window`` (Great
+Expectations suites derived from the feature spec over the window's raw sources).
+
+The HTML report's artifact URI gets an ``.html`` suffix before it is written: KFP records
+the URI the function leaves on the artifact (the executor output), so the Kubeflow UI and a
+browser see ``report.html``, not an extensionless ``report``."""
 
 # No `from __future__ import annotations`: KFP reads the component signatures at runtime.
 from typing import NamedTuple
@@ -22,9 +26,12 @@ def validate(
     output artifacts are not uploaded); ``require_valid_data`` then stops the run."""
     from collections import namedtuple
 
-    from validation.suites import DataValidationError, validate_window
+    from validation.results import DataValidationError
+    from validation.validate import validate_window
 
     outputs = namedtuple("Outputs", ["passed", "failures"])
+    if not report.uri.endswith(".html"):
+        report.uri += ".html"
     try:
         summary = validate_window(feature_repo, window_end, window_days, report.path)
     except DataValidationError as e:

@@ -1,9 +1,11 @@
-"""Tests of step 1, validate (validation/suites.py, components/validate.py): the clean
+"""Tests of step 1, validate (validation/, components/validate.py): the clean
 sample passes, each kind of bad raw data it claims to catch fails with a message naming
 the source, the column and the expectation, the suites follow the feature spec, and the
 report is written either way."""
 
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,10 @@ from kfp.dsl import HTML, Metrics
 from components.validate import require_valid_data, validate
 from feature_repo.sample_data import generate
 from feature_repo.spec import DATA_DIR_ENV, REPO_DIR, SPEC_FILE, load_spec
-from validation.suites import (
-    DataValidationError,
-    build_suites,
-    read_sources,
-    validate_frames,
-    validate_sources,
-    validate_window,
-)
+from validation.report import self_contained
+from validation.results import DataValidationError
+from validation.suites import build_suites
+from validation.validate import read_sources, validate_frames, validate_sources, validate_window
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-09T00:00:00Z"  # the sample's 8-day window
 SOURCES = ("impressions", "user_profile", "ad_feature")
@@ -319,14 +317,83 @@ def test_the_suites_follow_the_spec(tmp_path):
         assert described(wider[source]) == described(suites[source])
 
 
+# ------------------------------------------------------------- a report without network
+
+
+class _References(HTMLParser):
+    """The URLs a page would fetch or lead to, the pages in its ``iframe srcdoc`` included:
+    src=/href=/... values and CSS url()/@import of http(s) or protocol-relative URLs."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self.iframes = 0
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            value = value or ""
+            if key == "srcdoc":
+                self.iframes += 1
+                inner = _References()
+                inner.feed(value)
+                self.urls += inner.urls
+            elif key in ("src", "href", "srcset", "xlink:href", "data", "action", "poster"):
+                if re.match(r"\s*(https?:)?//", value, re.I):
+                    self.urls.append(value)
+            elif key == "style":
+                self.handle_data(value)
+
+    def handle_data(self, data):
+        css = r"(?:url\(\s*['\"]?|@import\s+['\"]?)\s*((?:https?:)?//[^'\")\s;]+)"
+        self.urls += re.findall(css, data, re.I)
+
+
+def external_references(page: str) -> list[str]:
+    parser = _References()
+    parser.feed(page)
+    return parser.urls
+
+
+DATA_DOCS_LIKE = """<!DOCTYPE html><html><head><title>t</title>
+<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>
+<link rel="shortcut icon" href="../static/images/favicon.ico" type="image/x-icon"/>
+<style>.brand a{background:url('https://assets.example/logo.png') 0 0 no-repeat}
+@import url("//fonts.example/f.css");</style>
+<script src="https://code.jquery.com/jquery-3.7.1.min.js"></script>
+<script>if (a < b && c) { $(".x").modal(); }</script>
+</head><body><nav><a href="../index.html"><img src="https://assets.example/logo-long.png"
+alt="GX"/></a></nav><div style="background-image:url(https://x.example/b.png)">
+<a href="#section-1">Overview</a> <a href="https://greatexpectations.io/news">news</a>
+<label onclick="hide()">Failed Only</label>
+<table><tr><td><i class="fas fa-check-circle text-success"></i></td><td>clk &amp; 1 &#8805; 0</td>
+</tr></table></div></body></html>"""
+
+
+def test_the_reference_check_finds_what_a_data_docs_page_loads():
+    refs = external_references(DATA_DOCS_LIKE)
+    # the stylesheet, the script, the logo, the news link, 3 CSS url()s (@import's too);
+    # the favicon's relative path is no network reference
+    assert len(refs) == 7
+    quoted = DATA_DOCS_LIKE.replace('"', "&quot;")
+    assert len(external_references(f'<iframe srcdoc="{quoted}"></iframe>')) == 7
+
+
+def test_a_data_docs_page_made_self_contained():
+    page = self_contained(DATA_DOCS_LIKE)
+    assert external_references(page) == []
+    assert "<script" not in page and "<link" not in page and "onclick" not in page
+    assert "logo" not in page and "../" not in page  # relative paths do not resolve either
+    # the content, entities and in-page links stay; an inline stylesheet replaces bootstrap
+    assert '<a href="#section-1">Overview</a>' in page and ">news</a>" in page
+    assert "clk &amp; 1 &#8805; 0" in page and "Failed Only" in page
+    assert re.search(r"<style>[^<]*fa-check-circle::before[^<]*</style></head>", page)
+
+
 # ------------------------------------------------------------------ the KFP component
 
 
 def test_the_component_passes_a_clean_sample(repo, tmp_path):
-    metrics, report = (
-        Metrics(uri=str(tmp_path / "metrics")),
-        HTML(uri=str(tmp_path / "report.html")),
-    )
+    metrics, report = Metrics(uri=str(tmp_path / "metrics")), HTML(uri=str(tmp_path / "report"))
     out = validate.python_func(
         feature_repo=str(repo), window_end=END, window_days=8.0, metrics=metrics, report=report
     )
@@ -335,25 +402,31 @@ def test_the_component_passes_a_clean_sample(repo, tmp_path):
     assert metrics.metadata["passed"] == 1.0
     assert metrics.metadata["impressions_rows"] == 5_000
     assert metrics.metadata["user_profile_failed"] == 0
+    # written as report.html, the URI KFP records
+    assert report.uri == str(tmp_path / "report.html") and report.path == report.uri
+    assert not (tmp_path / "report").exists()
     page = Path(report.path).read_text()
     assert "Data validation passed" in page
     assert page.count("<iframe") == 4  # the three sources and the interest_cates elements
+    # the Data Docs pages inlined load nothing from the network (they did: bootstrap, ...)
+    parser = _References()
+    parser.feed(page)
+    assert parser.iframes == 4 and parser.urls == []
+    assert "values must belong to this set" in page  # the expectations are still there
 
 
 def test_a_failed_validation_keeps_its_report_and_stops_the_run(repo, tmp_path):
     edit(repo, "impressions", lambda df: df.assign(clk=df["clk"].where(df.index != 0, 2)))
-    metrics, report = (
-        Metrics(uri=str(tmp_path / "metrics")),
-        HTML(uri=str(tmp_path / "report.html")),
-    )
+    metrics, report = Metrics(uri=str(tmp_path / "metrics")), HTML(uri=str(tmp_path / "report"))
     out = validate.python_func(
         feature_repo=str(repo), window_end=END, window_days=8.0, metrics=metrics, report=report
     )
+    assert report.uri.endswith("/report.html")
     # the validate step itself succeeds, so Kubeflow uploads its report and metrics ...
     assert out.passed is False
     assert "impressions: clk: expect_column_values_to_be_in_set" in out.failures
     page = Path(report.path).read_text()
-    assert "Data validation FAILED" in page
+    assert "Data validation FAILED" in page and external_references(page) == []
     assert "impressions: clk: expect_column_values_to_be_in_set {0, 1}" in page
     assert metrics.metadata["passed"] == 0.0 and metrics.metadata["impressions_failed"] == 1
     # ... and the next step fails the run, listing each failed expectation
