@@ -1,7 +1,9 @@
 """The pipeline steps' plain functions and their KFP faces, without Kubeflow."""
 
 import json
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,10 @@ import yaml
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Metrics, Model
 
 from components.evaluate import evaluate
-from evaluation.evaluate import (
-    calibration_table,
-    confusion_at_base_rate,
-    evaluate_model,
-    gate,
-    render_report,
-    roc_curve,
-)
+from evaluation.curves import calibration_table, confusion_at_base_rate, roc_curve
+from evaluation.evaluate import Evaluation, evaluate_model, read_history
+from evaluation.gate import gate
+from evaluation.report import render_report
 from feature_repo import store
 from feature_repo.sample_data import generate
 from feature_repo.spec import REPO_DIR
@@ -89,6 +87,125 @@ def test_calibration_table_by_score_decile():
     table = calibration_table(y, s, bins=4)
     assert [rows for _, _, rows in table] == [25, 25, 25, 25]
     assert [rate for _, rate, _ in table] == [0.0, 0.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------ report
+
+
+class _References(HTMLParser):
+    """Every src=/href= value of a page, its inline CSS and its SVG (each ``<svg>`` by the
+    id of the ``<figure>`` around it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.references, self.css, self.figure = [], [], None
+        self.svgs: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.references += [v or "" for k, v in attrs if k in ("src", "href", "xlink:href")]
+        self.figure = dict(attrs).get("id", self.figure) if tag == "figure" else self.figure
+
+    def handle_data(self, data):
+        if self.lasttag == "style":
+            self.css.append(data)
+
+
+def external_references(page: str) -> list[str]:
+    """The URLs ``page`` would fetch: src=/href= to http(s) or protocol-relative, CSS url()
+    and @import of one."""
+    parser = _References()
+    parser.feed(page)
+    urls = [r for r in parser.references if re.match(r"\s*(https?:)?//", r, re.I)]
+    for css in parser.css:
+        urls += re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])\s*((?:https?:)?//[^'\")]+)", css)
+    return urls
+
+
+def figures(page: str) -> dict[str, str]:
+    """Each ``<figure id=...>``'s markup."""
+    return dict(re.findall(r'<figure id="([^"]+)">(.*?)</figure>', page, re.S))
+
+
+def svg_text(svg: str) -> list[str]:
+    """The text elements of an SVG (matplotlib writes labels as text, not paths)."""
+    return [t.strip() for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+
+def an_evaluation(baseline: bool, history: list[dict]) -> Evaluation:
+    """A hand-built evaluation: a candidate with AUC 0.71, a blessed model v3 with 0.69."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(2000) < 0.1).astype(float)
+    s, b = rng.random(2000) * 0.2 + 0.05 * y, rng.random(2000) * 0.2 + 0.03 * y
+    return Evaluation(
+        blessed=True,
+        reason="ok",
+        auc=0.71,
+        baseline_auc=0.69 if baseline else None,
+        metrics={"auc": 0.71, "logloss": 0.3},
+        baseline_metrics={"auc": 0.69, "logloss": 0.31} if baseline else None,
+        baseline_version="v3" if baseline else None,
+        min_auc=0.5,
+        max_auc_drop=0.02,
+        roc=roc_curve(y, s),
+        confusion_matrix=confusion_at_base_rate(y, s)[1],
+        calibration=calibration_table(y, s),
+        baseline_roc=roc_curve(y, b) if baseline else [],
+        baseline_calibration=calibration_table(y, b) if baseline else [],
+        history=history,
+    )
+
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 0.41, "eval_auc": 0.66, "eval_logloss": 0.33},
+    {"epoch": 2, "train_loss": 0.36, "eval_auc": 0.70, "eval_logloss": 0.31},
+]
+
+
+def test_the_report_draws_both_rocs_calibration_and_training():
+    page = render_report(an_evaluation(baseline=True, history=HISTORY))
+    plots = figures(page)
+    assert set(plots) == {"roc", "calibration", "training"}
+    assert all(plot.count("<svg") == 1 for plot in plots.values())
+    roc = svg_text(plots["roc"])
+    assert "candidate (AUC 0.7100)" in roc and "blessed model v3 (AUC 0.6900)" in roc
+    assert {"false positive rate", "true positive rate"} <= set(roc)
+    calibration = svg_text(plots["calibration"])
+    assert {"mean prediction", "observed click rate", "perfectly calibrated"} <= set(calibration)
+    assert "blessed model v3 (AUC 0.6900)" in calibration
+    ticks = [t for t in calibration if re.fullmatch(r"[0-9.]+", t)]
+    assert len(ticks) >= 6 and "0.00" in ticks  # both axes labelled, from 0
+    training = svg_text(plots["training"])
+    assert {"train_loss", "eval_logloss", "eval_auc", "epoch"} <= set(training)
+    assert external_references(page) == []
+    assert "<?xml" not in page and "<!DOCTYPE svg" not in page
+
+
+def test_the_report_without_a_blessed_model_or_train_loss():
+    # no baseline: the candidate's ROC alone; a history without train loss: what is there
+    page = render_report(an_evaluation(baseline=False, history=[{"epoch": 1, "eval_auc": 0.7}]))
+    plots = figures(page)
+    roc = svg_text(plots["roc"])
+    assert "candidate (AUC 0.7100)" in roc and not any(t.startswith("blessed") for t in roc)
+    training = svg_text(plots["training"])
+    assert "eval_auc" in training and "train_loss" not in training
+    assert external_references(page) == []
+    # no history at all: no training plot, a line saying so
+    page = render_report(an_evaluation(baseline=False, history=[]))
+    assert "training" not in figures(page) and "No per-epoch training history" in page
+
+
+def test_the_reference_check_finds_external_resources():
+    page = (
+        '<link href="https://cdn.example/b.css"><script src="//cdn.example/j.js"></script>'
+        "<style>div{background:url('http://x.example/l.png')}</style><a href='#top'>top</a>"
+    )
+    assert len(external_references(page)) == 3
+
+
+def test_read_history(tmp_path):
+    assert read_history(tmp_path) == []  # no metrics.json
+    (tmp_path / "metrics.json").write_text(json.dumps({"auc": 0.7, "history": HISTORY}))
+    assert read_history(tmp_path) == HISTORY
 
 
 # -------------------------------------------------------------- data and models
@@ -211,14 +328,18 @@ def test_evaluate_refuses_a_worse_model_than_the_blessed_one(trained, datasets, 
     assert not ev.blessed and "worse than the blessed model" in ev.reason
     assert read_current(str(registry))["version"] == "v1"
     html = render_report(ev)
-    assert "NOT BLESSED" in html and html.count("<svg") == 2 and "baseline" not in html.lower()
+    assert "NOT BLESSED" in html and html.count("<svg") == 3  # ROC, calibration, training
+    roc = svg_text(figures(html)["roc"])
+    assert f"candidate (AUC {ev.auc:.4f})" in roc
+    assert f"blessed model v1 (AUC {ev.baseline_auc:.4f})" in roc
+    assert ev.history and external_references(html) == []
 
 
 def test_the_evaluate_component_logs_metrics_roc_and_report(trained, datasets, tmp_path):
     model_dir, _ = trained
     metrics = Metrics(uri=str(tmp_path / "metrics"))
     roc = ClassificationMetrics(uri=str(tmp_path / "roc"))
-    report = HTML(uri=str(tmp_path / "report.html"))
+    report = HTML(uri=str(tmp_path / "report"))
     out = evaluate.python_func(
         model=Model(uri=str(model_dir)),
         eval_data=Dataset(uri=str(datasets[1])),
@@ -240,5 +361,9 @@ def test_the_evaluate_component_logs_metrics_roc_and_report(trained, datasets, t
         {"displayName": "no click"},
         {"displayName": "click"},
     ]
+    # the report is written as report.html, and that is the URI KFP records
+    assert report.uri == str(tmp_path / "report.html") and report.path == report.uri
+    assert not (tmp_path / "report").exists()
     page = Path(report.path).read_text()
     assert "BLESSED" in page and "<svg" in page and "grouped_auc" in page
+    assert set(figures(page)) == {"roc", "calibration", "training"}
