@@ -55,8 +55,9 @@ def _plots(ev: "Evaluation") -> str:
         roc.append((baseline_label(ev), [(f, t) for f, t, _ in ev.baseline_roc]))
         calibration.append((baseline_label(ev), [(p, r) for p, r, _ in ev.baseline_calibration]))
     compared = "the candidate and the blessed model" if with_baseline else "the candidate"
+    rows = "on the same eval rows" if with_baseline else "on the eval rows"
     parts = [
-        _figure("roc", roc_svg(roc), f"ROC of {compared} on the same eval rows."),
+        _figure("roc", roc_svg(roc), f"ROC of {compared} {rows}."),
         _figure(
             "calibration",
             calibration_svg(calibration),
