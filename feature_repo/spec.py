@@ -1,4 +1,4 @@
-"""The one feature spec (DESIGN.md section 4): ``features.yaml``, parsed and checked.
+"""The one feature spec: ``features.yaml``, parsed and checked.
 
 ``load_spec()`` reads ``feature_repo/features.yaml`` into a ``FeatureSpec``. The rest of the
 project derives from it or is checked against it: the Feast definitions (``definitions.py``),
@@ -8,8 +8,10 @@ on load with a ``SpecError`` that names the key, e.g.
 ``features.yaml: features[3] (age_level).view: unknown feature view 'user_profil' (known:
 user_profile, ad_feature)``.
 
-This module imports only the standard library and PyYAML, never Feast: the model library
-reads the spec too.
+The file's schema is a set of pydantic models (``_SpecFile`` and the models it holds): a
+wrong type, value or reference is one ``ValidationError``, turned into one ``SpecError`` line.
+This module imports only the standard library, PyYAML and pydantic, never Feast: the training
+library reads the spec too, and Feast loads ``definitions.py`` (which imports it) on its own.
 
 Example::
 
@@ -29,9 +31,18 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, get_args
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 REPO_DIR = Path(__file__).resolve().parent
 """The Feast feature repo: this folder (feature_store.yaml, features.yaml, definitions.py)."""
@@ -40,26 +51,13 @@ SPEC_FILE = "features.yaml"
 DATA_DIR_ENV = "DEEPFM_DATA_DIR"
 """Environment variable naming the folder of the source files (default: ``<repo>/data``)."""
 
-DTYPES = ("int64", "float64", "string", "list<int64>")
+Dtype = Literal["int64", "float64", "string", "list<int64>"]
+DTYPES = get_args(Dtype)
 """Column types a spec may use (Feast: Int64, Float64, String, Array(Int64))."""
 
-GROUPS = ("wide", "fm", "deep")
+Group = Literal["wide", "fm", "deep"]
+GROUPS = get_args(Group)
 """DeepFM feature groups, in the order of ``model_section()["feature_groups"]``."""
-
-ENCODING_KEYS = (
-    "type",
-    "vocab",
-    "hash_bucket_size",
-    "num_buckets",
-    "boundaries",
-    "normalizer",
-    "pooling",
-    "max_length",
-    "embedding_dim",
-    "init_fn",
-)
-"""Keys of a model feature passed on verbatim to ``model.config.FeatureConfig`` (which
-validates their values)."""
 
 # model feature type -> the column dtypes it can encode
 _MODEL_TYPES = {
@@ -67,55 +65,92 @@ _MODEL_TYPES = {
     "multi_id": ("list<int64>",),
     "raw": ("int64", "float64"),
 }
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class SpecError(ValueError):
     """The feature spec is wrong, or something disagrees with it; the message names the key."""
 
 
-# ------------------------------------------------------------------------ the spec
+def _fail(key: str, message: str, kind: str = "invalid") -> NoReturn:
+    """Fail a validator; ``key`` (may be empty) is relative to the model being validated."""
+    raise PydanticCustomError(kind, "{message}", {"key": key, "message": message})
 
 
-@dataclass(frozen=True)
-class Valid:
+class _Schema(BaseModel):
+    """A mapping of the spec: strict types (ints are accepted as floats), unknown keys
+    rejected, naming the keys allowed. ``_derived`` fields are filled on load, not read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    _derived: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        known = [k for k in cls.model_fields if k not in cls._derived]
+        unknown = [k for k in data if k not in known] if isinstance(data, dict) else []
+        if unknown:
+            allowed = ", ".join(known)
+            _fail(str(unknown[0]), f"unknown key (allowed: {allowed})", "extra_forbidden")
+        return data
+
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Text = Annotated[str, Field(min_length=1)]
+
+
+class Valid(_Schema):
     """Allowed values of a column (of each element, for a list column): the closed range
     ``[min, max]`` (either end may be open) or the set ``values``."""
 
-    min: float | None = None
-    max: float | None = None
-    values: tuple[Any, ...] | None = None
+    min: float | int | None = None
+    max: float | int | None = None
+    values: tuple[Any, ...] | None = Field(None, strict=False, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Valid:
+        given = self.model_fields_set
+        if not given or ("values" in given and len(given) > 1):
+            _fail("", f"give min and/or max, or values, got {self.model_dump(include=given)}")
+        if self.values is not None and any(self.values.count(v) > 1 for v in self.values):
+            _fail("values", f"a value is listed twice in {list(self.values)}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            _fail("", f"min {self.min} is greater than max {self.max}")
+        return self
 
 
-@dataclass(frozen=True)
-class Entity:
-    """What features describe, identified by one join key column (``user`` -> ``user_id``)."""
+# ------------------------------------------------------------------------ the spec
 
-    name: str
-    join_key: str
+
+class Entity(_Schema):
+    """What features describe, identified by one join key column (``user`` -> ``user_id``);
+    ``name`` is its key in ``entities`` (likewise for sources and views)."""
+
+    _derived = ("name",)
+    name: str = ""
+    join_key: Text
     description: str = ""
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(_Schema):
     """A table of rows with an event time: ``path`` is relative to the data directory."""
 
-    name: str
-    path: str
-    timestamp_field: str
+    _derived = ("name",)
+    name: str = ""
+    path: Text
+    timestamp_field: Text
     description: str = ""
 
 
-@dataclass(frozen=True)
-class View:
+class View(_Schema):
     """A Feast feature view: the features of one entity read from one source. A version of
     an entity's features is valid from its timestamp until the next version, for at most
     ``ttl_days`` days."""
 
-    name: str
+    _derived = ("name",)
+    name: str = ""
     source: str
     entity: str
-    ttl_days: int
+    ttl_days: int = Field(gt=0)
     description: str = ""
 
     @property
@@ -291,7 +326,270 @@ def data_dir(repo_dir: str | Path | None = None) -> Path:
     return (repo / (os.environ.get(DATA_DIR_ENV) or "data")).resolve()
 
 
+# ------------------------------------------------------------------------ the file
+
+
+class _ModelFeature(_Schema):
+    """A model feature: its name (default: the column's), groups and FeatureConfig keys, passed
+    on verbatim (``model.config`` validates their values)."""
+
+    name: Name | None = None
+    groups: tuple[Group, ...] = Field(min_length=1, strict=False)
+    type: Literal["id", "multi_id", "raw"]
+    vocab: Any = None
+    hash_bucket_size: Any = None
+    num_buckets: Any = None
+    boundaries: Any = None
+    normalizer: Any = None
+    pooling: Any = None
+    max_length: Any = None
+    embedding_dim: Any = None
+    init_fn: Any = None
+
+    @model_validator(mode="after")
+    def _check(self) -> _ModelFeature:
+        if len(set(self.groups)) != len(self.groups):
+            _fail("groups", f"a group is listed twice in {list(self.groups)}")
+        return self
+
+    @property
+    def encoding(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ENCODING_KEYS if k in self.model_fields_set}
+
+
+ENCODING_KEYS = tuple(k for k in _ModelFeature.model_fields if k not in ("name", "groups"))
+"""Keys of a model feature passed on verbatim to ``model.config.FeatureConfig`` (which
+validates their values)."""
+
+
+class _Column(_Schema):
+    """A column (a feature or the label): its ``valid`` values must fit its dtype."""
+
+    name: Name
+    dtype: Dtype
+    valid: Valid | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_valid(self) -> _Column:
+        element = self.dtype.removeprefix("list<").removesuffix(">")
+        if self.valid is None:
+            return self
+        for j, v in enumerate(self.valid.values or ()):
+            if not _is_scalar(v, element):
+                quote = " (quote it in YAML)" if element == "string" else ""
+                _fail(f"valid.values[{j}]", f"{v!r} is not a {element} value{quote}")
+        if element == "string" and self.valid.values is None:
+            _fail("valid", "a string column takes values, not min/max")
+        return self
+
+
+class _Feature(_Column):
+    source: str | None = None
+    view: str | None = None
+    nullable: bool = False
+    model_features: list[_ModelFeature] = []
+
+    @model_validator(mode="after")
+    def _check_types(self) -> _Feature:
+        for j, m in enumerate(self.model_features):
+            if self.dtype not in _MODEL_TYPES[m.type]:
+                _fail(
+                    f"model_features[{j}].type",
+                    f"type {m.type} needs dtype {' or '.join(_MODEL_TYPES[m.type])}, "
+                    f"the column is {self.dtype}",
+                )
+        return self
+
+
+class _SpecFile(_Schema):
+    """``features.yaml``; the cross-key checks: references name what exists, names are
+    unique, every entity, source and view is used."""
+
+    label: _Column
+    entities: dict[Name, Entity] = Field(min_length=1)
+    sources: dict[Name, Source] = Field(min_length=1)
+    entity_rows: str
+    feature_views: dict[Name, View] = Field(min_length=1)
+    feature_service: Name
+    features: list[_Feature] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> _SpecFile:
+        def choice(key: str, value: str, known: dict, what: str) -> None:
+            if value not in known:
+                _fail(key, f"unknown {what} {value!r} (known: {', '.join(known)})")
+
+        rows = self.entity_rows
+        choice("entity_rows", rows, self.sources, "source")
+        for name, view in self.feature_views.items():
+            key = f"feature_views.{name}"
+            choice(f"{key}.source", view.source, self.sources, "source")
+            if view.source == rows:
+                _fail(f"{key}.source", f"{rows!r} holds the entity rows, not features")
+            choice(f"{key}.entity", view.entity, self.entities, "entity")
+        for i, f in enumerate(self.features):
+            key = f"features[{i}] ({f.name})"
+            if (f.source is None) == (f.view is None):
+                _fail(
+                    key,
+                    f"give exactly one of source (for a column of the entity rows, {rows!r}) "
+                    "or view (the feature view serving it)",
+                )
+            if f.view is not None:
+                choice(f"{key}.view", f.view, self.feature_views, "feature view")
+            elif f.source != rows:
+                _fail(
+                    f"{key}.source",
+                    f"must be the entity rows ({rows!r}), got {f.source!r}; columns of other "
+                    "sources are served by a view",
+                )
+        columns = [
+            *((f"features[{i}]", f.name) for i, f in enumerate(self.features)),
+            ("label", self.label.name),
+            (f"sources.{rows}.timestamp_field", self.sources[rows].timestamp_field),
+        ]
+        seen: dict[str, str] = {}
+        for key, name in columns:
+            if name in seen:
+                _fail(key, f"duplicate column name {name!r} (also {seen[name]})")
+            seen[name] = key
+        model_names: dict[str, str] = {}
+        for i, f in enumerate(self.features):
+            for j, m in enumerate(f.model_features):
+                key, name = f"features[{i}] ({f.name}).model_features[{j}]", m.name or f.name
+                if name in model_names:
+                    _fail(
+                        f"{key}.name",
+                        f"duplicate model feature name {name!r} (also {model_names[name]})",
+                    )
+                model_names[name] = key
+        by_name = {f.name: f for f in self.features}
+        for name, entity in self.entities.items():
+            column = by_name.get(entity.join_key)
+            if column is None or column.view is not None:
+                _fail(
+                    f"entities.{name}.join_key",
+                    f"{entity.join_key!r} must be a feature with source {rows!r} (a column of "
+                    "the entity rows)",
+                )
+            if column.dtype not in ("int64", "string"):
+                _fail(
+                    f"entities.{name}.join_key",
+                    f"{entity.join_key!r} has dtype {column.dtype}; a join key is int64 or string",
+                )
+            if not any(v.entity == name for v in self.feature_views.values()):
+                _fail(f"entities.{name}", "no feature view describes this entity")
+        for name in self.sources:
+            readers = [v for v, view in self.feature_views.items() if view.source == name]
+            if name != rows and len(readers) != 1:
+                _fail(
+                    f"sources.{name}",
+                    f"read by {len(readers)} feature views {readers}; each feature source "
+                    "feeds exactly one",
+                )
+        for name in self.feature_views:
+            if not any(f.view == name for f in self.features):
+                _fail(f"feature_views.{name}", "no feature names this view")
+        return self
+
+    def spec(self, path: Path) -> FeatureSpec:
+        """The checked file as a FeatureSpec: names from the mappings' keys; a feature's
+        source and entity from its view, else the entity rows and the entity it keys."""
+        views, rows = _named(self.feature_views), self.entity_rows
+        join_keys = {e.join_key: name for name, e in self.entities.items()}
+
+        def feature(f: _Column, view: View | None, entity: str | None) -> Feature:
+            models = getattr(f, "model_features", [])
+            return Feature(
+                f.name,
+                f.dtype,
+                view.source if view else rows,
+                view.name if view else None,
+                entity,
+                f.valid,
+                getattr(f, "nullable", False),
+                f.description,
+                tuple(ModelFeature(m.name or f.name, f.name, m.encoding, m.groups) for m in models),
+            )
+
+        return FeatureSpec(
+            path,
+            feature(self.label, None, None),
+            _named(self.entities),
+            _named(self.sources),
+            rows,
+            views,
+            self.feature_service,
+            tuple(
+                feature(f, views[f.view], views[f.view].entity)
+                if f.view
+                else feature(f, None, join_keys.get(f.name))
+                for f in self.features
+            ),
+        )
+
+
+def _named(items: dict[str, Any]) -> dict[str, Any]:
+    return {name: item.model_copy(update={"name": name}) for name, item in items.items()}
+
+
 # ------------------------------------------------------------------------- loading
+
+# pydantic error type -> the message after the key ({input} is the wrong value; other
+# fields come from the error's context)
+_MESSAGES = {
+    "missing": "required key is missing",
+    "int_type": "expected an integer, got {input!r}",
+    "float_type": "expected a number, got {input!r}",
+    "bool_type": "expected true or false, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "list_type": "expected a list, got {input!r}",
+    "tuple_type": "expected a list, got {input!r}",
+    "dict_type": "expected a mapping, got {input!r}",
+    "model_type": "expected a mapping, got {input!r}",
+    "string_pattern_mismatch": "expected a name of letters, digits and _, got {input!r}",
+    "literal_error": "expected one of {expected}, got {input!r}",
+    "greater_than": "must be > {gt:g}, got {input!r}",
+    "too_short": "must list at least one value",
+    "string_too_short": "must not be empty",
+}
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    ok = isinstance(node, list) and isinstance(part, int) and part < len(node)
+    return node[part] if ok else None
+
+
+def _error_line(error: ValidationError, data: Any) -> str:
+    """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
+    feature also by name, ``features[3] (price)``) and what is wrong there."""
+    errors = error.errors()
+    first, node = errors[0], data
+    for i, part in enumerate(first["loc"]):
+        if isinstance(part, str) and not isinstance(node, dict):  # a union member's tag:
+            same = [e for e in errors if e["loc"][:i] == first["loc"][:i]]
+            first = max(same, key=lambda e: len(e["loc"]))  # the member that got furthest
+            break
+        node = _child(node, part)
+    key, node = "", data
+    for part in first["loc"]:
+        if part == "[key]" or (isinstance(part, str) and not isinstance(node, dict)):
+            continue
+        key += f"[{part}]" if isinstance(node, list) else f".{part}" if key else str(part)
+        node = _child(node, part)
+        if re.fullmatch(r"features\[\d+\]", key) and isinstance(node, dict):
+            key += f" ({node['name']})" if isinstance(node.get("name"), str) else ""
+    ctx = first.get("ctx") or {}
+    if ctx.get("key"):
+        key += ctx["key"] if not key or ctx["key"].startswith("[") else f".{ctx['key']}"
+    if "message" in ctx:
+        return f"{key}: {ctx['message']}"
+    template = _MESSAGES.get(first["type"])
+    text = template.format(input=first.get("input"), **ctx) if template else first["msg"]
+    return f"{key or 'the top level'}: {text}"
 
 
 def load_spec(path: str | Path | None = None) -> FeatureSpec:
@@ -309,301 +607,9 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
     except yaml.YAMLError as e:
         raise SpecError(f"feature spec {path} is not valid YAML: {e}") from None
     try:
-        return _parse(data, path)
-    except SpecError as e:
-        raise SpecError(f"{path.name}: {e}") from None
-
-
-def _parse(data: Any, path: Path) -> FeatureSpec:
-    top = _mapping(
-        data,
-        "",
-        required=(
-            "label",
-            "entities",
-            "sources",
-            "entity_rows",
-            "feature_views",
-            "feature_service",
-            "features",
-        ),
-    )
-    entities = {
-        name: Entity(name, **_fields(value, f"entities.{name}", ("join_key",), ("description",)))
-        for name, value in _named(top["entities"], "entities").items()
-    }
-    sources = {
-        name: Source(
-            name,
-            **_fields(value, f"sources.{name}", ("path", "timestamp_field"), ("description",)),
-        )
-        for name, value in _named(top["sources"], "sources").items()
-    }
-    entity_rows = _choice(top["entity_rows"], "entity_rows", sources, "source")
-    views = {
-        name: _view(value, f"feature_views.{name}", name, entities, sources, entity_rows)
-        for name, value in _named(top["feature_views"], "feature_views").items()
-    }
-    service = _identifier(top["feature_service"], "feature_service")
-    if not isinstance(top["features"], list) or not top["features"]:
-        raise SpecError(f"features: expected a non-empty list, got {top['features']!r}")
-    join_keys = {e.join_key: e.name for e in entities.values()}
-    features = tuple(
-        _feature(value, f"features[{i}]", entity_rows, views, join_keys)
-        for i, value in enumerate(top["features"])
-    )
-    label = _label(top["label"], entity_rows)
-    spec = FeatureSpec(path, label, entities, sources, entity_rows, views, service, features)
-    _check_references(spec)
-    return spec
-
-
-def _view(
-    value: Any,
-    key: str,
-    name: str,
-    entities: dict[str, Entity],
-    sources: dict[str, Source],
-    entity_rows: str,
-) -> View:
-    raw = _mapping(value, key, ("source", "entity", "ttl_days"), ("description",))
-    source = _choice(raw["source"], f"{key}.source", sources, "source")
-    if source == entity_rows:
-        raise SpecError(f"{key}.source: {entity_rows!r} holds the entity rows, not features")
-    ttl = raw["ttl_days"]
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-        raise SpecError(f"{key}.ttl_days: expected a whole number of days > 0, got {ttl!r}")
-    return View(
-        name=name,
-        source=source,
-        entity=_choice(raw["entity"], f"{key}.entity", entities, "entity"),
-        ttl_days=ttl,
-        description=_text(raw.get("description", ""), f"{key}.description"),
-    )
-
-
-def _feature(
-    value: Any,
-    key: str,
-    entity_rows: str,
-    views: dict[str, View],
-    join_keys: dict[str, str],
-) -> Feature:
-    if isinstance(value, dict) and isinstance(value.get("name"), str):
-        key = f"{key} ({value['name']})"
-    raw = _mapping(
-        value,
-        key,
-        required=("name", "dtype"),
-        optional=("source", "view", "valid", "nullable", "description", "model_features"),
-    )
-    name = _identifier(raw["name"], f"{key}.name")
-    if ("source" in raw) == ("view" in raw):
-        raise SpecError(
-            f"{key}: give exactly one of source (for a column of the entity rows, "
-            f"{entity_rows!r}) or view (the feature view serving it)"
-        )
-    if "view" in raw:
-        view = views[_choice(raw["view"], f"{key}.view", views, "feature view")]
-        source, entity = view.source, view.entity
-    else:
-        if raw["source"] != entity_rows:
-            raise SpecError(
-                f"{key}.source: must be the entity rows ({entity_rows!r}), got "
-                f"{raw['source']!r}; columns of other sources are served by a view"
-            )
-        view, source, entity = None, entity_rows, join_keys.get(name)
-    dtype = _dtype(raw["dtype"], f"{key}.dtype")
-    nullable = raw.get("nullable", False)
-    if not isinstance(nullable, bool):
-        raise SpecError(f"{key}.nullable: expected true or false, got {nullable!r}")
-    model_features = raw.get("model_features", [])
-    if not isinstance(model_features, list):
-        raise SpecError(f"{key}.model_features: expected a list, got {model_features!r}")
-    return Feature(
-        name=name,
-        dtype=dtype,
-        source=source,
-        view=view.name if view else None,
-        entity=entity,
-        valid=_valid(raw["valid"], f"{key}.valid", dtype) if "valid" in raw else None,
-        nullable=nullable,
-        description=_text(raw.get("description", ""), f"{key}.description"),
-        model_features=tuple(
-            _model_feature(m, f"{key}.model_features[{j}]", name, dtype)
-            for j, m in enumerate(model_features)
-        ),
-    )
-
-
-def _label(value: Any, entity_rows: str) -> Feature:
-    raw = _mapping(value, "label", ("name", "dtype"), ("valid", "description"))
-    name = _identifier(raw["name"], "label.name")
-    dtype = _dtype(raw["dtype"], "label.dtype")
-    return Feature(
-        name=name,
-        dtype=dtype,
-        source=entity_rows,
-        valid=_valid(raw["valid"], "label.valid", dtype) if "valid" in raw else None,
-        description=_text(raw.get("description", ""), "label.description"),
-    )
-
-
-def _model_feature(value: Any, key: str, column: str, dtype: str) -> ModelFeature:
-    raw = _mapping(value, key, required=("type", "groups"), optional=("name", *ENCODING_KEYS))
-    name = _identifier(raw.get("name", column), f"{key}.name")
-    kind = _choice(raw["type"], f"{key}.type", _MODEL_TYPES, "model feature type")
-    if dtype not in _MODEL_TYPES[kind]:
-        raise SpecError(
-            f"{key}.type: type {kind} needs dtype {' or '.join(_MODEL_TYPES[kind])}, "
-            f"the column is {dtype}"
-        )
-    groups = raw["groups"]
-    if not isinstance(groups, list) or not groups:
-        raise SpecError(f"{key}.groups: expected a non-empty list of {GROUPS}, got {groups!r}")
-    for j, group in enumerate(groups):
-        _choice(group, f"{key}.groups[{j}]", GROUPS, "group")
-    if len(set(groups)) != len(groups):
-        raise SpecError(f"{key}.groups: a group is listed twice in {groups}")
-    encoding = {k: v for k, v in raw.items() if k in ENCODING_KEYS}
-    return ModelFeature(name, column, encoding, tuple(groups))
-
-
-def _valid(value: Any, key: str, dtype: str) -> Valid:
-    raw = _mapping(value, key, optional=("min", "max", "values"))
-    if not raw or ("values" in raw and len(raw) > 1):
-        raise SpecError(f"{key}: give min and/or max, or values, got {raw!r}")
-    element = dtype.removeprefix("list<").removesuffix(">")
-    if "values" in raw:
-        values = raw["values"]
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"{key}.values: expected a non-empty list, got {values!r}")
-        for j, v in enumerate(values):
-            if not _is_scalar(v, element):
-                quote = " (quote it in YAML)" if element == "string" else ""
-                raise SpecError(f"{key}.values[{j}]: {v!r} is not a {element} value{quote}")
-        if len(set(values)) != len(values):
-            raise SpecError(f"{key}.values: a value is listed twice in {values}")
-        return Valid(values=tuple(values))
-    if element == "string":
-        raise SpecError(f"{key}: a string column takes values, not min/max")
-    for end in ("min", "max"):
-        if end in raw and not _is_scalar(raw[end], "float64"):
-            raise SpecError(f"{key}.{end}: expected a number, got {raw[end]!r}")
-    low, high = raw.get("min"), raw.get("max")
-    if low is not None and high is not None and low > high:
-        raise SpecError(f"{key}: min {low} is greater than max {high}")
-    return Valid(min=low, max=high)
-
-
-def _check_references(spec: FeatureSpec) -> None:
-    """Cross-key checks: unique names, join keys, every view, source and entity used."""
-    seen: dict[str, str] = {}
-    columns = [
-        *((f"features[{i}]", f.name) for i, f in enumerate(spec.features)),
-        ("label", spec.label.name),
-        (f"sources.{spec.entity_rows}.timestamp_field", spec.timestamp),
-    ]
-    for key, name in columns:
-        if name in seen:
-            raise SpecError(f"{key}: duplicate column name {name!r} (also {seen[name]})")
-        seen[name] = key
-    model_names: dict[str, str] = {}
-    for i, f in enumerate(spec.features):
-        for j, m in enumerate(f.model_features):
-            key = f"features[{i}] ({f.name}).model_features[{j}]"
-            if m.name in model_names:
-                raise SpecError(
-                    f"{key}.name: duplicate model feature name {m.name!r} "
-                    f"(also {model_names[m.name]})"
-                )
-            model_names[m.name] = key
-    for name, entity in spec.entities.items():
-        key = next((f for f in spec.features if f.name == entity.join_key), None)
-        if key is None or key.view is not None:
-            raise SpecError(
-                f"entities.{name}.join_key: {entity.join_key!r} must be a feature with "
-                f"source {spec.entity_rows!r} (a column of the entity rows)"
-            )
-        if key.dtype not in ("int64", "string"):
-            raise SpecError(
-                f"entities.{name}.join_key: {entity.join_key!r} has dtype {key.dtype}; "
-                "a join key is int64 or string"
-            )
-        if not any(v.entity == name for v in spec.feature_views.values()):
-            raise SpecError(f"entities.{name}: no feature view describes this entity")
-    for name in spec.sources:
-        readers = [v.name for v in spec.feature_views.values() if v.source == name]
-        if name != spec.entity_rows and len(readers) != 1:
-            raise SpecError(
-                f"sources.{name}: read by {len(readers)} feature views {readers}; "
-                "each feature source feeds exactly one"
-            )
-    for name in spec.feature_views:
-        if not spec.view_features(name):
-            raise SpecError(f"feature_views.{name}: no feature names this view")
-
-
-# -------------------------------------------------------------------------- helpers
-
-
-def _mapping(
-    value: Any, key: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Check that ``value`` is a mapping with all ``required`` keys and no others."""
-    where = key or "the top level"
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: expected a mapping, got {value!r}")
-    prefix = f"{key}." if key else ""
-    allowed = tuple(dict.fromkeys((*required, *optional)))
-    for k in value:
-        if k not in allowed:
-            raise SpecError(f"{prefix}{k}: unknown key (allowed: {', '.join(allowed)})")
-    for k in required:
-        if k not in value:
-            raise SpecError(f"{prefix}{k}: required key is missing")
-    return value
-
-
-def _fields(
-    value: Any, key: str, required: tuple[str, ...], optional: tuple[str, ...]
-) -> dict[str, Any]:
-    """A mapping of strings: the required and optional keys, checked."""
-    raw = _mapping(value, key, required, optional)
-    return {k: _text(v, f"{key}.{k}", empty=k == "description") for k, v in raw.items()}
-
-
-def _named(value: Any, key: str) -> dict[str, Any]:
-    """A non-empty mapping of name -> definition, each name a valid identifier."""
-    if not isinstance(value, dict) or not value:
-        raise SpecError(f"{key}: expected a non-empty mapping of name -> definition")
-    for name in value:
-        _identifier(name, f"{key}.{name}")
-    return value
-
-
-def _identifier(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise SpecError(f"{key}: expected a name of letters, digits and _, got {value!r}")
-    return value
-
-
-def _text(value: Any, key: str, empty: bool = True) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        raise SpecError(f"{key}: expected a {'' if empty else 'non-empty '}string, got {value!r}")
-    return value
-
-
-def _choice(value: Any, key: str, known: Any, what: str) -> str:
-    if not isinstance(value, str) or value not in known:
-        raise SpecError(f"{key}: unknown {what} {value!r} (known: {', '.join(known)})")
-    return value
-
-
-def _dtype(value: Any, key: str) -> str:
-    if value not in DTYPES:
-        raise SpecError(f"{key}: unknown dtype {value!r} (known: {', '.join(DTYPES)})")
-    return value
+        return _SpecFile.model_validate(data).spec(path)
+    except ValidationError as e:
+        raise SpecError(f"{path.name}: {_error_line(e, data)}") from None
 
 
 def _is_scalar(value: Any, dtype: str) -> bool:
