@@ -32,6 +32,7 @@ from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
 from model.deepfm import DeepFM, to_predictions  # noqa: E402
 from model.features import FeatureEncoder  # noqa: E402
+from model.fused import FusedForward  # noqa: E402
 from model.losses import compute_loss  # noqa: E402
 from model.optim import build_dense_optimizer, build_sparse_optimizer  # noqa: E402
 from model.train import encode_dataset  # noqa: E402
@@ -59,7 +60,9 @@ def main() -> None:
     dense_opt = build_dense_optimizer(
         model.dense_parameters(), cfg.train.dense_optimizer, torch.device("cpu")
     )
-    kernels.available()
+    # the trainer's choice (model.train._training_forward): the kernels where they serve
+    # the model, else its own forward
+    forward = FusedForward.attach(model) or model
     model.train()
     batch = args.batch_size
     perm = torch.randperm(len(data))
@@ -71,7 +74,7 @@ def main() -> None:
         start = (state["step"] % steps) * batch
         state["step"] += 1
         b = features.slice(start, start + batch)
-        logits = model(b.sparse, b.multi, b.dense)
+        logits = forward(b.sparse, b.multi, b.dense)
         predictions = to_predictions(logits, model.loss_kind)
         loss = compute_loss(predictions, labels[start : start + batch], cfg.model.losses[0])
         sparse_opt.zero_grad(set_to_none=True)
@@ -102,6 +105,7 @@ def main() -> None:
         json.dumps(
             {
                 "cpu_kernels": kernels.available(),
+                "fused_forward": forward is not model,
                 "threads": args.threads,
                 "batch_size": batch,
                 "deepfm_step_ms": round(statistics.median(ours), 3),

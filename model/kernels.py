@@ -26,7 +26,7 @@ The gathers and the update prefetch the random table rows a few iterations ahead
 (``prefetch_row``), which matters once the matrix products have evicted the tables from
 the core's caches.
 
-``model.deepfm`` and ``model.optim`` use them when numba imports and compiles here (and
+``model.fused`` and ``model.optim`` use them when numba imports and compiles here (and
 fall back to PyTorch ops otherwise); the tests check both paths against each other.
 """
 
@@ -163,7 +163,7 @@ if numba is not None:
             for f in range(F):
                 if fm_mask[f]:
                     p = deep_pos[f]
-                    # a field outside x is single-valued (DeepFM._plan_fused_lookup): lookup f
+                    # a field outside x is single-valued (fused.TableLayout.of): lookup f
                     e = xb[p * dim : p * dim + dim] if p >= 0 else weight[rows[b, f], :dim]
                     for d in range(dim):
                         sb[d] += e[d]

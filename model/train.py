@@ -6,16 +6,23 @@ optimizer, the MLPs a dense one. Under ``torchrun`` (``WORLD_SIZE > 1``) each pr
 trains on its shard of every epoch's shuffle: the dense part is wrapped in
 DistributedDataParallel, the embedding tables' sparse gradients are all-gathered (NCCL
 cannot all-reduce sparse tensors), so every process applies the same update.
+
+``train`` reads as its phases: set-up (processes, encoding, model and optimizers, the
+training forward: ``model.fused`` on CPU where it applies), resume, then per epoch
+``_train_epoch`` / ``_evaluate_epoch`` / checkpoint / early stop. It logs through the
+``deepfm.train`` logger.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +30,16 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model import kernels
 from model.config import Config, check_columns
 from model.deepfm import DeepFM, score_of, to_predictions
 from model.features import EncodedFeatures, FeatureEncoder
+from model.fused import FusedForward
 from model.losses import compute_loss
 from model.metrics import binary_metrics
 from model.optim import build_dense_optimizer, build_sparse_optimizer
@@ -36,6 +47,8 @@ from model.optim import build_dense_optimizer, build_sparse_optimizer
 CHECKPOINT_DIR = "checkpoints"
 _KEEP_CHECKPOINTS = 3
 _DENSE_GRADIENT_MAX_VALUES = 2**27
+
+log = logging.getLogger("deepfm.train")
 
 
 @dataclass
@@ -206,6 +219,62 @@ class _SparseGradSync:
             )
 
 
+class _DdpScope(nn.Module):
+    """What DistributedDataParallel wraps: ``forward`` is the training step's logits
+    function, and the registered sub-modules are those whose gradients DDP all-reduces. With
+    sparse table gradients that is every sub-module of the model but the embedding tables
+    (NCCL cannot all-reduce sparse tensors: ``_SparseGradSync`` all-gathers them); the
+    forward still looks the tables up, they are only not DDP's. Keeping them out of the
+    wrapped module is the public way to have DDP leave parameters alone."""
+
+    def __init__(self, model: DeepFM, logits: Callable, with_tables: bool) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(
+            {name: m for name, m in model.named_children() if with_tables or name != "tables"}
+        )
+        # a plain attribute, not a sub-module: ``logits`` may be the model itself
+        self.__dict__["logits"] = logits
+        wanted = model.parameters() if with_tables else model.dense_parameters()
+        assert {id(p) for p in self.parameters()} == {id(p) for p in wanted}
+
+    def forward(self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor):
+        return self.logits(sparse, multi, dense)
+
+
+@dataclass
+class _Progress:
+    """Where training stands: what a checkpoint keeps besides weights and optimizers."""
+
+    epoch: int = 0  # epochs done (the current epoch's index)
+    step_in_epoch: int = 0  # steps done in the current epoch
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)  # one record per epoch done
+    best: tuple[float, dict] | None = None  # the best eval score and its weights
+
+
+@dataclass
+class _Run:
+    """One call of ``train``: its settings, model, optimizers and progress."""
+
+    cfg: Config
+    dev: torch.device
+    rank: int
+    world: int
+    encoder: FeatureEncoder
+    model: DeepFM
+    sparse_opt: torch.optim.Optimizer
+    dense_opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    ckpt_root: Path | None
+    show_bar: bool
+    at: _Progress = field(default_factory=_Progress)
+    # the training step's logits function and the tables' gradient exchange (set-up)
+    forward: Callable = None  # type: ignore[assignment]
+    sync_sparse: _SparseGradSync | None = None
+    train_seconds: float = 0.0
+    train_samples: int = 0
+
+
 # ------------------------------------------------------------------------- train
 
 
@@ -225,24 +294,16 @@ def train(
     and keeps the best epoch's weights. Checkpoints go to ``model_dir/checkpoints`` every
     ``train.save_checkpoints_steps`` steps; ``resume=True`` continues from the latest one.
     Raises FloatingPointError when the loss becomes NaN or infinite.
+
+    ``progress`` (process of rank 0 only): log to stderr through the ``deepfm.train`` logger
+    when the application has not configured logging, and show a progress bar per epoch
+    when stderr is a terminal. Each ``history`` record holds the epoch, its ``train_loss``
+    (mean over its steps), time, throughput and ``eval_*`` metrics.
     """
     tc = cfg.train
-    world = _world_size()
-    if world > 1 and not dist.is_initialized():
-        backend = (
-            "nccl"
-            if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-            else "gloo"
-        )
-        dist.init_process_group(backend=backend)
-    rank = _rank()
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if dev.type == "cpu" and tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    log = _Logger(progress and rank == 0)
-
+    dev, rank, world = _set_up_processes(device, tc.num_threads)
+    if progress and rank == 0:
+        _log_to_stderr()
     torch.manual_seed(tc.seed)
     encoder = FeatureEncoder(cfg).fit(train_df)
     train_data = encode_dataset(cfg, encoder, train_df, "the training data").to(dev)
@@ -251,11 +312,79 @@ def train(
         if eval_df is not None
         else None
     )
-    log(
+    log.info(
         f"encoded {len(train_data):,} training rows"
         + (f", {len(eval_data):,} eval rows" if eval_data else "")
     )
+    run = _build_run(cfg, encoder, dev, rank, world, model_dir, progress and _stderr_is_tty())
+    if resume and run.ckpt_root is not None:
+        _resume(run)
+    run.forward, run.sync_sparse = _training_forward(run)
 
+    run.model.train()
+    for epoch in range(run.at.epoch, tc.num_epochs):
+        record = _train_epoch(run, train_data, epoch)
+        if eval_data is not None:
+            record.update(_evaluate_epoch(run, eval_data, epoch))
+        run.at.history.append(record)
+        run.at.epoch, run.at.step_in_epoch = epoch + 1, 0
+        if tc.save_checkpoints_steps:
+            _checkpoint(run)
+        if eval_data is not None and _no_recent_improvement(run):
+            log.info(
+                f"early stop after epoch {epoch + 1}: eval AUC has not improved for "
+                f"{tc.early_stop_patience} epoch(s)"
+            )
+            break
+    model = run.model
+    if run.at.best is not None:
+        model.load_state_dict(run.at.best[1])
+    metrics = evaluate(cfg, model, eval_data)[0] if eval_data is not None else {}
+    return TrainResult(
+        model,
+        encoder,
+        metrics,
+        run.at.history,
+        run.at.global_step,
+        run.train_seconds,
+        run.train_samples,
+    )
+
+
+# ------------------------------------------------------------------------ set-up
+
+
+def _set_up_processes(device: str, num_threads: int | None) -> tuple[torch.device, int, int]:
+    """Join the process group under torchrun; the device, this process's rank, the world
+    size."""
+    world = _world_size()
+    if world > 1 and not dist.is_initialized():
+        backend = (
+            "nccl"
+            if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            else "gloo"
+        )
+        dist.init_process_group(backend=backend)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if dev.type == "cpu" and num_threads:
+        torch.set_num_threads(num_threads)
+    return dev, _rank(), world
+
+
+def _build_run(
+    cfg: Config,
+    encoder: FeatureEncoder,
+    dev: torch.device,
+    rank: int,
+    world: int,
+    model_dir: str | Path | None,
+    show_bar: bool,
+) -> _Run:
+    """The model (sparse or dense table gradients, see ``train.sparse_gradients``), its two
+    optimizers and, for fp16, the gradient scaler."""
+    tc = cfg.train
     spec = encoder.input_spec()
     sparse_grads = tc.sparse_gradients
     if sparse_grads is None:
@@ -265,176 +394,107 @@ def train(
         )
         sparse_grads = dev.type != "cuda" or table_values > _DENSE_GRADIENT_MAX_VALUES
     model = DeepFM(cfg.model, cfg.feature_groups, spec, sparse_gradients=sparse_grads).to(dev)
-    sparse_params = model.embedding_parameters()
-    sparse_opt = build_sparse_optimizer(sparse_params, tc.sparse_optimizer)
-    dense_opt = build_dense_optimizer(model.dense_parameters(), tc.dense_optimizer, dev)
-    scaler = torch.amp.GradScaler(dev.type) if tc.mixed_precision == "fp16" else None
+    return _Run(
+        cfg=cfg,
+        dev=dev,
+        rank=rank,
+        world=world,
+        encoder=encoder,
+        model=model,
+        sparse_opt=build_sparse_optimizer(model.embedding_parameters(), tc.sparse_optimizer),
+        dense_opt=build_dense_optimizer(model.dense_parameters(), tc.dense_optimizer, dev),
+        scaler=torch.amp.GradScaler(dev.type) if tc.mixed_precision == "fp16" else None,
+        ckpt_root=Path(model_dir) if model_dir is not None else None,
+        show_bar=show_bar and rank == 0,
+    )
 
-    start_epoch, skip_steps, global_step = 0, 0, 0
-    history: list[dict] = []
-    best: tuple[float, dict] | None = None
-    ckpt_root = Path(model_dir) if model_dir is not None else None
-    if resume and ckpt_root is not None:
-        ckpt = latest_checkpoint(ckpt_root)
-        if ckpt is not None:
-            state = torch.load(ckpt, map_location=dev, weights_only=True)
-            if state["encoders"] != json.loads(json.dumps(encoder.state())):
-                raise ValueError(f"{ckpt}: was trained on other data (feature encoders differ)")
-            model.load_state_dict(state["model"])
-            sparse_opt.load_state_dict(state["sparse_optimizer"])
-            dense_opt.load_state_dict(state["dense_optimizer"])
-            start_epoch, skip_steps = state["epoch"], state["step_in_epoch"]
-            global_step, history = state["global_step"], state["history"]
-            if state["best"] is not None:
-                best = (state["best"]["score"], state["best"]["model"])
-            log(f"resumed from {ckpt} (epoch {start_epoch + 1}, step {global_step})")
 
-    def checkpoint(epoch: int, step_in_epoch: int) -> None:
-        """Write ``ckpt-<global_step>.pt`` (rank 0): weights, optimizers, progress, best."""
-        if rank != 0 or ckpt_root is None:
-            return
-        _save_checkpoint(
-            ckpt_root,
-            {
-                "model": model.state_dict(),
-                "sparse_optimizer": sparse_opt.state_dict(),
-                "dense_optimizer": dense_opt.state_dict(),
-                "encoders": json.loads(json.dumps(encoder.state())),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "history": json.loads(json.dumps(history)),
-                "best": None if best is None else {"score": best[0], "model": best[1]},
-            },
-        )
+def _training_forward(run: _Run) -> tuple[Callable, _SparseGradSync | None]:
+    """The training step's logits function ``(sparse, multi, dense) -> [B, C]`` and, under
+    several processes with sparse table gradients, their all-gather.
 
-    if tc.compile:
-        model.compile_training_head()
-    if dev.type == "cpu" and sparse_grads:
-        # compile (or load from numba's cache) the CPU embedding kernels before the clock
-        # starts; without them the PyTorch path runs
+    The one place the CPU kernels are chosen: ``FusedForward.attach`` where they serve the
+    model (CPU, float32 tables with sparse gradients, a layout they handle), else the
+    model's own forward (with ``train.compile``, ``torch.compile``-d after the lookups).
+    Evaluation always runs the model's own forward.
+    """
+    model, tc = run.model, run.cfg.train
+    sparse_grads = model.tables[0].embedding.sparse
+    forward: Callable | None = None
+    if run.dev.type == "cpu" and sparse_grads:
+        # compile (or load from numba's cache) the kernels before the clock starts; the
+        # sparse optimizer uses them too. Without them the PyTorch path runs.
         kernels.available()
-    train_model: torch.nn.Module = model
-    sync_sparse = None
-    if world > 1:
-        if sparse_grads:  # DDP cannot all-reduce sparse gradients on NCCL: gather them
-            names = [n for n, p in model.named_parameters() if any(p is s for s in sparse_params)]
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
-            sync_sparse = _SparseGradSync(sparse_params, world)
-        train_model = DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
+        forward = FusedForward.attach(model, compile=tc.compile)
+    if forward is None:
+        forward = _compiled_forward(model) if tc.compile else model
+    if run.world == 1:
+        return forward, None
+    ddp = DistributedDataParallel(
+        _DdpScope(model, forward, with_tables=not sparse_grads),
+        device_ids=[run.dev.index] if run.dev.type == "cuda" else None,
+    )
+    sync = _SparseGradSync(model.embedding_parameters(), run.world) if sparse_grads else None
+    return ddp, sync
 
-    n = len(train_data)
-    shard = math.ceil(n / world)
-    steps_per_epoch = math.ceil(shard / tc.batch_size)
-    loss_cfg = cfg.model.losses[0]
-    train_seconds, train_samples = 0.0, 0
-    check_every = 1 if dev.type == "cpu" else tc.log_steps
-    model.train()
-    for epoch in range(start_epoch, tc.num_epochs):
-        gen = torch.Generator().manual_seed(tc.seed * 1000 + epoch)
-        perm = torch.randperm(n, generator=gen)
-        if world > 1:  # pad by wrapping so every process gets ``shard`` rows
-            perm = torch.cat([perm, perm[: shard * world - n]])[rank::world]
-        # One shuffled copy per epoch, then every batch is a contiguous slice (cheaper than
-        # a gather per batch).
-        perm = perm.to(dev)
-        epoch_features = train_data.features.index(perm)
-        epoch_labels = train_data.labels[perm]
-        epoch_weights = None if train_data.weights is None else train_data.weights[perm]
-        epoch_loss = torch.zeros((), device=dev)
-        t0 = time.perf_counter()
-        first = skip_steps if epoch == start_epoch else 0
-        for step in range(first, steps_per_epoch):
-            start, stop = step * tc.batch_size, (step + 1) * tc.batch_size
-            batch = epoch_features.slice(start, stop)
-            with _autocast(dev, tc.mixed_precision):
-                logits = train_model(batch.sparse, batch.multi, batch.dense)
-            # losses in fp32, also under autocast
-            predictions = to_predictions(logits.float(), model.loss_kind)
-            weights = None if epoch_weights is None else epoch_weights[start:stop]
-            loss = compute_loss(predictions, epoch_labels[start:stop], loss_cfg, weights)
-            sparse_opt.zero_grad(set_to_none=True)
-            dense_opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if sync_sparse is not None:
-                sync_sparse()
-            if scaler is not None:
-                scaler.step(dense_opt)
-                scaler.step(sparse_opt)
-                scaler.update()
-            else:
-                dense_opt.step()
-                sparse_opt.step()
-            global_step += 1
-            epoch_loss += loss.detach()
-            last = step == steps_per_epoch - 1
-            if (global_step % check_every == 0 or last) and not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at step {global_step} "
-                    f"(epoch {epoch + 1}); lower train.dense_optimizer.lr or "
-                    "train.sparse_optimizer.lr, or check the inputs"
-                )
-            if global_step % tc.log_steps == 0 or last:
-                seen = (step + 1 - first) * tc.batch_size * world
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                log(
-                    f"epoch {epoch + 1}/{tc.num_epochs} step {step + 1}/{steps_per_epoch} "
-                    f"loss {loss.item():.5f} {rate:,.0f} samples/s"
-                )
-            if (
-                ckpt_root is not None
-                and tc.save_checkpoints_steps
-                and global_step % tc.save_checkpoints_steps == 0
-                and not last
-            ):
-                checkpoint(epoch, step + 1)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_seconds = time.perf_counter() - t0
-        epoch_samples = max(shard - first * tc.batch_size, 0) * world
-        train_seconds += epoch_seconds
-        train_samples += epoch_samples
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": float(epoch_loss) / max(steps_per_epoch - first, 1),
-            "train_seconds": epoch_seconds,
-            "train_samples_per_s": epoch_samples / max(epoch_seconds, 1e-9),
-        }
-        if eval_data is not None:
-            metrics, _ = evaluate(cfg, model, eval_data)
-            record.update({f"eval_{k}": v for k, v in metrics.items()})
-            log(
-                "epoch {} eval {}".format(
-                    epoch + 1, " ".join(f"{k}={v:.5f}" for k, v in metrics.items())
-                )
-            )
-            current = metrics.get("auc", -metrics.get("mse", 0.0))
-            if best is None or current > best[0]:
-                best = (current, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        history.append(record)
-        if ckpt_root is not None and tc.save_checkpoints_steps:
-            checkpoint(epoch + 1, 0)
-        if best is not None and eval_data is not None and len(history) > tc.early_stop_patience:
-            recent = [
-                h.get("eval_auc", -h.get("eval_mse", 0.0))
-                for h in history[-tc.early_stop_patience :]
-            ]
-            if max(recent) < best[0]:
-                log(
-                    f"early stop after epoch {epoch + 1}: eval AUC has not improved for "
-                    f"{tc.early_stop_patience} epoch(s)"
-                )
-                break
-    model.release_training_head()
-    if best is not None:
-        model.load_state_dict(best[1])
-    metrics = evaluate(cfg, model, eval_data)[0] if eval_data is not None else {}
-    return TrainResult(model, encoder, metrics, history, global_step, train_seconds, train_samples)
+
+def _compiled_forward(model: DeepFM) -> Callable:
+    """``model.forward`` with a ``torch.compile``-d ``head`` (it fuses the FM, wide and
+    deep-input element-wise work); the lookups stay eager so their gradients stay sparse."""
+    head = torch.compile(model.head, dynamic=False)
+
+    def forward(sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor):
+        return head(model.embed(sparse, multi), dense)
+
+    return forward
+
+
+# ------------------------------------------------------------------------ resume
+
+
+def _resume(run: _Run) -> None:
+    """Load the latest checkpoint of ``run.ckpt_root``, if any: weights, optimizers and
+    progress. Refuses one written for other data (other feature encoders)."""
+    ckpt = latest_checkpoint(run.ckpt_root)
+    if ckpt is None:
+        return
+    state = torch.load(ckpt, map_location=run.dev, weights_only=True)
+    if state["encoders"] != json.loads(json.dumps(run.encoder.state())):
+        raise ValueError(f"{ckpt}: was trained on other data (feature encoders differ)")
+    run.model.load_state_dict(state["model"])
+    run.sparse_opt.load_state_dict(state["sparse_optimizer"])
+    run.dense_opt.load_state_dict(state["dense_optimizer"])
+    best = state["best"]
+    run.at = _Progress(
+        epoch=state["epoch"],
+        step_in_epoch=state["step_in_epoch"],
+        global_step=state["global_step"],
+        history=state["history"],
+        best=None if best is None else (best["score"], best["model"]),
+    )
+    log.info(f"resumed from {ckpt} (epoch {run.at.epoch + 1}, step {run.at.global_step})")
+
+
+def _checkpoint(run: _Run) -> None:
+    """Write ``ckpt-<global_step>.pt`` (rank 0, with a model directory): weights,
+    optimizers, progress, best epoch."""
+    if run.rank != 0 or run.ckpt_root is None:
+        return
+    at = run.at
+    _save_checkpoint(
+        run.ckpt_root,
+        {
+            "model": run.model.state_dict(),
+            "sparse_optimizer": run.sparse_opt.state_dict(),
+            "dense_optimizer": run.dense_opt.state_dict(),
+            "encoders": json.loads(json.dumps(run.encoder.state())),
+            "epoch": at.epoch,
+            "step_in_epoch": at.step_in_epoch,
+            "global_step": at.global_step,
+            "history": json.loads(json.dumps(at.history)),
+            "best": None if at.best is None else {"score": at.best[0], "model": at.best[1]},
+        },
+    )
 
 
 def _save_checkpoint(root: Path, state: dict) -> None:
@@ -448,10 +508,197 @@ def _save_checkpoint(root: Path, state: dict) -> None:
         old.unlink()
 
 
-class _Logger:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+# ------------------------------------------------------------------------- epoch
 
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[train] {message}", file=sys.stderr, flush=True)
+
+def _train_epoch(run: _Run, data: EncodedDataset, epoch: int) -> dict:
+    """Train one epoch (from step ``run.at.step_in_epoch`` when resuming into it) -> its
+    history record: ``epoch``, ``train_loss`` (mean over the steps run),
+    ``train_seconds``, ``train_samples_per_s``."""
+    tc, dev, world = run.cfg.train, run.dev, run.world
+    n = len(data)
+    shard = math.ceil(n / world)
+    steps = math.ceil(shard / tc.batch_size)
+    first = run.at.step_in_epoch
+    run.at.epoch = epoch
+    features, labels, weights = _epoch_shuffle(data, epoch, tc.seed, run.rank, world, dev)
+    samples = max(shard - first * tc.batch_size, 0) * world
+    check_every = 1 if dev.type == "cpu" else tc.log_steps
+    # the bar shows what the step lines say: they go to DEBUG while it is on screen
+    line_level = logging.DEBUG if run.show_bar else logging.INFO
+    epoch_loss = torch.zeros((), device=dev)
+    t0 = time.perf_counter()
+    with _epoch_bar(run, epoch, samples) as bar:
+        for step in range(first, steps):
+            start, stop = step * tc.batch_size, (step + 1) * tc.batch_size
+            loss = _train_step(
+                run,
+                features.slice(start, stop),
+                labels[start:stop],
+                None if weights is None else weights[start:stop],
+            )
+            run.at.global_step += 1
+            epoch_loss += loss.detach()
+            last = step == steps - 1
+            if (run.at.global_step % check_every == 0 or last) and not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at step {run.at.global_step} "
+                    f"(epoch {epoch + 1}); lower train.dense_optimizer.lr or "
+                    "train.sparse_optimizer.lr, or check the inputs"
+                )
+            if run.at.global_step % tc.log_steps == 0 or last:
+                done = step + 1 - first
+                seen = done * tc.batch_size * world
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                log.log(
+                    line_level,
+                    f"epoch {epoch + 1}/{tc.num_epochs} step {step + 1}/{steps} "
+                    f"loss {loss.item():.5f} {rate:,.0f} samples/s",
+                )
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(epoch_loss) / done:.5f}", refresh=False)
+                    bar.update(min(seen, samples) - bar.n)
+            save = tc.save_checkpoints_steps
+            if save and run.at.global_step % save == 0 and not last:
+                run.at.step_in_epoch = step + 1
+                _checkpoint(run)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    run.train_seconds += seconds
+    run.train_samples += samples
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(epoch_loss) / max(steps - first, 1),
+        "train_seconds": seconds,
+        "train_samples_per_s": samples / max(seconds, 1e-9),
+    }
+
+
+def _epoch_shuffle(
+    data: EncodedDataset, epoch: int, seed: int, rank: int, world: int, dev: torch.device
+) -> tuple[EncodedFeatures, torch.Tensor, torch.Tensor | None]:
+    """This process's rows of the epoch's shuffle, as one shuffled copy (then every batch
+    is a contiguous slice, cheaper than a gather per batch): features, labels, weights."""
+    n = len(data)
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    if world > 1:  # pad by wrapping so every process gets ``ceil(n / world)`` rows
+        shard = math.ceil(n / world)
+        perm = torch.cat([perm, perm[: shard * world - n]])[rank::world]
+    perm = perm.to(dev)
+    weights = None if data.weights is None else data.weights[perm]
+    return data.features.index(perm), data.labels[perm], weights
+
+
+def _train_step(
+    run: _Run, batch: EncodedFeatures, labels: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Forward, loss, backward and both optimizers' steps on one batch -> the loss."""
+    with _autocast(run.dev, run.cfg.train.mixed_precision):
+        logits = run.forward(batch.sparse, batch.multi, batch.dense)
+    # losses in fp32, also under autocast
+    predictions = to_predictions(logits.float(), run.model.loss_kind)
+    loss = compute_loss(predictions, labels, run.cfg.model.losses[0], weights)
+    run.sparse_opt.zero_grad(set_to_none=True)
+    run.dense_opt.zero_grad(set_to_none=True)
+    scaler = run.scaler
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if run.sync_sparse is not None:
+        run.sync_sparse()
+    if scaler is not None:
+        scaler.step(run.dense_opt)
+        scaler.step(run.sparse_opt)
+        scaler.update()
+    else:
+        run.dense_opt.step()
+        run.sparse_opt.step()
+    return loss
+
+
+@contextmanager
+def _epoch_bar(run: _Run, epoch: int, samples: int) -> Iterator[tqdm | None]:
+    """The epoch's tqdm bar over its ``samples`` (it shows samples/s; the caller updates it
+    with the running loss every ``train.log_steps`` steps), or None when it is off."""
+    if not run.show_bar:
+        yield None
+        return
+    # log lines go above the bar, not through it
+    with (
+        logging_redirect_tqdm(loggers=[log, logging.getLogger()]),
+        tqdm(
+            total=samples,
+            desc=f"epoch {epoch + 1}/{run.cfg.train.num_epochs}",
+            unit="sample",
+            unit_scale=True,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        yield bar
+
+
+# ---------------------------------------------------------------------- evaluate
+
+
+def _evaluate_epoch(run: _Run, eval_data: EncodedDataset, epoch: int) -> dict:
+    """Evaluate after an epoch -> its ``eval_*`` metrics; remember the best weights (by
+    AUC, or -MSE for regression)."""
+    metrics, _ = evaluate(run.cfg, run.model, eval_data)
+    log.info(
+        "epoch {} eval {}".format(epoch + 1, " ".join(f"{k}={v:.5f}" for k, v in metrics.items()))
+    )
+    current = metrics.get("auc", -metrics.get("mse", 0.0))
+    if run.at.best is None or current > run.at.best[0]:
+        weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.at.best = (current, weights)
+    return {f"eval_{k}": v for k, v in metrics.items()}
+
+
+def _no_recent_improvement(run: _Run) -> bool:
+    """True when none of the last ``train.early_stop_patience`` epochs beat the best."""
+    patience, history, best = run.cfg.train.early_stop_patience, run.at.history, run.at.best
+    if best is None or len(history) <= patience:
+        return False
+    recent = [h.get("eval_auc", -h.get("eval_mse", 0.0)) for h in history[-patience:]]
+    return max(recent) < best[0]
+
+
+# ----------------------------------------------------------------------- logging
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when it writes (as ``print`` is)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Show ``deepfm.train``'s INFO lines on stderr as ``[train] ...`` when the application
+    has configured no logging handler (an application's own configuration wins)."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("[train] %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,5 +1,6 @@
-"""The compiled CPU kernels (model/kernels.py) against the PyTorch path they replace: the
-same logits, the same gradients, the same optimizer updates."""
+"""The compiled CPU kernels (model/kernels.py) and the fused training forward built on them
+(model/fused.py) against the PyTorch path they replace (DeepFM.forward): the same logits,
+the same gradients, the same optimizer updates."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pytest
 import torch
 from test_deepfm import FEATURES, build, make_cfg, random_inputs
 from test_deepfm import GROUPS as DEEPFM_GROUPS
+from torch import nn
 
-import model.deepfm as deepfm_module
 from model import kernels
 from model.config import config_from_dict
 from model.deepfm import DeepFM
+from model.fused import FusedForward, TableLayout, split_first_linear
+from model.modules import MLP
 from model.optim import SparseAdagrad, _sum_duplicate_rows
 from model.train import train
 
@@ -37,11 +40,12 @@ def _kernels_on(monkeypatch):
     yield
 
 
-def step(model: DeepFM, inputs, use_kernels: bool, monkeypatch) -> dict:
-    monkeypatch.setattr(kernels, "_ready", use_kernels)
+def step(model: DeepFM, inputs, fused: FusedForward | None = None) -> dict:
+    """One forward and backward through ``fused`` (the kernels) or, without it, the model's
+    own forward (the PyTorch path)."""
     model.train()
     model.zero_grad(set_to_none=True)
-    logits = model(*inputs)
+    logits = (fused or model)(*inputs)
     # a loss that weights every logit differently, so each gradient path matters
     weights = torch.linspace(-1.0, 2.0, logits.numel()).view_as(logits)
     (logits * weights).sum().backward()
@@ -87,21 +91,23 @@ def test_fused_lookup_equals_the_pytorch_path(
 ):
     """Small-vocabulary fields are summed per value (their share of the first layer is
     computed per table row) up to ``value_budget`` rows: all, some or none of them."""
-    monkeypatch.setattr(deepfm_module, "_MIN_VALUE_BUDGET", value_budget)
     cfg = make_cfg(features, groups, **model_cfg)
     model, spec = build(cfg, seed=3)
-    assert model._fused_plan is not None
+    fused_forward = FusedForward.attach(model, min_value_budget=value_budget)
+    assert fused_forward is not None
     inputs = random_inputs(spec, seed=4)
     calls = []
     forward = kernels.pooled_forward
     monkeypatch.setattr(kernels, "pooled_forward", lambda *a: (calls.append(1), forward(*a))[1])
-    torch_path = step(copy.deepcopy(model), inputs, False, monkeypatch)
-    fused = step(model, inputs, True, monkeypatch)
+    torch_path = step(copy.deepcopy(model), inputs)
+    fused = step(model, inputs, fused_forward)
     assert calls == [1]  # the fused path ran once, the PyTorch path not at all
     # the first layer's ReLU runs in the kernels when the layer is Linear -> ReLU
-    assert model._fused_plan["first_is_relu"] is model.deep.first_activation_is_relu
-    assert all(p["relu"] is model.deep.first_activation_is_relu
-               for p in model._fused_plan["by_batch"].values())  # fmt: skip
+    first = list(model.deep.mlp[0])
+    first_is_relu = len(first) > 1 and type(first[1]) is nn.ReLU
+    assert fused_forward.layout.first_is_relu is first_is_relu
+    assert fused_forward.batch_plans
+    assert all(p.relu is first_is_relu for p in fused_forward.batch_plans.values())
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
@@ -110,18 +116,20 @@ def test_fused_lookup_equals_the_pytorch_path(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_lookup_under_bf16_autocast_equals_the_pytorch_path(monkeypatch):
+def test_fused_lookup_under_bf16_autocast_equals_the_pytorch_path():
     model, spec = build(make_cfg(FEATURES, GROUPS), seed=5)
     inputs = random_inputs(spec, seed=6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch_path = step(copy.deepcopy(model), inputs, False, monkeypatch)
-        fused = step(model, inputs, True, monkeypatch)
+        torch_path = step(copy.deepcopy(model), inputs)
+        fused = step(model, inputs, FusedForward.attach(model))
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-2, atol=1e-3)
     assert fused["table_grad"].dtype == torch.float32
 
 
-def test_fused_lookup_is_only_for_cpu_training(monkeypatch):
+def test_the_model_forward_never_runs_the_kernels(monkeypatch):
+    """Only the trainer's FusedForward does: evaluation, export and every other use of the
+    model run its PyTorch forward, in eval and in train mode."""
     cfg = make_cfg(FEATURES, GROUPS)
     model, spec = build(cfg)
     inputs = random_inputs(spec)
@@ -132,24 +140,34 @@ def test_fused_lookup_is_only_for_cpu_training(monkeypatch):
     model.train()
     with torch.no_grad():
         model(*inputs)
+    model(*inputs).sum().backward()
     assert calls == []
+    assert model.tables[0].embedding.weight.grad.is_sparse
+
+
+def test_the_fused_forward_is_only_for_float32_cpu_tables():
+    model, _ = build(make_cfg(FEATURES, GROUPS))
+    assert FusedForward.attach(model) is not None
+    assert FusedForward.attach(copy.deepcopy(model).double()) is None
 
 
 def test_layouts_the_fused_lookup_does_not_serve_fall_back():
     # a multi-valued FM field outside the deep group: its pooled embedding is not at hand
     groups = {"wide": ["u"], "fm": ["u", "tags"], "deep": ["u", "x"]}
     model, _ = build(make_cfg(FEATURES, groups))
-    assert model._fused_plan is None
+    assert TableLayout.of(model) is None and FusedForward.attach(model) is None
     # two embedding dims in the deep group: two tables
     features = [*FEATURES, {"name": "z", "type": "id", "num_buckets": 3, "embedding_dim": 2}]
     model, _ = build(make_cfg(features, {**GROUPS, "deep": [*GROUPS["deep"], "z"]}))
-    assert len(model.tables) == 2 and model._fused_plan is None
+    assert len(model.tables) == 2
+    assert TableLayout.of(model) is None and FusedForward.attach(model) is None
 
 
 def test_fused_lookup_with_dense_tables_uses_autograd(monkeypatch):
     cfg = make_cfg(FEATURES, GROUPS)
     spec = build(cfg)[1]
     model = DeepFM(cfg.model, cfg.feature_groups, spec, sparse_gradients=False)
+    assert FusedForward.attach(model) is None  # the trainer runs the model's forward
     model.train()
     calls = []
     monkeypatch.setattr(kernels, "pooled_forward", lambda *a: calls.append(1))
@@ -166,6 +184,7 @@ def test_a_kernel_that_fails_to_run_means_the_pytorch_path(monkeypatch):
     with pytest.warns(UserWarning, match="CPU embedding kernels unavailable"):
         assert kernels.available() is False
     model, spec = build(make_cfg(FEATURES, GROUPS))
+    assert FusedForward.attach(model) is None  # the trainer runs the model's forward
     model.train()
     model(*random_inputs(spec)).sum().backward()  # runs, through PyTorch ops
     assert model.tables[0].embedding.weight.grad.is_sparse
@@ -175,6 +194,45 @@ def test_deepfm_no_kernels_turns_them_off(monkeypatch):
     monkeypatch.setattr(kernels, "_ready", None)
     monkeypatch.setenv("DEEPFM_NO_KERNELS", "1")
     assert kernels.available() is False
+
+
+# --------------------------------------------------------- the MLP after its first Linear
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"use_bn": True}, {"use_ln": True, "dropout_ratio": 0.3}, {"activation": None}]
+)
+def test_mlp_after_its_first_linear_is_the_rest_of_the_mlp(options: dict) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(6, [5, 4, 3], **options).eval()
+    x = torch.randn(7, 6)
+    linear, rest, _ = split_first_linear(mlp)
+    assert isinstance(linear, nn.Linear) and linear.in_features == 6
+    assert linear is mlp.mlp[0][0]  # the MLP's own modules, not copies
+    torch.testing.assert_close(rest(linear(x)), mlp(x))
+
+
+@pytest.mark.parametrize(
+    "options, relu",
+    [
+        ({}, True),
+        ({"dropout_ratio": 0.3, "bias": False}, True),
+        ({"activation": "nn.LeakyReLU(negative_slope=0.1)"}, False),
+        ({"use_bn": True}, False),
+        ({"use_ln": True}, False),
+        ({"activation": None}, False),
+    ],
+)
+def test_mlp_after_its_first_relu_is_the_rest_of_the_mlp(options: dict, relu: bool) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(6, [5, 4], **options).eval()
+    x = torch.randn(7, 6)
+    linear, _, after_relu = split_first_linear(mlp)
+    assert (after_relu is not None) is relu
+    if relu:
+        h = torch.relu(linear(x))
+        assert (h == 0).any() and (h > 0).any()
+        torch.testing.assert_close(after_relu(h), mlp(x))
 
 
 # ------------------------------------------------------------------ sparse Adagrad
@@ -274,10 +332,15 @@ def test_training_with_and_without_kernels_reaches_the_same_model(monkeypatch):
             "train": {"batch_size": 256, "num_epochs": 2, "seed": 3, "num_threads": 2},
         }
     )
-    models = []
+    models, calls = [], []
+    forward = kernels.pooled_forward
+    monkeypatch.setattr(kernels, "pooled_forward", lambda *a: (calls.append(1), forward(*a))[1])
     for use_kernels in (True, False):
         monkeypatch.setattr(kernels, "_ready", use_kernels)
+        calls.clear()
         models.append(train(cfg, df, None, progress=False).model)
+        # the trainer chose the fused forward with the kernels (every step), else not
+        assert len(calls) == (24 if use_kernels else 0)  # 2 epochs of 12 steps
     for (name, a), (_, b) in zip(
         models[0].state_dict().items(), models[1].state_dict().items(), strict=True
     ):

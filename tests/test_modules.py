@@ -237,39 +237,3 @@ def test_mlp_non_positive_sizes_raise() -> None:
         MLP(4, [0])
     with pytest.raises(ValueError, match="in_features"):
         MLP(0, [3])
-
-
-@pytest.mark.parametrize(
-    "options", [{}, {"use_bn": True}, {"use_ln": True, "dropout_ratio": 0.3}, {"activation": None}]
-)
-def test_mlp_after_its_first_linear_is_the_rest_of_the_mlp(options: dict) -> None:
-    torch.manual_seed(0)
-    mlp = MLP(6, [5, 4, 3], **options).eval()
-    x = torch.randn(7, 6)
-    assert isinstance(mlp.first_linear, nn.Linear) and mlp.first_linear.in_features == 6
-    torch.testing.assert_close(mlp.forward_after_first_linear(mlp.first_linear(x)), mlp(x))
-
-
-@pytest.mark.parametrize(
-    "options, relu",
-    [
-        ({}, True),
-        ({"dropout_ratio": 0.3, "bias": False}, True),
-        ({"activation": "nn.LeakyReLU(negative_slope=0.1)"}, False),
-        ({"use_bn": True}, False),
-        ({"use_ln": True}, False),
-        ({"activation": None}, False),
-    ],
-)
-def test_mlp_after_its_first_relu_is_the_rest_of_the_mlp(options: dict, relu: bool) -> None:
-    torch.manual_seed(0)
-    mlp = MLP(6, [5, 4], **options).eval()
-    x = torch.randn(7, 6)
-    assert mlp.first_activation_is_relu is relu
-    if relu:
-        h = torch.relu(mlp.first_linear(x))
-        assert (h == 0).any() and (h > 0).any()
-        torch.testing.assert_close(mlp.forward_after_first_linear(h, activated=True), mlp(x))
-    else:
-        with pytest.raises(ValueError, match="Linear -> ReLU"):
-            mlp.forward_after_first_linear(mlp.first_linear(x), activated=True)

@@ -2,6 +2,7 @@
 model/export.py), on the synthetic sample whose true click probabilities are known."""
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -146,6 +147,8 @@ def test_learns_the_sample_close_to_the_bayes_auc(trained, learnable):
     assert result.global_step == math.ceil(len(learnable[0]) / 128) == 375
     assert [h["epoch"] for h in result.history] == [1]
     assert result.history[0]["eval_auc"] == m["auc"]
+    # the evaluation report draws its training curve from these
+    assert 0 < result.history[0]["train_loss"] < 1
     assert result.train_samples > 0 and result.samples_per_s > 0
 
 
@@ -168,6 +171,37 @@ def test_train_without_eval_data(small):
     assert 0 < record["train_loss"] < 1
     assert not any(k.startswith("eval_") for k in record)
     assert result.global_step == 4
+
+
+def test_progress_bar_per_epoch_on_a_terminal(small, monkeypatch, capsys):
+    monkeypatch.setattr(train_module, "_stderr_is_tty", lambda: True)
+    cfg = config(**dotted(train__num_epochs=2, train__log_steps=2))
+    train(cfg, small[0].head(4000), None, progress=True)
+    err = capsys.readouterr().err
+    for epoch in (1, 2):  # 8 steps of 512 rows: the bar ends at every sample of the epoch
+        assert re.search(rf"epoch {epoch}/2: 100%\S* *\S* 4\.00k/4\.00k", err), err
+    assert "loss=" in err and "sample/s" in err
+    # off when asked, and off when stderr is not a terminal
+    train(cfg, small[0].head(4000), None, progress=False)
+    assert "sample/s" not in capsys.readouterr().err
+    monkeypatch.setattr(train_module, "_stderr_is_tty", lambda: False)
+    train(cfg, small[0].head(4000), None, progress=True)
+    assert "sample/s" not in capsys.readouterr().err
+
+
+def test_logs_go_to_stderr_when_the_application_configured_no_logging(monkeypatch, capsys):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # pytest's capture handlers
+    logger = logging.getLogger("deepfm.train")
+    assert logger is train_module.log and not logger.handlers
+    try:
+        train_module._log_to_stderr()
+        train_module._log_to_stderr()  # once only
+        logger.info("hello")
+        assert capsys.readouterr().err == "[train] hello\n"
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
 
 
 # ------------------------------------------------------------------ model directory
@@ -374,13 +408,14 @@ def test_checkpoints_are_written_and_pruned(uninterrupted):
     ids=["mid-epoch-1", "end-of-epoch-1", "mid-epoch-2"],
 )
 def test_resume_continues_where_it_stopped(
-    uninterrupted, small, tmp_path, monkeypatch, capsys, stop_at, where
+    uninterrupted, small, tmp_path, monkeypatch, caplog, stop_at, where
 ):
     cfg, full, _ = uninterrupted
     out = tmp_path / "model"
     _interrupted_run(cfg, *small, out, stop_at, monkeypatch)
     assert latest_checkpoint(out).name == f"ckpt-{stop_at:09d}.pt"
-    capsys.readouterr()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="deepfm.train")
 
     saved = []
     real = train_module._save_checkpoint
@@ -391,7 +426,7 @@ def test_resume_continues_where_it_stopped(
 
     monkeypatch.setattr(train_module, "_save_checkpoint", record)
     resumed = train(cfg, *small, model_dir=out, resume=True, progress=True)
-    log = capsys.readouterr().err
+    log = caplog.text
     assert re.search(rf"resumed from \S+ckpt-{stop_at:09d}\.pt \({where}\)", log), log
     # the first checkpoint after resuming is the next multiple of 5 (or an epoch end)
     assert saved[0] == min(s for s in (*range(5, 64, 5), 32, 64) if s > stop_at)
@@ -586,7 +621,9 @@ def test_two_process_gloo_ddp_matches_a_single_process_run(learnable, tmp_path):
 def test_a_compiled_training_head_trains_the_same_model(small, tmp_path):
     eager = train(config(), *small, progress=False)
     compiled = train(config(**{"train.compile": True}), *small, progress=False)
-    assert compiled.model._train_head is None  # released: evaluation and export are eager
+    # the trainer compiled its own forward: the model, for evaluation and export, is eager
+    assert type(compiled.model) is DeepFM and compiled.model.forward.__func__ is DeepFM.forward
+    assert not any("compile" in type(m).__name__.lower() for m in compiled.model.modules())
     assert compiled.metrics["auc"] == pytest.approx(eager.metrics["auc"], abs=2e-3)
     out = save_model_dir(tmp_path / "m", config(), compiled.encoder, compiled.model)
     x = compiled.encoder.transform(small[1].head(7))

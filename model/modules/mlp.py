@@ -109,6 +109,9 @@ class MLP(nn.Module):
     Example: ``MLP(32, [64, 16], use_bn=True, dropout_ratio=0.1)`` is
     Linear(32, 64, bias=False) -> BN -> ReLU -> Dropout -> Linear(64, 16, bias=False) -> BN ->
     ReLU -> Dropout.
+
+    ``mlp`` is the ``nn.Sequential`` of its ``Perceptron`` layers, each an ``nn.Sequential``
+    that starts with its ``Linear``.
     """
 
     def __init__(
@@ -146,28 +149,3 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
-
-    @property
-    def first_linear(self) -> nn.Linear:
-        """The first layer's ``Linear`` (its input is the MLP's input)."""
-        return self.mlp[0][0]
-
-    @property
-    def first_activation_is_relu(self) -> bool:
-        """True when the first layer is ``Linear -> ReLU`` (no normalisation between)."""
-        first = self.mlp[0]
-        return len(first) > 1 and type(first[1]) is nn.ReLU
-
-    def forward_after_first_linear(self, h: torch.Tensor, activated: bool = False) -> torch.Tensor:
-        """The rest of the MLP given the first ``Linear``'s output ``h``:
-        ``forward(x) == forward_after_first_linear(first_linear(x))``. With ``activated``,
-        ``h`` has been through the first layer's ReLU already (see
-        ``first_activation_is_relu``)."""
-        skip = 2 if activated else 1
-        if activated and not self.first_activation_is_relu:
-            raise ValueError("activated=True needs a first layer of Linear -> ReLU")
-        for layer in list(self.mlp[0])[skip:]:
-            h = layer(h)
-        for perceptron in list(self.mlp)[1:]:
-            h = perceptron(h)
-        return h
