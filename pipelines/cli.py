@@ -9,6 +9,11 @@
     deepfm serve --model artifacts/registry [--port 8080]
 
 Wrong input exits with status 2 and one line naming the setting, file or column at fault.
+``-v``/``--verbose`` (before the command) shows every library's log; by default each step
+says what it did in a line or two, and warnings and errors are always shown.
+
+Building the parser imports the standard library only (and light modules of this project):
+each command imports kfp, pandas, torch, Feast... when it runs, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -16,13 +21,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from model.config import ConfigError
+# Library loggers kept at WARNING by default: they log at INFO what a user need not read
+# (Great Expectations registers its functions, Feast refreshes its registry cache, ...).
+_NOISY_LOGGERS = (
+    "great_expectations",
+    "feast",
+    "kfp",
+    "urllib3",
+    "numba",
+    "matplotlib",
+    "botocore",
+    "google",
+    "httpx",
+)
 
 
 class UsageError(Exception):
@@ -237,8 +256,15 @@ def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``deepfm`` parser; building it imports no heavy library (see the module doc)."""
     parser = argparse.ArgumentParser(
         prog="deepfm", description="DeepFM click-through-rate ranking: data, training, scoring."
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every log line (kfp.local's task logs, Feast, Great Expectations...)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -300,21 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    from pipelines import defaults
     from pipelines.kfp_client import DEFAULT_PACKAGE, add_pipeline_client_commands
-    from pipelines.local_run import DEFAULT_FEATURE_REPO, DEFAULT_PIPELINE_ROOT, DEFAULT_REGISTRY
-    from pipelines.pipeline import DEFAULT_DESTINATION, PipelineOptions
 
     pipeline = sub.add_parser(
         "pipeline", help="compile, run locally, upload, run or schedule the Kubeflow pipeline"
     ).add_subparsers(dest="pipeline_command", required=True)
-    defaults = PipelineOptions()
     comp = pipeline.add_parser("compile", help="write the pipeline spec (YAML)")
     comp.add_argument("-o", "--output", default=DEFAULT_PACKAGE, help="spec file to write")
-    comp.add_argument("--image", default=defaults.image, help="the component image")
+    comp.add_argument("--image", default=defaults.DEFAULT_IMAGE, help="the component image")
     comp.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
-    comp.add_argument("--accelerator-type", default=defaults.accelerator_type)
-    comp.add_argument("--train-cpu", default=defaults.train_cpu, help="CPU request of train")
-    comp.add_argument("--train-memory", default=defaults.train_memory)
+    comp.add_argument("--accelerator-type", default=defaults.DEFAULT_ACCELERATOR_TYPE)
+    comp.add_argument(
+        "--train-cpu", default=defaults.DEFAULT_TRAIN_CPU, help="CPU request of train"
+    )
+    comp.add_argument("--train-memory", default=defaults.DEFAULT_TRAIN_MEMORY)
     comp.add_argument(
         "--node-selector",
         action="append",
@@ -331,39 +357,79 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
     )
     comp.add_argument(
         "--push-destination",
-        default=DEFAULT_DESTINATION,
+        default=defaults.DEFAULT_DESTINATION,
         help="default push_destination parameter (gs://bucket/prefix)",
     )
     comp.add_argument(
         "--feature-repo",
-        default=defaults.feature_repo,
+        default=defaults.DEFAULT_FEATURE_REPO,
         help="default feature_repo parameter (the repo's path in the image)",
     )
     comp.add_argument(
         "--trainer",
         choices=["local", "trainjob"],
-        default="local",
+        default=defaults.DEFAULT_TRAINER,
         help="train in the step's pod, or launch a Kubeflow Trainer TrainJob",
     )
-    comp.add_argument("--num-nodes", type=int, default=2, help="TrainJob nodes")
+    comp.add_argument(
+        "--num-nodes", type=int, default=defaults.DEFAULT_NUM_NODES, help="TrainJob nodes"
+    )
     comp.set_defaults(func=cmd_pipeline_compile)
 
     loc = pipeline.add_parser("run-local", help="run the whole pipeline here with kfp.local")
     loc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    loc.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT))
-    loc.add_argument("--feature-repo", default=str(DEFAULT_FEATURE_REPO))
-    loc.add_argument("--push-destination", default=str(DEFAULT_REGISTRY))
+    loc.add_argument("--pipeline-root", default=str(defaults.LOCAL_PIPELINE_ROOT))
+    loc.add_argument("--feature-repo", default=str(defaults.LOCAL_FEATURE_REPO))
+    loc.add_argument("--push-destination", default=str(defaults.LOCAL_REGISTRY))
     loc.set_defaults(func=cmd_pipeline_run_local)
 
     add_pipeline_client_commands(pipeline)
 
 
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr: ``deepfm``'s INFO lines as plain text, every WARNING and ERROR with
+    its level; library loggers at WARNING unless ``verbose`` (then everything at INFO and
+    ``deepfm`` at DEBUG). Processes started from here (kfp.local's tasks) see the level in
+    ``$DEEPFM_LOG_LEVEL``."""
+    from pipelines.defaults import LOG_LEVEL_ENV
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(verbose))
+    handler.set_name("deepfm-cli")
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        if old.get_name() == "deepfm-cli":  # a previous main() in this process
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("deepfm").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    os.environ[LOG_LEVEL_ENV] = "DEBUG" if verbose else "INFO"
+
+
+class _Formatter(logging.Formatter):
+    """``message`` for INFO and below, ``LEVEL: message`` above; with the logger's name
+    and the time when verbose."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.verbose:
+            return f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {text}"
+        return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         args.func(args)
-    except (UsageError, ConfigError, ValueError, FileNotFoundError) as e:
+    except (UsageError, ValueError, FileNotFoundError) as e:  # incl. model.config.ConfigError
         print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (FloatingPointError, RuntimeError) as e:  # incl. KfpApiError, a failed run

@@ -12,19 +12,22 @@ from dataclasses import dataclass, field
 
 from kfp import compiler, dsl, kubernetes
 
-from components import BASE_IMAGE
 from components.evaluate import evaluate
 from components.features import features
 from components.push import push, record_not_pushed
 from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
-
-PIPELINE_NAME = "deepfm-ctr"
-# Where the cluster keeps models (manifests/ set this bucket up); override per run or at
-# compile time with --push-destination.
-DEFAULT_DESTINATION = "gs://deepfm-models/deepfm"
-# The feature repo inside the image (the Dockerfile copies the project to /app).
-DEFAULT_FEATURE_REPO = "/app/feature_repo"
+from pipelines.defaults import (
+    DEFAULT_ACCELERATOR_TYPE,
+    DEFAULT_DESTINATION,
+    DEFAULT_FEATURE_REPO,
+    DEFAULT_IMAGE,
+    DEFAULT_NUM_NODES,
+    DEFAULT_TRAIN_CPU,
+    DEFAULT_TRAIN_MEMORY,
+    DEFAULT_TRAINER,
+    PIPELINE_NAME,
+)
 
 
 @dataclass
@@ -39,11 +42,11 @@ class Toleration:
 class PipelineOptions:
     """Compile-time settings of the tasks (not visible as run parameters)."""
 
-    image: str = BASE_IMAGE
+    image: str = DEFAULT_IMAGE
     gpus: int = 0
-    accelerator_type: str = "nvidia.com/gpu"
-    train_cpu: str = "4"
-    train_memory: str = "16G"
+    accelerator_type: str = DEFAULT_ACCELERATOR_TYPE
+    train_cpu: str = DEFAULT_TRAIN_CPU
+    train_memory: str = DEFAULT_TRAIN_MEMORY
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[Toleration] = field(default_factory=list)
     push_destination: str = DEFAULT_DESTINATION
@@ -51,8 +54,8 @@ class PipelineOptions:
     # "local": train in the step's own pod; "trainjob": the step launches a Kubeflow
     # Trainer TrainJob of num_nodes nodes (the GPUs, node selector and tolerations above
     # apply to each node) and collects its model (needs a gs:// pipeline root).
-    trainer: str = "local"
-    num_nodes: int = 2
+    trainer: str = DEFAULT_TRAINER
+    num_nodes: int = DEFAULT_NUM_NODES
 
     def __post_init__(self) -> None:
         if self.trainer not in ("local", "trainjob"):

@@ -60,18 +60,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import uvicorn
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+if TYPE_CHECKING:
+    # numpy, pandas, pyarrow, starlette and uvicorn load when the server starts, torch,
+    # Feast and google-cloud-storage on first use: `deepfm --help` imports none of them.
+    import numpy as np
+    import pandas as pd
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
 
-if TYPE_CHECKING:  # torch, Feast and google-cloud-storage load on first use: `deepfm --help`
     from model.export import RankingModel
 
 log = logging.getLogger("deepfm.serve")
@@ -218,6 +215,8 @@ class OnlineFeatures:
                     if column not in instances[i]:
                         values[i] = online[column][j]
             data[column] = _typed(values, self.dtypes[column])
+        import pandas as pd
+
         return pd.DataFrame(data)
 
 
@@ -225,6 +224,10 @@ def _typed(values: list, dtype: str) -> np.ndarray | pd.api.extensions.Extension
     """A column of Python values (None = missing) as the encoders read the training table's:
     ints (nullable ``Int64`` where one is missing), floats (NaN), objects for strings, and
     arrow lists, which keep their type when every value is missing."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
     if dtype == "int64":
         if any(v is None for v in values):
             return pd.array(values, dtype="Int64")
@@ -442,6 +445,8 @@ class ModelServer:
         return True
 
     def _load(self, version: str, manifest_sha256: str, uri: str) -> LoadedModel:
+        import numpy as np
+
         from model.export import load
 
         into = self.cache_dir / f"{version}.{uuid.uuid4().hex[:8]}"
@@ -532,6 +537,8 @@ class ModelServer:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    from starlette.responses import JSONResponse
+
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -552,6 +559,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def create_app(server: ModelServer) -> Starlette:
     """The ASGI app of ``server`` (routes in the module docstring)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
     name = server.options.name
 
     async def healthz(request: Request) -> JSONResponse:
@@ -644,6 +657,8 @@ def serve(
     registry."""
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
+    import uvicorn
+
     with _returning_on_signals():
         server = ModelServer(options)
         try:
