@@ -69,9 +69,8 @@ def add_features_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_apply(args: argparse.Namespace) -> None:
     from feature_repo.store import apply
 
-    definitions = apply(args.repo)
-    names = [v.name for v in definitions.feature_views]
-    print(f"applied feature views {', '.join(names)}", file=sys.stderr)
+    for line in apply(args.repo).summary():
+        print(line, file=sys.stderr)
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
@@ -81,12 +80,15 @@ def cmd_materialize(args: argparse.Namespace) -> None:
         if args.start:
             raise ValueError("--start: not allowed with --incremental")
         end = to_utc(args.end, "--end") if args.end else datetime.now(UTC)
-        materialize_incremental(end, repo_path=args.repo)
+        done = materialize_incremental(end, repo_path=args.repo)
     else:
         for flag, value in (("--start", args.start), ("--end", args.end)):
             if not value:
                 raise ValueError(f"{flag}: required unless --incremental is given")
-        materialize(to_utc(args.start, "--start"), to_utc(args.end, "--end"), repo_path=args.repo)
+        start, end = to_utc(args.start, "--start"), to_utc(args.end, "--end")
+        done = materialize(start, end, repo_path=args.repo)
+    for view in done:
+        print(view.summary(), file=sys.stderr)
 
 
 def cmd_online(args: argparse.Namespace) -> None:

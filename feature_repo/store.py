@@ -18,12 +18,24 @@ timezone-aware; naive ones are refused rather than read as UTC.
 ``repo_path`` defaults to ``feature_repo/``; its ``feature_store.yaml`` (or the file named by
 Feast's ``FEAST_FS_YAML_FILE_PATH``) says where the registry and online store are, and
 ``DEEPFM_DATA_DIR`` where the source files are (see ``spec.data_dir``).
+
+Retrieval and materialization show tqdm progress bars on stderr when it is a terminal
+(``DEEPFM_PROGRESS=1`` forces them, ``0`` turns them off). What Feast prints on stdout is
+logged at DEBUG (logger ``deepfm.features``) instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
-from dataclasses import dataclass
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +58,9 @@ from feature_repo.definitions import (
 from feature_repo.spec import REPO_DIR, SPEC_FILE, FeatureSpec, load_spec
 
 _ROW = "__entity_row"  # position of each entity row, to restore the order Feast does not keep
+PROGRESS_ENV = "DEEPFM_PROGRESS"
+
+log = logging.getLogger("deepfm.features")
 
 
 class FeatureStoreError(ValueError):
@@ -75,10 +90,31 @@ def get_store(repo_path: str | Path | None = None) -> FeatureStore:
     return FeatureStore(repo_path=str(repo_dir))
 
 
-def apply(repo_path: str | Path | None = None) -> Definitions:
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did: the definitions, and one line per registry or infrastructure
+    object it created, updated or deleted (none: the registry was up to date)."""
+
+    definitions: Definitions
+    changes: tuple[str, ...]
+    objects: int
+    """Objects of the definitions (entities, sources, views, services)."""
+
+    def summary(self) -> list[str]:
+        """``["feature store is up to date (7 objects)"]`` or the changes."""
+        if not self.changes:
+            return [f"feature store is up to date ({self.objects} objects)"]
+        return list(self.changes)
+
+
+def apply(repo_path: str | Path | None = None) -> Applied:
     """Register the repo's entities, sources, views and feature service in its registry,
     deleting ones no longer defined; like ``feast -c <repo> apply``, with the objects
-    ``definitions.build`` makes from the repo's ``features.yaml``. Returns them.
+    ``definitions.build`` makes from the repo's ``features.yaml``.
+
+    The registry is compared with the definitions first (Feast's plan, ignoring the
+    creation and update times Feast stamps on every object); when nothing differs nothing
+    is written. Returns the definitions and the changes (``Applied``).
 
     Raises:
         SourceError: a source file is missing or unreadable, or its timestamps are naive.
@@ -89,14 +125,95 @@ def apply(repo_path: str | Path | None = None) -> Definitions:
     check_sources(spec, repo_dir)
     definitions = build(spec, repo_dir)
     store = get_store(repo_dir)
-    apply_total_with_repo_instance(
-        store,
-        store.project,
-        store.registry,
-        definitions.repo_contents(store.project),
-        skip_source_validation=False,
+    contents = definitions.repo_contents(store.project)
+    objects = sum(
+        len(getattr(definitions, kind))
+        for kind in ("entities", "sources", "feature_views", "feature_services")
     )
-    return definitions
+    with _feast_output():
+        registry_diff, infra_diff, _ = store.plan(contents)
+    changes = _changes(registry_diff, infra_diff)
+    if changes:
+        with _feast_output():
+            apply_total_with_repo_instance(
+                store, store.project, store.registry, contents, skip_source_validation=False
+            )
+    for line in changes:
+        log.debug("feast apply: %s", line)
+    return Applied(definitions, tuple(changes), objects)
+
+
+def _changes(registry_diff: Any, infra_diff: Any) -> list[str]:
+    """``"created feature view user_profile"``, ``"updated feature view ad_feature (ttl)"``,
+    ... for every object that differs, ignoring the ``meta`` of every message (creation and
+    update times, materialization intervals: Feast's own diff reports those as updates)."""
+    from feast.diff.property_diff import TransitionType
+    from feast.feature_view import DUMMY_ENTITY_NAME
+
+    verbs = {
+        TransitionType.CREATE: "created",
+        TransitionType.DELETE: "deleted",
+        TransitionType.UPDATE: "updated",
+    }
+    lines = []
+    for diff in registry_diff.feast_object_diffs:
+        verb = verbs.get(diff.transition_type)
+        if verb is None or diff.name == DUMMY_ENTITY_NAME:
+            continue
+        kind = diff.feast_object_type.value
+        if verb != "updated":
+            lines.append(f"{verb} {kind} {diff.name}")
+            continue
+        changed = [
+            d.property_name
+            for d in diff.feast_object_property_diffs
+            if _without_meta(d.val_existing) != _without_meta(d.val_declared)
+        ]
+        if changed:
+            lines.append(f"{verb} {kind} {diff.name} ({', '.join(changed)})")
+    for diff in infra_diff.infra_object_diffs:
+        verb = verbs.get(diff.transition_type)
+        if verb is not None:
+            kind = diff.infra_object_type.rpartition(".")[2]
+            lines.append(f"{verb} {kind} {diff.name}")
+    return lines
+
+
+def _without_meta(value: Any) -> Any:
+    """A protobuf message with every ``meta`` field cleared, at any depth (other values as
+    they are)."""
+    from google.protobuf.message import Message
+
+    if not isinstance(value, Message):
+        if isinstance(value, list | tuple) or type(value).__name__.startswith("Repeated"):
+            return [_without_meta(v) for v in value]
+        return value
+    copy = type(value)()
+    copy.CopyFrom(value)
+    _clear_meta(copy)
+    return copy
+
+
+def _clear_meta(message: Any) -> None:
+    for descriptor, value in message.ListFields():
+        if descriptor.name == "meta":
+            message.ClearField("meta")
+        elif descriptor.message_type is not None:
+            if descriptor.message_type.GetOptions().map_entry:
+                if descriptor.message_type.fields_by_name["value"].message_type is not None:
+                    for item in value.values():
+                        _clear_meta(item)
+            elif _is_repeated(descriptor):
+                for item in value:
+                    _clear_meta(item)
+            else:
+                _clear_meta(value)
+
+
+def _is_repeated(descriptor: Any) -> bool:
+    if hasattr(descriptor, "is_repeated"):  # protobuf >= 6 (``label`` is deprecated there)
+        return descriptor.is_repeated
+    return descriptor.label == descriptor.LABEL_REPEATED
 
 
 # ------------------------------------------------------------------------- training
@@ -173,10 +290,14 @@ def _join_features(repo: _Repo, entity_df: pd.DataFrame) -> pd.DataFrame:
     keys = [spec.entities[v.entity].join_key for v in spec.feature_views.values()]
     entity = rows[[*dict.fromkeys(keys), spec.timestamp]].copy()
     entity[_ROW] = np.arange(len(rows))
-    job = store.get_historical_features(
-        entity_df=entity, features=store.get_feature_service(spec.feature_service)
-    )
-    table = job.to_arrow()
+    t0 = time.perf_counter()
+    with _progress("point-in-time join", total=len(rows), unit="rows") as bar, _quiet_warnings():
+        job = store.get_historical_features(
+            entity_df=entity, features=store.get_feature_service(spec.feature_service)
+        )
+        table = job.to_arrow()
+        bar.update(table.num_rows)
+    log.debug("joined %s entity rows in %.1fs", f"{len(rows):,}", time.perf_counter() - t0)
     if table.num_rows != len(rows):
         raise FeatureStoreError(
             f"Feast returned {table.num_rows:,} rows for {len(rows):,} entity rows"
@@ -246,21 +367,86 @@ def _write_parquet(table: pd.DataFrame, out: Path) -> None:
 # -------------------------------------------------------------------------- serving
 
 
+@dataclass(frozen=True)
+class Materialized:
+    """One feature view's materialization: its interval and the source rows (feature
+    versions) in it, each entity's latest of which went to the online store."""
+
+    view: str
+    start: datetime
+    end: datetime
+    rows: int
+    seconds: float = field(default=0.0, compare=False)
+
+    def summary(self) -> str:
+        return (
+            f"materialized {self.view}: {self.rows:,} rows from {self.start:%Y-%m-%d %H:%M} "
+            f"to {self.end:%Y-%m-%d %H:%M} UTC in {self.seconds:.1f}s"
+        )
+
+
 def materialize(
     start: datetime | str, end: datetime | str, *, repo_path: str | Path | None = None
-) -> None:
+) -> list[Materialized]:
     """Load into the online store each entity's latest feature version with a timestamp in
-    ``[start, end]``, for every view."""
+    ``[start, end]``, for every view; returns what each view loaded."""
     start_utc, end_utc = to_utc(start, "start"), to_utc(end, "end")
     if start_utc >= end_utc:
         raise FeatureStoreError(f"start {start_utc} is not before end {end_utc}")
-    _open(repo_path).store.materialize(start_date=start_utc, end_date=end_utc)
+    return _materialize(_open(repo_path), start_utc, end_utc)
 
 
-def materialize_incremental(end: datetime | str, *, repo_path: str | Path | None = None) -> None:
+def materialize_incremental(
+    end: datetime | str, *, repo_path: str | Path | None = None
+) -> list[Materialized]:
     """Load into the online store the versions since each view's last materialization (the
-    first time: since now minus the view's TTL), up to ``end``."""
-    _open(repo_path).store.materialize_incremental(end_date=to_utc(end, "end"))
+    first time: since now minus the view's TTL), up to ``end``; returns what each view
+    loaded."""
+    return _materialize(_open(repo_path), None, to_utc(end, "end"))
+
+
+def _materialize(repo: _Repo, start: pd.Timestamp | None, end: pd.Timestamp) -> list[Materialized]:
+    """Materialize view by view (``start`` None: incremental), one progress step each."""
+    store, spec = repo.store, repo.spec
+    views = store.list_feature_views()
+    done = []
+    with _progress("materialize", total=len(views), unit="view") as bar:
+        for view in views:
+            t0 = time.perf_counter()
+            bar.set_postfix_str(view.name)
+            view_start = start
+            if view_start is None:
+                last = view.most_recent_end_time
+                view_start = pd.Timestamp(last) if last else pd.Timestamp.now("UTC") - view.ttl
+            view_start = view_start.tz_localize("UTC") if view_start.tz is None else view_start
+            with _feast_output(), _quiet_warnings():
+                if start is None:
+                    store.materialize_incremental(end_date=end, feature_views=[view.name])
+                else:
+                    store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+            rows = _source_rows(spec, repo.dir, view.name, view_start, end)
+            done.append(Materialized(view.name, view_start, end, rows, time.perf_counter() - t0))
+            bar.set_postfix_str(f"{view.name}: {rows:,} rows")
+            bar.update()
+    return done
+
+
+def _source_rows(spec: FeatureSpec, repo_dir: Path, view: str, start: Any, end: Any) -> int:
+    """Rows of view ``view``'s source file with a timestamp in ``[start, end]``."""
+    spec_view = spec.feature_views.get(view)
+    if spec_view is None:
+        return 0
+    source = spec.sources[spec_view.source]
+    times = pq.read_table(
+        spec.source_path(spec_view.source, repo_dir), columns=[source.timestamp_field]
+    )[source.timestamp_field]
+    if not len(times):
+        return 0
+    in_range = pc.and_(
+        pc.greater_equal(times, pa.scalar(start, times.type)),
+        pc.less_equal(times, pa.scalar(end, times.type)),
+    )
+    return int(pc.sum(in_range).as_py() or 0)
 
 
 def online_features(
@@ -295,6 +481,79 @@ def online_features(
 
 
 # -------------------------------------------------------------------------- helpers
+
+
+def _progress_enabled() -> bool:
+    """Progress bars: ``$DEEPFM_PROGRESS`` 1 or 0, else whether stderr is a terminal."""
+    forced = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _progress(desc: str, *, total: int, unit: str) -> Iterator[Any]:
+    """A tqdm bar on stderr (disabled unless ``_progress_enabled``), redrawn twice a second
+    so that its elapsed time moves while one long call (Feast's join) runs."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "rows",
+        file=sys.stderr,
+        disable=not _progress_enabled(),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    stop = threading.Event()
+
+    def redraw() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=redraw, daemon=True)
+    if not bar.disable:
+        ticker.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        if ticker.is_alive():
+            ticker.join()
+        bar.close()
+
+
+@contextlib.contextmanager
+def _feast_output() -> Iterator[None]:
+    """What Feast prints on stdout (apply's diffs, materialization's intervals), logged at
+    DEBUG instead; printed as it comes when that level is on."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines():
+            if line.strip():
+                log.debug("feast: %s", line)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    """Library deprecation warnings (e.g. ibis' ``fetch_arrow_table() is deprecated`` inside
+    Feast's duckdb reads) hidden unless DEBUG logging is on: a user can do nothing about
+    them."""
+    with warnings.catch_warnings():
+        if not log.isEnabledFor(logging.DEBUG):
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, module="(feast|ibis)")
+        yield
 
 
 def _repo_dir(repo_path: str | Path | None) -> Path:

@@ -350,6 +350,78 @@ def test_materialize_then_online_reads_the_latest_values(tmp_path, sample):
     assert unknown["price"] == after["price"]
 
 
+# ----------------------------------------------------------------- apply: what changed
+
+
+def test_a_second_apply_changes_nothing_and_says_so(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    first = store.apply(root)
+    assert {
+        "created feature view user_profile",
+        "created feature view ad_feature",
+        "created feature service deepfm_ranking",
+    } <= set(first.changes)
+    registry = (root / "data" / "registry.db").read_bytes()
+
+    second = store.apply(root)
+
+    assert second.changes == ()
+    assert second.summary() == [f"feature store is up to date ({second.objects} objects)"]
+    assert second.objects == first.objects > 0
+    assert (root / "data" / "registry.db").read_bytes() == registry  # nothing written
+
+
+def test_apply_names_the_view_whose_ttl_changed(tmp_path, sample):
+    root = make_repo(tmp_path / "repo", sample)
+    store.apply(root)
+
+    def longer_ttl(raw):
+        raw["feature_views"]["user_profile"]["ttl_days"] += 1
+
+    edit_spec(root, longer_ttl)
+    applied = store.apply(root)
+
+    assert applied.changes == ("updated feature view user_profile (ttl)",)
+    assert store.get_store(root).get_feature_view("user_profile").ttl == timedelta(days=91)
+    assert store.apply(root).changes == ()
+
+
+def test_the_apply_command_prints_one_line_when_nothing_changed(tmp_path, sample, capsys):
+    root = make_repo(tmp_path / "repo", sample)
+    run_cli("apply", "--repo", str(root))
+    capsys.readouterr()
+    run_cli("apply", "--repo", str(root))
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["feature store is up to date (8 objects)"]
+
+
+# ------------------------------------------------------------------------ progress bars
+
+
+def test_materialize_reports_each_view_and_shows_a_bar_only_when_asked(
+    tmp_path, sample, capsys, monkeypatch
+):
+    root = make_repo(tmp_path / "repo", sample)
+    store.apply(root)
+    capsys.readouterr()
+    monkeypatch.setenv(store.PROGRESS_ENV, "0")
+    done = store.materialize(START - pd.Timedelta(days=120), START, repo_path=root)
+    assert sorted(m.view for m in done) == ["ad_feature", "user_profile"]
+    profiles = read(sample, "user_profile")
+    in_range = profiles["event_timestamp"].between(START - pd.Timedelta(days=120), START)
+    assert {m.view: m.rows for m in done}["user_profile"] == in_range.sum() > 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # Feast's prints go to the debug log
+
+    monkeypatch.setenv(store.PROGRESS_ENV, "1")
+    done = store.materialize_incremental(END, repo_path=root)
+    assert all(m.start == START for m in done)
+    assert "materialize" in capsys.readouterr().err
+    get_training_data(START, START + pd.Timedelta(days=1), repo_path=root)
+    assert "point-in-time join" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- drift
 
 
@@ -601,7 +673,7 @@ def test_the_features_commands(tmp_path, sample, capsys):
     root = make_repo(tmp_path / "repo", sample)
     repo_flag = ["--repo", str(root)]
     run_cli("apply", *repo_flag)
-    capsys.readouterr()  # Feast's report of what it applied
+    capsys.readouterr()  # what apply created
     out = tmp_path / "train.parquet"
     window = ["--start", "2026-11-01T00:00Z", "--end", "2026-11-02T00:00+00:00"]
     run_cli("training-data", *repo_flag, *window, "--out", str(out))
