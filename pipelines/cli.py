@@ -19,15 +19,12 @@ each command imports kfp, pandas, torch, Feast... when it runs, so ``--help`` is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 # Library loggers kept at WARNING by default: they log at INFO what a user need not read
 # (Great Expectations registers its functions, Feast refreshes its registry cache, ...).
@@ -60,20 +57,6 @@ def _read_parquet(path: str, what: str):
         raise UsageError(f"{what} {p} is not a readable parquet file: {e}") from None
 
 
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=4096")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string
-            with contextlib.suppress(ValueError):
-                parsed = float(parsed)
-        out[key] = parsed
-    return out
-
-
 # ---------------------------------------------------------------------- commands
 
 
@@ -93,10 +76,13 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model.export import save_model_dir
+    from model.params import parse_assignments
     from model.train import time_split, train
     from training.config import load_config
 
-    overrides = _parse_sets(args.set)
+    overrides = parse_assignments(
+        args.set, "--set", last_wins=True, example="train.batch_size=4096"
+    )
     if args.epochs is not None:
         overrides["train.num_epochs"] = args.epochs
     if args.batch_size is not None:
@@ -192,14 +178,10 @@ def _parse_toleration(text: str):
 
 
 def _pipeline_options(args: argparse.Namespace):
+    from model.params import parse_assignments
     from pipelines.pipeline import PipelineOptions
 
-    node_selector = {}
-    for item in args.node_selector:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--node-selector {item!r}: expected KEY=VALUE")
-        node_selector[key] = value
+    node_selector = parse_assignments(args.node_selector, "--node-selector", typed=False)
     if args.gpus < 0:
         raise UsageError(f"--gpus must be >= 0, got {args.gpus}")
     if args.num_nodes < 1:
@@ -227,10 +209,10 @@ def cmd_pipeline_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
-    from pipelines.kfp_client import parse_params
+    from model.params import parse_assignments
     from pipelines.local_run import run_local
 
-    params = parse_params(args.param)
+    params = parse_assignments(args.param, "--param", typed=False)  # typed by run_local
     summary = run_local(
         params,
         pipeline_root=args.pipeline_root,

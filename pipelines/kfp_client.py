@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from model.params import parse_assignments
 
 if TYPE_CHECKING:  # kfp is imported where a client is made: the CLI starts without it
     import kfp
@@ -56,20 +59,15 @@ _BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 # The backend parses the schedule with robfig/cron v1: six fields, seconds first. A
 # five-field crontab would be read as "second minute hour day month", so it is converted.
+# Each field: its name, its values, and whether it takes names (JAN, MON).
 _CRON_FIELDS = (
-    ("second", 0, 59),
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day-of-month", 1, 31),
-    ("month", 1, 12),
-    ("day-of-week", 0, 6),
+    ("second", "0-59", False),
+    ("minute", "0-59", False),
+    ("hour", "0-23", False),
+    ("day-of-month", "1-31", False),
+    ("month", "1-12", True),
+    ("day-of-week", "0-6", True),
 )
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-_WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
-_CRON_NAMES = {
-    "month": {m: i for i, m in enumerate(_MONTHS, start=1)},
-    "day-of-week": {d: i for i, d in enumerate(_WEEKDAYS)},
-}
 MAX_CONCURRENCY = 10  # the backend refuses a recurring run outside 1..10
 
 
@@ -231,23 +229,6 @@ def _coerce(name: str, value: Any, parameter_type: str) -> Any:
     return value  # a type callers cannot set, e.g. TASK_FINAL_STATUS: the backend decides
 
 
-def parse_params(items: list[str]) -> dict[str, str]:
-    """``["lr=0.7", "table=flat"]`` -> ``{"lr": "0.7", "table": "flat"}`` (values unparsed).
-
-    Raises ValueError naming the item without ``=``, with an empty name, or repeated.
-    """
-    params: dict[str, str] = {}
-    for item in items:
-        name, eq, value = item.partition("=")
-        name = name.strip()
-        if not eq or not name:
-            raise ValueError(f"--param {item!r}: expected NAME=VALUE, e.g. --param lr=0.7")
-        if name in params:
-            raise ValueError(f"--param {item!r}: {name} is given twice")
-        params[name] = value
-    return params
-
-
 def kfp_cron(cron: str) -> str:
     """The 6-field (seconds first) cron expression KFP's scheduler expects.
 
@@ -265,31 +246,40 @@ def kfp_cron(cron: str) -> str:
             f"--cron {cron!r}: expected 5 fields (minute hour day-of-month month "
             "day-of-week, e.g. '0 3 * * *') or 6 with seconds first ('0 0 3 * * *')"
         )
-    for value, (field, low, high) in zip(fields, _CRON_FIELDS, strict=True):
-        if not _cron_field_ok(value, field, low, high):
+    for index, (value, (field, values, _)) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
+        if not _cron_field_ok(index, value):
             raise ValueError(
-                f"--cron {cron!r}: {field} field {value!r} is not valid (values {low}-{high})"
+                f"--cron {cron!r}: {field} field {value!r} is not valid (values {values})"
             )
     return " ".join(fields)
 
 
-def _cron_field_ok(value: str, field: str, low: int, high: int) -> bool:
-    names = _CRON_NAMES.get(field, {})
+def _cron_field_ok(index: int, value: str) -> bool:
+    """Whether croniter reads ``value`` as field ``index`` (0: seconds) of a seconds-first
+    expression, within what robfig/cron v1 takes: no extensions (``L``, ``W``, ``#``,
+    ``H``), no wrap-around ranges (``5-1``), Sunday only as 0."""
+    from croniter import CroniterError, croniter
 
-    def number(text: str) -> int | None:
-        n = names.get(text.upper()) if not text.isdigit() else int(text)
-        return n if n is not None and low <= n <= high else None
+    field, _, named = _CRON_FIELDS[index]
+    if not re.fullmatch(r"[0-9A-Za-z*?,/-]+" if named else r"[0-9*?,/-]+", value):
+        return False
 
-    for part in value.split(","):
-        span, slash, step = part.partition("/")
-        if slash and not (step.isdigit() and int(step) > 0):
-            return False
-        if span == "*" or (span == "?" and field.startswith("day-") and not slash):
-            continue
-        first, dash, last = span.partition("-")
-        start, end = number(first), number(last) if dash else None
-        if start is None or (dash and (end is None or end < start)):
-            return False
+    def expand(text: str) -> list:
+        expression = ["*"] * 6
+        expression[index] = text
+        expanded, _ = croniter.expand(" ".join(expression), second_at_beginning=True)
+        return expanded[(index - 1) % 6]  # croniter orders them minute ... day-of-week, second
+
+    try:
+        expand(value)
+        for part in value.split(","):
+            ends = part.partition("/")[0].split("-")
+            if field == "day-of-week" and any(e.isdigit() and int(e) > 6 for e in ends):
+                return False
+            if len(ends) == 2 and expand(ends[0])[0] > expand(ends[1])[0]:
+                return False
+    except CroniterError:
+        return False
     return True
 
 
@@ -478,7 +468,7 @@ def add_pipeline_client_commands(pipeline_subparsers: argparse._SubParsersAction
         "--param",
         action="append",
         default=[],
-        metavar="NAME=VALUE",
+        metavar="KEY=VALUE",
         help="pipeline parameter, checked against the compiled spec, e.g. --param lr=0.05",
     )
     auth = f"Auth: ${TOKEN_ENV} (bearer token) or the in-cluster service account token."
@@ -536,7 +526,9 @@ def _cmd_upload(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     spec = load_pipeline_spec(args.package)
-    params = check_params(pipeline_parameters(spec), parse_params(args.param))
+    params = check_params(
+        pipeline_parameters(spec), parse_assignments(args.param, "--param", typed=False)
+    )
     experiment = args.experiment or spec["pipelineInfo"]["name"]
     with _api_errors(args.host):
         client = make_client(args.host, args.namespace)
@@ -556,7 +548,9 @@ def _cmd_schedule(args: argparse.Namespace) -> None:
     kfp_cron(args.cron)
     _check_max_concurrency(args.max_concurrency)
     spec = load_pipeline_spec(args.package)
-    params = check_params(pipeline_parameters(spec), parse_params(args.param))
+    params = check_params(
+        pipeline_parameters(spec), parse_assignments(args.param, "--param", typed=False)
+    )
     name = spec["pipelineInfo"]["name"]
     with _api_errors(args.host):
         client = make_client(args.host, args.namespace)

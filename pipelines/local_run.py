@@ -62,23 +62,33 @@ def run_local(
     push_destination: str | Path = DEFAULT_REGISTRY,
 ) -> dict:
     """Run the pipeline with ``kfp.local``; returns a summary: the run folder, the
-    evaluation (AUC, baseline AUC, blessed), where the model went and the report."""
+    evaluation (AUC, baseline AUC, blessed), where the model went and the report.
+
+    ``params`` are checked against the pipeline's parameters and typed as declared
+    (strings from ``--param`` too: ``"0.7"`` -> 0.7), as for a run on a cluster.
+
+    Raises:
+        ValueError: an unknown parameter, or a value that does not fit its type.
+    """
+    from google.protobuf import json_format
     from kfp import local
 
+    from pipelines.kfp_client import check_params, pipeline_parameters
     from pipelines.pipeline import PipelineOptions, build_pipeline
 
+    pipeline = build_pipeline(PipelineOptions(image="python:3.11"))
+    declared = pipeline_parameters(json_format.MessageToDict(pipeline.pipeline_spec))
     feature_repo = Path(feature_repo).resolve()
     run_params = {
         **sample_window(feature_repo),
         "feature_repo": str(feature_repo),
         "push_destination": str(push_destination),
-        **(params or {}),
+        **check_params(declared, params or {}),
     }
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.glob(f"{PIPELINE_NAME}-*"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline(PipelineOptions(image="python:3.11"))
     with warnings.catch_warnings(), _kfp_output(os.environ.get(LOG_LEVEL_ENV) == "DEBUG"):
         # resources and accelerators have no effect locally; kfp says so for every task
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
