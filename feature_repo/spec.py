@@ -158,15 +158,35 @@ class View(_Schema):
         return timedelta(days=self.ttl_days)
 
 
-@dataclass(frozen=True)
-class ModelFeature:
+class ModelFeature(_Schema):
     """One input of the model, made from ``column``: ``encoding`` holds FeatureConfig keys
-    (``type``, ``vocab``, ``boundaries``, ...), ``groups`` the DeepFM groups it joins."""
+    (``type``, ``vocab``, ``boundaries``, ...; passed on verbatim, ``model.config`` checks
+    their values), ``groups`` the DeepFM groups it joins. ``name`` defaults to the column's."""
 
-    name: str
-    column: str
-    encoding: dict[str, Any]
-    groups: tuple[str, ...]
+    _derived = ("column",)
+    name: Name | None = None
+    column: str = ""
+    groups: tuple[Group, ...] = Field(min_length=1, strict=False)
+    type: Literal["id", "multi_id", "raw"]
+    vocab: Any = None
+    hash_bucket_size: Any = None
+    num_buckets: Any = None
+    boundaries: Any = None
+    normalizer: Any = None
+    pooling: Any = None
+    max_length: Any = None
+    embedding_dim: Any = None
+    init_fn: Any = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelFeature:
+        if len(set(self.groups)) != len(self.groups):
+            _fail("groups", f"a group is listed twice in {list(self.groups)}")
+        return self
+
+    @property
+    def encoding(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ENCODING_KEYS if k in self.model_fields_set}
 
     def config(self) -> dict[str, Any]:
         """This feature as one entry of a model config's ``features`` list."""
@@ -174,8 +194,34 @@ class ModelFeature:
         return {"name": self.name, **column, **copy.deepcopy(self.encoding)}
 
 
-@dataclass(frozen=True)
-class Feature:
+ENCODING_KEYS = tuple(k for k in ModelFeature.model_fields if k not in ("name", "column", "groups"))
+"""Keys of a model feature passed on verbatim to ``model.config.FeatureConfig`` (which
+validates their values)."""
+
+
+class _Column(_Schema):
+    """A column (a feature or the label): its ``valid`` values must fit its dtype."""
+
+    name: Name
+    dtype: Dtype
+    valid: Valid | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_valid(self) -> _Column:
+        element = self.dtype.removeprefix("list<").removesuffix(">")
+        if self.valid is None:
+            return self
+        for j, v in enumerate(self.valid.values or ()):
+            if not _is_scalar(v, element):
+                quote = " (quote it in YAML)" if element == "string" else ""
+                _fail(f"valid.values[{j}]", f"{v!r} is not a {element} value{quote}")
+        if element == "string" and self.valid.values is None:
+            _fail("valid", "a string column takes values, not min/max")
+        return self
+
+
+class Feature(_Column):
     """A column of the training table, listed once in the spec.
 
     ``source`` is the table it is read from; ``view`` the feature view serving it (None for
@@ -184,15 +230,23 @@ class Feature:
     columns such as ``pid``).
     """
 
-    name: str
-    dtype: str
-    source: str
+    _derived = ("entity",)
+    source: str | None = None
     view: str | None = None
     entity: str | None = None
-    valid: Valid | None = None
     nullable: bool = False
-    description: str = ""
-    model_features: tuple[ModelFeature, ...] = ()
+    model_features: tuple[ModelFeature, ...] = Field((), strict=False)
+
+    @model_validator(mode="after")
+    def _check_types(self) -> Feature:
+        for j, m in enumerate(self.model_features):
+            if self.dtype not in _MODEL_TYPES[m.type]:
+                _fail(
+                    f"model_features[{j}].type",
+                    f"type {m.type} needs dtype {' or '.join(_MODEL_TYPES[m.type])}, "
+                    f"the column is {self.dtype}",
+                )
+        return self
 
 
 @dataclass(frozen=True)
@@ -329,79 +383,6 @@ def data_dir(repo_dir: str | Path | None = None) -> Path:
 # ------------------------------------------------------------------------ the file
 
 
-class _ModelFeature(_Schema):
-    """A model feature: its name (default: the column's), groups and FeatureConfig keys, passed
-    on verbatim (``model.config`` validates their values)."""
-
-    name: Name | None = None
-    groups: tuple[Group, ...] = Field(min_length=1, strict=False)
-    type: Literal["id", "multi_id", "raw"]
-    vocab: Any = None
-    hash_bucket_size: Any = None
-    num_buckets: Any = None
-    boundaries: Any = None
-    normalizer: Any = None
-    pooling: Any = None
-    max_length: Any = None
-    embedding_dim: Any = None
-    init_fn: Any = None
-
-    @model_validator(mode="after")
-    def _check(self) -> _ModelFeature:
-        if len(set(self.groups)) != len(self.groups):
-            _fail("groups", f"a group is listed twice in {list(self.groups)}")
-        return self
-
-    @property
-    def encoding(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ENCODING_KEYS if k in self.model_fields_set}
-
-
-ENCODING_KEYS = tuple(k for k in _ModelFeature.model_fields if k not in ("name", "groups"))
-"""Keys of a model feature passed on verbatim to ``model.config.FeatureConfig`` (which
-validates their values)."""
-
-
-class _Column(_Schema):
-    """A column (a feature or the label): its ``valid`` values must fit its dtype."""
-
-    name: Name
-    dtype: Dtype
-    valid: Valid | None = None
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _check_valid(self) -> _Column:
-        element = self.dtype.removeprefix("list<").removesuffix(">")
-        if self.valid is None:
-            return self
-        for j, v in enumerate(self.valid.values or ()):
-            if not _is_scalar(v, element):
-                quote = " (quote it in YAML)" if element == "string" else ""
-                _fail(f"valid.values[{j}]", f"{v!r} is not a {element} value{quote}")
-        if element == "string" and self.valid.values is None:
-            _fail("valid", "a string column takes values, not min/max")
-        return self
-
-
-class _Feature(_Column):
-    source: str | None = None
-    view: str | None = None
-    nullable: bool = False
-    model_features: list[_ModelFeature] = []
-
-    @model_validator(mode="after")
-    def _check_types(self) -> _Feature:
-        for j, m in enumerate(self.model_features):
-            if self.dtype not in _MODEL_TYPES[m.type]:
-                _fail(
-                    f"model_features[{j}].type",
-                    f"type {m.type} needs dtype {' or '.join(_MODEL_TYPES[m.type])}, "
-                    f"the column is {self.dtype}",
-                )
-        return self
-
-
 class _SpecFile(_Schema):
     """``features.yaml``; the cross-key checks: references name what exists, names are
     unique, every entity, source and view is used."""
@@ -412,7 +393,7 @@ class _SpecFile(_Schema):
     entity_rows: str
     feature_views: dict[Name, View] = Field(min_length=1)
     feature_service: Name
-    features: list[_Feature] = Field(min_length=1)
+    features: tuple[Feature, ...] = Field(min_length=1, strict=False)
 
     @model_validator(mode="after")
     def _check_references(self) -> _SpecFile:
@@ -499,35 +480,25 @@ class _SpecFile(_Schema):
         views, rows = _named(self.feature_views), self.entity_rows
         join_keys = {e.join_key: name for name, e in self.entities.items()}
 
-        def feature(f: _Column, view: View | None, entity: str | None) -> Feature:
-            models = getattr(f, "model_features", [])
-            return Feature(
-                f.name,
-                f.dtype,
-                view.source if view else rows,
-                view.name if view else None,
-                entity,
-                f.valid,
-                getattr(f, "nullable", False),
-                f.description,
-                tuple(ModelFeature(m.name or f.name, f.name, m.encoding, m.groups) for m in models),
+        def resolved(f: Feature) -> Feature:
+            view = views.get(f.view or "")
+            return f.model_copy(
+                update={
+                    "source": view.source if view else rows,
+                    "entity": view.entity if view else join_keys.get(f.name),
+                    "model_features": tuple(
+                        m.model_copy(update={"name": m.name or f.name, "column": f.name})
+                        for m in f.model_features
+                    ),
+                }
             )
 
+        label = Feature(source=rows, **dict(self.label))
+        features = tuple(resolved(f) for f in self.features)
         return FeatureSpec(
-            path,
-            feature(self.label, None, None),
-            _named(self.entities),
-            _named(self.sources),
-            rows,
-            views,
-            self.feature_service,
-            tuple(
-                feature(f, views[f.view], views[f.view].entity)
-                if f.view
-                else feature(f, None, join_keys.get(f.name))
-                for f in self.features
-            ),
-        )
+            path, label, _named(self.entities), _named(self.sources), rows, views,
+            self.feature_service, features,
+        )  # fmt: skip
 
 
 def _named(items: dict[str, Any]) -> dict[str, Any]:
