@@ -1,4 +1,4 @@
-"""Step 3, train: the thin faces of ``training.run.train_model`` (in this pod) and
+"""Step 3, train: the thin faces of ``training.run.run_training`` (in this pod) and
 ``training.trainjob.train_with_trainjob`` (on a Kubeflow Trainer TrainJob)."""
 
 from kfp import dsl
@@ -37,15 +37,17 @@ def train(
 ) -> float:
     """Train DeepFM in this pod; returns the eval AUC seen during training."""
     from components.train import log_training
-    from training.run import train_model
+    from training.run import TrainRequest, run_training
 
-    result = train_model(
-        train_data.path,
-        eval_data.path,
-        model_config,
-        model.path,
-        epochs=epochs,
-        batch_size=batch_size,
+    result = run_training(
+        TrainRequest(
+            config=model_config,
+            train_data=train_data.path,
+            eval_data=eval_data.path,
+            model_dir=model.path,
+            epochs=epochs,
+            batch_size=batch_size,
+        )
     )
     return log_training(result, model, metrics)
 

@@ -45,16 +45,15 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
-def _read_parquet(path: str, what: str):
-    import pandas as pd
-
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{what} {p} does not exist")
-    try:
-        return pd.read_parquet(p)
-    except Exception as e:  # pyarrow raises several unrelated types for a bad file
-        raise UsageError(f"{what} {p} is not a readable parquet file: {e}") from None
+def _rounded(value):
+    """Floats of a summary to 6 decimals, inside lists and dicts too (for printing)."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------- commands
@@ -75,66 +74,46 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from model.export import save_model_dir
     from model.params import parse_assignments
-    from model.train import time_split, train
-    from training.config import load_config
+    from training.run import TrainRequest, run_training
 
-    overrides = parse_assignments(
-        args.set, "--set", last_wins=True, example="train.batch_size=4096"
+    request = TrainRequest(
+        config=args.config,
+        train_data=args.data,
+        model_dir=args.model_dir,
+        eval_data=args.eval_data,
+        eval_fraction=args.eval_fraction,
+        overrides=parse_assignments(
+            args.set, "--set", last_wins=True, example="train.batch_size=4096"
+        ),
+        epochs=args.epochs or 0,
+        batch_size=args.batch_size or 0,
+        device=args.device,
+        resume=args.resume,
+        data_names=("--data", "--eval-data"),
     )
-    if args.epochs is not None:
-        overrides["train.num_epochs"] = args.epochs
-    if args.batch_size is not None:
-        overrides["train.batch_size"] = args.batch_size
-    cfg = load_config(args.config, overrides)
-    df = _read_parquet(args.data, "--data")
-    if args.eval_data:
-        train_df, eval_df = df, _read_parquet(args.eval_data, "--eval-data")
-    elif args.eval_fraction > 0:
-        if not cfg.data.timestamp:
-            raise UsageError(
-                "a time split needs data.timestamp in the config (or pass --eval-data)"
-            )
-        train_df, eval_df = time_split(df, cfg.data.timestamp, args.eval_fraction)
-    else:
-        train_df, eval_df = df, None
-    result = train(
-        cfg, train_df, eval_df, model_dir=args.model_dir, device=args.device, resume=args.resume
-    )
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_rank() != 0:
-        dist.destroy_process_group()
+    summary = run_training(request)
+    if summary is None:  # a DDP rank other than 0: rank 0 reports
         return
-    metrics = {
-        **result.metrics,
-        "train_samples_per_s": result.samples_per_s,
-        "global_step": result.global_step,
-    }
-    out = save_model_dir(
-        args.model_dir, cfg, result.encoder, result.model, {**metrics, "history": result.history}
-    )
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    summary = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-    if "auc" in metrics:
+    out = Path(args.model_dir).resolve()
+    if "auc" in summary:
         nan = float("nan")
         print(
-            f"eval AUC {metrics['auc']:.4f} (grouped AUC {metrics.get('grouped_auc', nan):.4f}, "
-            f"logloss {metrics.get('logloss', nan):.4f}) on {int(metrics['count']):,} rows; "
-            f"model directory: {out.resolve()}",
+            f"eval AUC {summary['auc']:.4f} (grouped AUC {summary.get('grouped_auc', nan):.4f}, "
+            f"logloss {summary.get('logloss', nan):.4f}) on {int(summary['count']):,} rows; "
+            f"model directory: {out}",
             file=sys.stderr,
         )
-    print(json.dumps({"model_dir": str(out.resolve()), **summary}))
+    print(json.dumps({"model_dir": str(out), **_rounded(summary)}))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from model.export import load
     from model.train import encode_dataset, evaluate
+    from training.run import read_table
 
     model = load(args.model)
-    df = _read_parquet(args.data, "--data")
+    df = read_table(args.data, "--data")
     data = encode_dataset(model.cfg, model.encoder, df, str(args.data))
     metrics, _ = evaluate(model.cfg, model.network, data)
     text = json.dumps(metrics)
@@ -147,9 +126,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from model.export import load
+    from training.run import read_table
 
     model = load(args.model)
-    df = _read_parquet(args.input, "--input")
+    df = read_table(args.input, "--input")
     scores = model.predict(df)
     keep = [c for c in args.keep.split(",") if c] if args.keep else []
     missing = [c for c in keep if c not in df.columns]

@@ -117,6 +117,48 @@ def test_train_writes_a_model_directory_and_prints_a_summary(trained, split):
     assert [h["epoch"] for h in model.metrics["history"]] == [1]
 
 
+def test_the_train_component_and_the_cli_write_the_same_metrics(generated, trained, tmp_path):
+    """One training entry point: the pipeline's train step on the CLI's own time split and
+    settings writes a metrics.json with the same keys, and the same counts."""
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components.train import train as train_component
+
+    flat = pd.read_parquet(generated[0] / "flat.parquet")
+    paths = {"train": tmp_path / "train.parquet", "eval": tmp_path / "eval.parquet"}
+    for path, rows in zip(paths.values(), time_split(flat, "event_timestamp", 0.1), strict=True):
+        rows.to_parquet(path)
+    config = read_config_dict(CONFIG)
+    config["model"]["deep"]["hidden_units"] = yaml.safe_load(SETS["model.deep.hidden_units"])
+    config["train"]["batch_size"] = SETS["train.batch_size"]
+    config["train"]["num_threads"] = SETS["train.num_threads"]
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    model, metrics = Model(uri=str(tmp_path / "model")), Metrics(uri=str(tmp_path / "metrics"))
+    auc_logged = train_component.python_func(
+        train_data=Dataset(uri=str(paths["train"])),
+        eval_data=Dataset(uri=str(paths["eval"])),
+        model_config=str(tmp_path / "small.yaml"),
+        epochs=0,
+        batch_size=0,
+        model=model,
+        metrics=metrics,
+    )
+
+    cli_dir, printed = trained
+    from_cli = json.loads((cli_dir / "metrics.json").read_text())
+    from_component = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert set(from_component) == set(from_cli) == set(printed) - {"model_dir"}
+    assert {"train_samples_per_s", "global_step", "epochs_run", "rows_train", "rows_eval"} <= set(
+        from_cli
+    )
+    assert [set(h) for h in from_component["history"]] == [set(h) for h in from_cli["history"]]
+    for key in ("rows_train", "rows_eval", "count", "global_step", "epochs_run"):
+        assert from_component[key] == from_cli[key], key
+    assert from_cli["rows_train"] + from_cli["rows_eval"] == len(flat)
+    assert auc_logged == from_component["auc"] and 0.5 < auc_logged < 1
+    assert metrics.metadata["rows_eval"] == from_cli["rows_eval"]
+
+
 def test_train_evaluate_predict_round_trip(trained, split, tmp_path):
     model_dir, _ = trained
     eval_path, eval_df = split

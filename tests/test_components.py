@@ -26,7 +26,7 @@ from model.export import load, sha256_file
 from model.metrics import auc
 from registry.model_registry import push_model, read_current
 from training.data import retrieve_features
-from training.run import resolve_config_path, train_model
+from training.run import TrainRequest, resolve_config_path, run_training
 
 ROWS = 12_000
 
@@ -248,8 +248,8 @@ def small_config(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def trained(datasets, small_config, tmp_path_factory) -> tuple[Path, dict]:
     model_dir = tmp_path_factory.mktemp("model") / "model"
-    result = train_model(str(datasets[0]), str(datasets[1]), small_config, str(model_dir))
-    return model_dir, result
+    request = TrainRequest(small_config, datasets[0], model_dir, eval_data=datasets[1])
+    return model_dir, run_training(request)
 
 
 def test_features_split_by_time(datasets):
@@ -277,19 +277,24 @@ def test_window_defaults_to_the_latest_days():
     assert (end - start).days == 7 and end.tzinfo is not None
 
 
-def test_train_model_writes_a_loadable_model(trained, datasets):
+def test_run_training_writes_a_loadable_model(trained, datasets):
     model_dir, result = trained
     model = load(model_dir)
     eval_df = pd.read_parquet(datasets[1])
     assert auc(eval_df["clk"].to_numpy(), model.predict(eval_df)) == result["auc"]
-    assert result["epochs_run"] == 1 and result["rows_train"] > 0
+    assert result["epochs_run"] == 1 and result["rows_eval"] == len(eval_df)
+    assert result["rows_train"] + result["rows_eval"] == ROWS
     assert 0.55 < result["auc"] < 0.95
+    saved = json.loads((model_dir / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result, default=float))
 
 
-def test_config_paths_resolve_from_the_project():
+def test_config_paths_resolve_from_the_project(tmp_path):
     assert resolve_config_path("configs/deepfm.yaml").is_file()
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        resolve_config_path("nope.yaml")
+    assert resolve_config_path("nope.yaml") == Path("nope.yaml")
+    request = TrainRequest("nope.yaml", tmp_path / "rows.parquet", tmp_path / "model")
+    with pytest.raises(ValueError, match="config file nope.yaml does not exist"):
+        run_training(request)
 
 
 def test_evaluate_without_a_blessed_model_applies_the_threshold(trained, datasets, tmp_path):

@@ -615,4 +615,6 @@ def test_node_command_trains_under_torchrun_with_the_runtimes_variables(gcs, tmp
     assert int(per_process) <= summary["global_step"] <= int(per_process) + 1
     back = trainjob.stage_in(GCS["model_uri"], tmp_path / "model")
     verify_model_dir(back)
-    assert json.loads((back / "metrics.json").read_text())["count"] == len(flat) - cut
+    saved = json.loads((back / "metrics.json").read_text())
+    assert saved["count"] == saved["rows_eval"] == len(flat) - cut
+    assert set(saved) == set(summary) - {"model_dir"}  # what rank 0 printed, it wrote

@@ -1,64 +1,134 @@
-"""Step 3, train: DeepFM from the model library -> a self-contained model directory.
+"""Training DeepFM into a model directory: the one entry point of the pipeline's train
+component, the ``deepfm train`` command and each node of a TrainJob (which runs that
+command under ``torchrun``).
 
-``train_model`` is the plain function (unit-tested without Kubeflow); ``train`` is its
-``@component`` face. On a GPU node (the pipeline can request one at compile time) the
-``auto`` device trains on the GPU.
+``run_training(TrainRequest(...))`` reads the data, loads the config, trains, writes the
+model directory and returns the summary that is also its ``metrics.json``.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def resolve_config_path(path: str) -> Path:
-    """A config path as given, else relative to the project (``configs/deepfm.yaml`` works
-    from any working directory, in the image too)."""
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given when it exists, else relative to the project when that
+    exists (``configs/deepfm.yaml`` works from any working directory, in the image too),
+    else as given (loading it then says it does not exist)."""
     p = Path(path)
     if p.is_file():
         return p
-    candidate = PROJECT_ROOT / path
-    if candidate.is_file():
-        return candidate
-    raise FileNotFoundError(f"model config {path} does not exist (nor {candidate})")
+    candidate = PROJECT_ROOT / p
+    return candidate if candidate.is_file() else p
 
 
-def train_model(
-    train_path: str,
-    eval_path: str,
-    config_path: str,
-    model_dir: str,
-    *,
-    epochs: int = 0,
-    batch_size: int = 0,
-    device: str = "auto",
-) -> dict:
-    """Train on ``train_path`` (parquet), evaluate each epoch on ``eval_path``, write the
-    model directory to ``model_dir``. ``epochs``/``batch_size`` of 0 keep the config's.
-    Returns the evaluation metrics plus ``train_samples_per_s``, ``epochs_run`` and the
-    per-epoch ``history``."""
+def read_table(path: str | Path, what: str):
+    """The parquet file (or folder of parquet files) at ``path`` as a DataFrame.
+
+    Raises:
+        FileNotFoundError: ``"{what} {path} does not exist"``.
+        ValueError: ``"{what} {path} is not a readable parquet file: ..."``.
+    """
     import pandas as pd
 
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        return pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise ValueError(f"{what} {p} is not a readable parquet file: {e}") from None
+
+
+@dataclass
+class TrainRequest:
+    """What to train on, with which config, and where the model directory goes.
+
+    ``eval_data`` is a second table; without it the last ``eval_fraction`` of
+    ``train_data`` by the config's ``data.timestamp`` is held out (0: no evaluation).
+    ``overrides`` are dotted config keys (``{"train.batch_size": 4096}``); ``epochs`` and
+    ``batch_size`` of 0 keep the config's. ``resume`` continues from the latest checkpoint
+    under ``model_dir``. ``data_names`` name the two tables in errors (a command line
+    passes its flags).
+    """
+
+    config: str | Path
+    train_data: str | Path
+    model_dir: str | Path
+    eval_data: str | Path | None = None
+    eval_fraction: float = 0.0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 0
+    batch_size: int = 0
+    device: str = "auto"
+    resume: bool = False
+    data_names: tuple[str, str] = ("train data", "eval data")
+
+
+def run_training(request: TrainRequest) -> dict[str, Any] | None:
+    """Train as ``request`` says and write the model directory (replacing an earlier one).
+
+    Returns the summary, the same dict as the directory's ``metrics.json``: the final
+    evaluation metrics (``auc``, ``logloss``, ``grouped_auc``, ``count``, ... ; none
+    without evaluation data) plus ``train_samples_per_s``, ``global_step``,
+    ``epochs_run``, ``rows_train``, ``rows_eval`` and the per-epoch ``history``. Under
+    ``torchrun`` (DDP) only rank 0 writes the directory; the other ranks return None.
+
+    Raises:
+        FileNotFoundError, ValueError (``ConfigError``): naming the file, setting or
+            column at fault, before anything is written.
+        FloatingPointError: the training loss became NaN or infinite.
+    """
+    import torch.distributed as dist
+
     from model.export import save_model_dir
-    from model.train import train
+    from model.train import time_split, train
     from training.config import load_config
 
-    overrides: dict = {}
-    if epochs > 0:
-        overrides["train.num_epochs"] = epochs
-    if batch_size > 0:
-        overrides["train.batch_size"] = batch_size
-    cfg = load_config(resolve_config_path(config_path), overrides)
-    train_df = pd.read_parquet(train_path)
-    eval_df = pd.read_parquet(eval_path)
-    result = train(cfg, train_df, eval_df, model_dir=None, device=device)
-    summary = {
-        **result.metrics,
-        "train_samples_per_s": result.samples_per_s,
-        "epochs_run": len(result.history),
-        "rows_train": len(train_df),
-        "rows_eval": len(eval_df),
-    }
-    save_model_dir(
-        model_dir, cfg, result.encoder, result.model, {**summary, "history": result.history}
-    )
-    return {**summary, "history": result.history}
+    overrides = dict(request.overrides)
+    if request.epochs > 0:
+        overrides["train.num_epochs"] = request.epochs
+    if request.batch_size > 0:
+        overrides["train.batch_size"] = request.batch_size
+    cfg = load_config(resolve_config_path(request.config), overrides)
+    train_name, eval_name = request.data_names
+    train_df = read_table(request.train_data, train_name)
+    if request.eval_data is not None:
+        eval_df = read_table(request.eval_data, eval_name)
+    elif request.eval_fraction > 0:
+        if not cfg.data.timestamp:
+            raise ValueError(
+                f"data.timestamp: a time split needs it in the config (or give {eval_name})"
+            )
+        train_df, eval_df = time_split(train_df, cfg.data.timestamp, request.eval_fraction)
+    else:
+        eval_df = None
+    try:
+        result = train(
+            cfg,
+            train_df,
+            eval_df,
+            model_dir=request.model_dir,
+            device=request.device,
+            resume=request.resume,
+        )
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        summary = {
+            **result.metrics,
+            "train_samples_per_s": result.samples_per_s,
+            "global_step": result.global_step,
+            "epochs_run": len(result.history),
+            "rows_train": len(train_df),
+            "rows_eval": 0 if eval_df is None else len(eval_df),
+            "history": result.history,
+        }
+        save_model_dir(request.model_dir, cfg, result.encoder, result.model, summary)
+        return summary
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -117,8 +117,10 @@ def node_command(
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """What each node runs. Paths on a shared volume: ``torchrun -m pipelines.cli train``
-    itself; gs:// URIs: that line inside a bash script that stages the data in first and,
-    on node 0, the model directory out after."""
+    itself (``deepfm train``, i.e. ``training.run.run_training``, the train component's
+    function, in each process; ``extra_args`` are more of its flags); gs:// URIs: that line
+    inside a bash script that stages the data in first and, on node 0, the model directory
+    out after."""
     data = {"train": train_uri, "eval": eval_uri}
     local = {k: f"{STAGE_DIR}/{k}.parquet" if is_gcs(v) else v for k, v in data.items()}
     model_dir = f"{STAGE_DIR}/model" if is_gcs(model_uri) else model_uri
@@ -555,8 +557,9 @@ def train_with_trainjob(
     ``trainjob_manifest`` (``resources`` ... ``volume_mounts``: a KFP ``TaskConfig``'s
     fields) and ``run_trainjob``. The namespace defaults to this pod's.
 
-    Returns the model's metrics.json (``auc``, ``logloss``, ..., ``history``) plus
-    ``trainjob`` (the job's name) and ``trainjob_seconds``.
+    Returns the model's metrics.json (``training.run.run_training``'s summary: ``auc``,
+    ``logloss``, ..., ``rows_train``, ``history``) plus ``trainjob`` (the job's name) and
+    ``trainjob_seconds``.
 
     Raises:
         ValueError: data that the job's pods could not see, or a bad argument.
