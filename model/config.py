@@ -379,7 +379,6 @@ _MESSAGES = {
     "string_type": "expected a string, got {input!r}",
     "list_type": "expected a list, got {input!r}",
     "model_type": "expected a mapping, got {input!r}",
-    "model_attributes_type": "expected a mapping, got {input!r}",
     "literal_error": "expected one of {expected}, got {input!r}",
     "greater_than": "must be > {gt:g}, got {input}",
     "greater_than_equal": "must be >= {ge:g}, got {input}",
