@@ -99,11 +99,20 @@ def run_local(
     return summarize(runs[-1], run_params["push_destination"])
 
 
-def _outputs(task_dir: Path) -> dict:
+def _executor_output(task_dir: Path) -> dict:
     path = task_dir / "executor_output.json"
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text()).get("parameterValues", {})
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _outputs(task_dir: Path) -> dict:
+    return _executor_output(task_dir).get("parameterValues", {})
+
+
+def _artifact_path(task_dir: Path, name: str) -> str | None:
+    """Where a task wrote its output artifact ``name``: the uri it recorded (a step may
+    give its file an extension, e.g. ``report.html``)."""
+    artifacts = _executor_output(task_dir).get("artifacts", {}).get(name, {}).get("artifacts")
+    return artifacts[0]["uri"] if artifacts else None
 
 
 def summarize(run_dir: Path, push_destination: str) -> dict:
@@ -120,8 +129,8 @@ def summarize(run_dir: Path, push_destination: str) -> dict:
         else evaluation["baseline_auc"],
         "blessed": evaluation.get("blessed"),
         "pushed": pushed,
-        "report": str(run_dir / "evaluate" / "report"),
-        "validation_report": str(run_dir / "validate" / "report"),
+        "report": _artifact_path(run_dir / "evaluate", "report"),
+        "validation_report": _artifact_path(run_dir / "validate", "report"),
         "current_model": read_current(str(push_destination)),
     }
     return summary

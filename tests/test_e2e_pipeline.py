@@ -103,7 +103,10 @@ def test_a_blessed_model_is_pushed_then_a_worse_one_is_not(tmp_path, repo):
     scores = model.predict(eval_df)
     assert auc(eval_df["clk"].to_numpy(), scores) == first["auc"]
     assert np.isfinite(scores).all()
-    assert (Path(first["report"])).read_text().count("BLESSED") >= 1
+    assert first["report"].endswith("report.html")
+    assert first["validation_report"].endswith("report.html")
+    assert Path(first["report"]).read_text().count("BLESSED") >= 1
+    assert "Data validation passed" in Path(first["validation_report"]).read_text()
     pointer_before = (registry / POINTER).read_bytes()
 
     # a clearly worse model: gated against the blessed one on the same eval rows
@@ -132,7 +135,7 @@ def test_corrupted_data_stops_at_validation_with_the_report(tmp_path, repo):
     with pytest.raises(RuntimeError, match="require-valid-data"):
         _run(tmp_path, repo, registry, model_config=_config(tmp_path, "good"))
     (run_dir,) = (tmp_path / "runs").glob("deepfm-ctr-*")
-    report = (run_dir / "validate" / "report").read_text()
+    report = (run_dir / "validate" / "report.html").read_text()
     assert "expect_column_values_to_be_in_set" in report and "clk" in report
     for step in ("features", "train", "evaluate", "push"):
         assert not (run_dir / step).exists(), step
