@@ -269,7 +269,7 @@ class _Run:
     show_bar: bool
     at: _Progress = field(default_factory=_Progress)
     # the training step's logits function and the tables' gradient exchange (set-up)
-    forward: Callable = None  # type: ignore[assignment]
+    forward: Callable | None = None
     sync_sparse: _SparseGradSync | None = None
     train_seconds: float = 0.0
     train_samples: int = 0
@@ -632,7 +632,7 @@ def _epoch_bar(run: _Run, epoch: int, samples: int) -> Iterator[tqdm | None]:
         tqdm(
             total=samples,
             desc=f"epoch {epoch + 1}/{run.cfg.train.num_epochs}",
-            unit="sample",
+            unit=" samples",
             unit_scale=True,
             mininterval=1.0,
             dynamic_ncols=True,
