@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,16 @@ class RankingModel:
         return torch.export.load(str(self.path / PROGRAM))
 
 
+# Directories written before the model's field selections became non-persistent buffers
+# carry those column indices in weights.pt; they are derived from the config, not learnt,
+# so dropping them on load is exact.
+_FIELD_INDICES = re.compile(r"(wide_cols_\d+|deep_cols_\d+|fm_cols|dense_cols)")
+
+
+def _without_field_indices(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not _FIELD_INDICES.fullmatch(k)}
+
+
 def load(model_dir: str | Path, device: str = "cpu", verify: bool = True) -> RankingModel:
     """Read a model directory written by ``save_model_dir`` (no pickled objects: JSON/YAML
     plus a tensors-only state_dict)."""
@@ -150,7 +161,7 @@ def load(model_dir: str | Path, device: str = "cpu", verify: bool = True) -> Ran
         raise ValueError(f"{d}: input_spec.json does not match the encoders")
     network = DeepFM(cfg.model, cfg.feature_groups, spec)
     state = torch.load(d / "weights.pt", map_location=device, weights_only=True)
-    network.load_state_dict(state)
+    network.load_state_dict(_without_field_indices(state))
     network.to(device).eval()
     metrics = json.loads((d / "metrics.json").read_text())
     return RankingModel(cfg, encoder, network, metrics, d)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -834,3 +835,17 @@ def test_table_holding_a_prefix_of_the_columns(groups: dict) -> None:
     with torch.no_grad():
         logits = model(*inputs)
     close(logits, reference_logits(model, cfg, spec, *inputs))
+
+
+def test_a_model_directory_of_the_previous_layout_loads_and_scores_the_same():
+    """tests/fixtures/model_dir_v1 was written before the model's field indices stopped being
+    saved with the weights (by the code of commit f9cca9e, with the scores it gave for
+    twenty sample rows): a blessed model of that layout still loads, as the gate and the
+    server need, and scores the same."""
+    from model.export import load
+
+    data = Path(__file__).resolve().parent / "fixtures"
+    model = load(data / "model_dir_v1")
+    rows = pd.read_parquet(data / "model_dir_v1_rows.parquet")
+    expected = np.load(data / "model_dir_v1_scores.npy")
+    np.testing.assert_allclose(model.predict(rows), expected, rtol=1e-6, atol=1e-7)
