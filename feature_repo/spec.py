@@ -5,8 +5,8 @@ project derives from it or is checked against it: the Feast definitions (``defin
 the model's feature config (``FeatureSpec.model_section()``, ``check_model_config()``) and the
 data validation suites (each column's ``dtype``, ``valid`` and ``nullable``). A wrong spec fails
 on load with a ``SpecError`` that names the key, e.g.
-``features.yaml: features[3] (age_level).view: unknown feature view 'user_profil' (known:
-user_profile, ad_feature)``.
+``features.yaml: features[3] (age).view: unknown feature view 'customer_profil' (known:
+customer_profile, product_catalog)``.
 
 The file's schema is a set of pydantic models (``_SpecFile`` and the models it holds): a
 wrong type, value or reference is one ``ValidationError``, turned into one ``SpecError`` line.
@@ -15,12 +15,13 @@ library reads the spec too, and Feast loads ``definitions.py`` (which imports it
 
 Example::
 
-    spec = load_spec()
-    spec.columns()[:5]                            # user_id, adgroup_id, pid, event_timestamp, clk
-    [f.name for f in spec.view_features("ad_feature")]  # cate_id, campaign_id, ..., price
-    spec.feature("age_level").entity              # 'user'
-    spec.feature_views["user_profile"].ttl        # timedelta(days=90)
-    spec.model_section()["feature_groups"]["deep"][-1]  # 'log_price'
+    spec = load_spec("retail/features.yaml")
+    spec.columns()[:4]                            # customer_id, product_id, store_id, channel
+    [f.name for f in spec.view_features("customer_profile")]  # age, segment, ...
+    spec.feature("age").entity                    # 'customer'
+    spec.entities["customer"].dtype               # 'string' (its join key's dtype)
+    [f.name for f in spec.context_features()]     # ['channel']
+    spec.feature_views["customer_profile"].ttl    # timedelta(days=...)
 """
 
 from __future__ import annotations
@@ -51,9 +52,14 @@ SPEC_FILE = "features.yaml"
 DATA_DIR_ENV = "DEEPFM_DATA_DIR"
 """Environment variable naming the folder of the source files (default: ``<repo>/data``)."""
 
-Dtype = Literal["int64", "float64", "string", "list<int64>"]
+Dtype = Literal["int64", "float64", "string", "bool", "list<int64>", "list<string>"]
 DTYPES = get_args(Dtype)
-"""Column types a spec may use (Feast: Int64, Float64, String, Array(Int64))."""
+"""Column types a spec may use (Feast: Int64, Float64, String, Bool, Array(Int64),
+Array(String)). Any column may be ``nullable``; a nullable int64 or bool column is read by
+pandas as its nullable dtype (``Int64``, ``boolean``)."""
+
+KEY_DTYPES = ("int64", "string")
+"""Dtypes an entity's join key may have (its entity's key type)."""
 
 Group = Literal["wide", "fm", "deep"]
 GROUPS = get_args(Group)
@@ -61,9 +67,9 @@ GROUPS = get_args(Group)
 
 # model feature type -> the column dtypes it can encode
 _MODEL_TYPES = {
-    "id": ("int64", "string"),
-    "multi_id": ("list<int64>",),
-    "raw": ("int64", "float64"),
+    "id": ("int64", "string", "bool"),
+    "multi_id": ("list<int64>", "list<string>"),
+    "raw": ("int64", "float64", "bool"),
 }
 
 
@@ -122,12 +128,15 @@ class Valid(_Schema):
 
 
 class Entity(_Schema):
-    """What features describe, identified by one join key column (``user`` -> ``user_id``);
-    ``name`` is its key in ``entities`` (likewise for sources and views)."""
+    """What features describe, identified by one join key column (``customer`` ->
+    ``customer_id``); ``name`` is its key in ``entities`` (likewise for sources and views).
+    ``dtype`` (filled on load) is its key type: the dtype of the join key's feature, int64
+    or string."""
 
-    _derived = ("name",)
+    _derived = ("name", "dtype")
     name: str = ""
     join_key: Text
+    dtype: str = ""
     description: str = ""
 
 
@@ -144,13 +153,15 @@ class Source(_Schema):
 class View(_Schema):
     """A Feast feature view: the features of one entity read from one source. A version of
     an entity's features is valid from its timestamp until the next version, for at most
-    ``ttl_days`` days."""
+    ``ttl_days`` days. ``online: false`` keeps a view out of the online store (it is
+    still retrieved for training)."""
 
     _derived = ("name",)
     name: str = ""
     source: str
     entity: str
     ttl_days: int = Field(gt=0)
+    online: bool = True
     description: str = ""
 
     @property
@@ -216,8 +227,8 @@ class _Column(_Schema):
             if not _is_scalar(v, element):
                 quote = " (quote it in YAML)" if element == "string" else ""
                 _fail(f"valid.values[{j}]", f"{v!r} is not a {element} value{quote}")
-        if element == "string" and self.valid.values is None:
-            _fail("valid", "a string column takes values, not min/max")
+        if element in ("string", "bool") and self.valid.values is None:
+            _fail("valid", f"a {element} column takes values, not min/max")
         return self
 
 
@@ -226,8 +237,8 @@ class Feature(_Column):
 
     ``source`` is the table it is read from; ``view`` the feature view serving it (None for
     the entity rows' own columns: entity keys, request context, the label). ``entity`` is
-    the entity it describes (for an entity key, the entity it identifies; None for context
-    columns such as ``pid``).
+    the entity it describes (for an entity key, the entity it identifies; None for request
+    context columns such as ``channel``).
     """
 
     _derived = ("entity",)
@@ -243,7 +254,7 @@ class Feature(_Column):
             if self.dtype not in _MODEL_TYPES[m.type]:
                 _fail(
                     f"model_features[{j}].type",
-                    f"type {m.type} needs dtype {' or '.join(_MODEL_TYPES[m.type])}, "
+                    f"type {m.type} needs dtype {_either(_MODEL_TYPES[m.type])}, "
                     f"the column is {self.dtype}",
                 )
         return self
@@ -261,6 +272,8 @@ class FeatureSpec:
     feature_views: dict[str, View]
     feature_service: str
     features: tuple[Feature, ...]
+    group_key: str | None = None
+    """The column whose groups grouped AUC averages over (a column of the entity rows)."""
 
     @property
     def timestamp(self) -> str:
@@ -285,6 +298,17 @@ class FeatureSpec:
     def entity_row_features(self) -> list[Feature]:
         """Features that are columns of the entity rows (entity keys, context), in spec order."""
         return [f for f in self.features if f.view is None]
+
+    def join_keys(self) -> dict[str, str]:
+        """Join key -> its dtype (int64 or string), for every entity, in spec order."""
+        return {e.join_key: e.dtype for e in self.entities.values()}
+
+    def context_features(self) -> list[Feature]:
+        """Request-context features: the entity rows' columns that are neither an entity's
+        join key, the label nor the timestamp (given with a request, not stored), in spec
+        order."""
+        keys = {e.join_key for e in self.entities.values()}
+        return [f for f in self.entity_row_features() if f.name not in keys]
 
     def columns(self) -> list[str]:
         """The training table's columns, in order: the entity rows' features, the timestamp,
@@ -320,9 +344,9 @@ class FeatureSpec:
     def model_section(self) -> dict[str, Any]:
         """The model config's feature part::
 
-        {"features": [{"name": "user_id", "type": "id", ...}, ...],   # FeatureConfig YAML
+        {"features": [{"name": "customer_id", "type": "id", ...}, ...],  # FeatureConfig YAML
          "feature_groups": {"wide": [...], "fm": [...], "deep": [...]},
-         "label": "clk", "timestamp": "event_timestamp"}
+         "label": "purchased", "timestamp": "visit_ts"}
         """
         model_features = self.model_features()
         return {
@@ -394,6 +418,7 @@ class _SpecFile(_Schema):
     feature_views: dict[Name, View] = Field(min_length=1)
     feature_service: Name
     features: tuple[Feature, ...] = Field(min_length=1, strict=False)
+    group_key: Name | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> _SpecFile:
@@ -454,13 +479,21 @@ class _SpecFile(_Schema):
                     f"{entity.join_key!r} must be a feature with source {rows!r} (a column of "
                     "the entity rows)",
                 )
-            if column.dtype not in ("int64", "string"):
+            if column.dtype not in KEY_DTYPES:
                 _fail(
                     f"entities.{name}.join_key",
                     f"{entity.join_key!r} has dtype {column.dtype}; a join key is int64 or string",
                 )
             if not any(v.entity == name for v in self.feature_views.values()):
                 _fail(f"entities.{name}", "no feature view describes this entity")
+        if self.group_key is not None:
+            row_columns = [f.name for f in self.features if f.view is None]
+            if self.group_key not in row_columns:
+                _fail(
+                    "group_key",
+                    f"{self.group_key!r} is not a column of the entity rows {rows!r} "
+                    f"(known: {', '.join(row_columns)})",
+                )
         for name in self.sources:
             readers = [v for v, view in self.feature_views.items() if view.source == name]
             if name != rows and len(readers) != 1:
@@ -495,9 +528,14 @@ class _SpecFile(_Schema):
 
         label = Feature(source=rows, **dict(self.label))
         features = tuple(resolved(f) for f in self.features)
+        dtypes = {f.name: f.dtype for f in features}
+        entities = {
+            name: e.model_copy(update={"dtype": dtypes[e.join_key]})
+            for name, e in _named(self.entities).items()
+        }
         return FeatureSpec(
-            path, label, _named(self.entities), _named(self.sources), rows, views,
-            self.feature_service, features,
+            path, label, entities, _named(self.sources), rows, views,
+            self.feature_service, features, self.group_key,
         )  # fmt: skip
 
 
@@ -536,7 +574,7 @@ def _child(node: Any, part: str | int) -> Any:
 
 def _error_line(error: ValidationError, data: Any) -> str:
     """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
-    feature also by name, ``features[3] (price)``) and what is wrong there."""
+    feature also by name, ``features[3] (age)``) and what is wrong there."""
     errors = error.errors()
     first, node = errors[0], data
     for i, part in enumerate(first["loc"]):
@@ -583,10 +621,17 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
         raise SpecError(f"{path.name}: {_error_line(e, data)}") from None
 
 
+def _either(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def _is_scalar(value: Any, dtype: str) -> bool:
-    """Whether a YAML value fits a column of scalar ``dtype`` (int64, float64 or string)."""
+    """Whether a YAML value fits a column of scalar ``dtype`` (int64, float64, string, bool)."""
     if dtype == "string":
         return isinstance(value, str)
+    if dtype == "bool":
+        return isinstance(value, bool)
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (dtype == "float64" and isinstance(value, float))

@@ -74,6 +74,37 @@ def test_views_entities_and_ttls():
         SPEC.view_features("users")
 
 
+def test_key_types_context_features_and_group_key():
+    assert {name: e.dtype for name, e in SPEC.entities.items()} == {
+        "user": "int64",
+        "adgroup": "int64",
+    }
+    assert SPEC.join_keys() == {"user_id": "int64", "adgroup_id": "int64"}
+    assert [f.name for f in SPEC.context_features()] == ["pid"]
+    assert SPEC.group_key == "user_id"
+    assert all(v.online for v in SPEC.feature_views.values())
+
+
+def test_new_dtypes_string_keys_and_offline_views(tmp_path):
+    raw = copy.deepcopy(RAW)
+    del raw["group_key"]
+    raw["features"][0]["dtype"] = "string"
+    raw["features"][0]["valid"] = {"values": ["u1", "u2"]}
+    raw["features"][3].update(dtype="bool", valid={"values": [True, False]}, nullable=True)
+    raw["features"][9]["dtype"] = "list<string>"
+    del raw["features"][9]["valid"]
+    raw["feature_views"]["ad_feature"]["online"] = False
+    path = tmp_path / "features.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_spec(path)
+    assert spec.entities["user"].dtype == "string"
+    assert spec.join_keys() == {"user_id": "string", "adgroup_id": "int64"}
+    assert spec.feature("age_level").dtype == "bool"
+    assert spec.feature("interest_cates").dtype == "list<string>"
+    assert spec.group_key is None
+    assert not spec.feature_views["ad_feature"].online
+
+
 def test_configs_deepfm_yaml_derives_its_features_from_the_spec():
     raw = yaml.safe_load(MODEL_CONFIG.read_text())
     assert "features" not in raw and "feature_groups" not in raw  # no second list
@@ -231,6 +262,10 @@ def _feature_from_a_view_source(raw):
     raw["features"][3]["source"] = "user_profile"
 
 
+def _bool_join_key(raw):
+    raw["features"][0].update(dtype="bool", valid={"values": [True, False]})
+
+
 def _unused_source(raw):
     raw["sources"]["clicks"] = {"path": "clicks.parquet", "timestamp_field": "event_timestamp"}
 
@@ -279,8 +314,8 @@ def _unused_source(raw):
         ),
         (
             _set("features.9.model_features.0.type", "id"),
-            r"\(interest_cates\).model_features\[0\].type: type id needs dtype int64 or "
-            r"string, the column is list<int64>",
+            r"\(interest_cates\).model_features\[0\].type: type id needs dtype int64, "
+            r"string or bool, the column is list<int64>",
         ),
         (_set("features.3.valid", {"min": 6, "max": 0}), "min 6 is greater than max 0"),
         (
@@ -297,6 +332,22 @@ def _unused_source(raw):
         ),
         (_unused_source, r"sources.clicks: read by 0 feature views"),
         (_set("entity_rows", "clicks"), "entity_rows: unknown source 'clicks'"),
+        (
+            _set("group_key", "age_level"),
+            "group_key: 'age_level' is not a column of the entity rows 'impressions'",
+        ),
+        (
+            _bool_join_key,
+            "entities.user.join_key: 'user_id' has dtype bool; a join key is int64 or string",
+        ),
+        (
+            _set("features.3.dtype", "bool"),
+            r"\(age_level\).valid: a bool column takes values, not min/max",
+        ),
+        (
+            _set("feature_views.user_profile.online", "yes"),
+            "feature_views.user_profile.online: expected true or false, got 'yes'",
+        ),
     ],
 )
 def test_a_wrong_spec_fails_naming_the_key(tmp_path, change, message):
