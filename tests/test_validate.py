@@ -108,7 +108,7 @@ def test_an_extra_column(repo):
 
 def test_a_wrong_type(repo):
     edit(repo, "ad_feature", lambda df: df.assign(price=df["price"].astype(str)))
-    line = fails(repo, "ad_feature", "price", "expect_column_values_to_be_of_type float64")
+    line = fails(repo, "ad_feature", "price", "expect_column_values_to_be_of_type float")
     assert "values unexpected, e.g. '" in line  # the strings found
 
 

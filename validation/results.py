@@ -60,7 +60,7 @@ class ValidationSummary:
         return self.report_dir / "index.html"
 
     def metrics(self) -> dict[str, float]:
-        """Flat numbers for a KFP ``Metrics`` artifact, e.g. ``impressions_rows``."""
+        """Flat numbers for a KFP ``Metrics`` artifact, e.g. ``visits_rows``."""
         out: dict[str, float] = {"passed": float(self.success)}
         out["failed_expectations"] = float(len(self.failures))
         for name, result in self.sources.items():

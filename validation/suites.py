@@ -1,15 +1,19 @@
 """Great Expectations suites derived from the feature spec (``features.yaml``), never listed
-by hand. Per source (``impressions``, ``user_profile``, ``ad_feature``):
+by hand. Per source (the entity rows' source and each feature view's):
 
 - the exact column set: the spec's columns of the source plus its timestamp field;
-- at least ``min_rows`` rows (impressions in the window) or at least 1 (feature sources);
-- each column's type (``int64``, ``float64``, ``string`` -> ``str`` values, ``list<int64>``
-  -> list values), not null unless ``nullable`` (keys and the label never), and its
-  ``valid`` set or range;
+- at least ``min_rows`` rows (entity rows in the window) or at least 1 (feature sources);
+- each column's type, checked on the pandas dtype that ``validation.validate`` reads the
+  spec dtype as (``PANDAS_DTYPES``): ``int64`` -> ``Int64`` (nullable: a parquet int
+  column with nulls, or a float column of whole numbers, is an int column), ``float64``
+  -> ``float64`` (NaN = missing), ``string`` -> ``string``, ``bool`` -> ``boolean``, a list
+  -> Python lists; a column that cannot be read as its dtype keeps its own and fails;
+- not null unless ``nullable`` (entity keys and the label never), and its ``valid`` set
+  or range;
 - each element of a list column: its type, not null and its ``valid`` set or range, on a
   helper batch ``<source>.<column>`` of the exploded elements;
-- the timestamp: timezone-aware, never null; impressions in ``[window_start, window_end)``,
-  feature versions not after ``window_end``;
+- the timestamp: timezone-aware, never null; entity rows in ``[window_start,
+  window_end)``, feature versions not after ``window_end``;
 - feature sources: one version per (entity key, timestamp).
 """
 
@@ -25,10 +29,31 @@ if TYPE_CHECKING:
 
     from feature_repo.spec import Feature, FeatureSpec
 
-# spec dtype -> the GX ``type_`` of its pandas column. Numbers are numpy dtypes; strings and
-# lists are object columns, which GX checks value by value against a Python type (list
-# cells are handed to GX as Python lists, see ``_batches``).
-_COLUMN_TYPES = {"int64": "int64", "float64": "float64", "string": "str", "list<int64>": "list"}
+PANDAS_DTYPES = {
+    "int64": "Int64",
+    "float64": "float64",
+    "string": "string",
+    "bool": "boolean",
+    "list<int64>": "object",
+    "list<string>": "object",
+}
+"""Spec dtype -> the one pandas dtype a column of that dtype is validated as (see
+``validation.validate.as_spec_dtypes``): nullable extension dtypes for ints, bools and
+strings, numpy floats (NaN = missing), object columns of Python lists."""
+
+# spec dtype -> the GX ``type_`` of its pandas column. GX compares a typed column's
+# ``dtype.type`` with numpy's type of that name (``int`` -> numpy.int64, the type of
+# ``Int64``; ``bool`` -> numpy.bool_, of ``boolean``; ``str`` -> str, of ``string``), and
+# checks an object column (lists, or a column whose values do not fit its dtype) value by
+# value against the Python type of that name.
+_COLUMN_TYPES = {
+    "int64": "int",
+    "float64": "float",
+    "string": "str",
+    "bool": "bool",
+    "list<int64>": "list",
+    "list<string>": "list",
+}
 # a timezone-aware datetime64 column has ``type`` pd.Timestamp; a naive one np.datetime64
 _TIMESTAMP_TYPE = "Timestamp"
 
@@ -42,12 +67,13 @@ def build_suites(
 ) -> "dict[str, gx.ExpectationSuite]":
     """Expectation suites derived from ``spec``, keyed by batch name: each source's name,
     plus ``<source>.<column>`` for the elements of each list column. The window bounds the
-    timestamps (left out when None); ``min_rows`` is the impressions' minimum row count.
+    timestamps (left out when None); ``min_rows`` is the entity rows' minimum row count.
 
-    Example: ``build_suites(load_spec(), start, end)["user_profile"]`` holds
-    ``expect_column_values_to_be_between(age_level, 0, 6)``, and
-    ``["user_profile.interest_cates"]`` ``expect_column_values_to_be_between(interest_cates,
-    1, None)`` on each element."""
+    Example: for a view source ``customers`` with ``age: {dtype: int64, valid: {min: 0,
+    max: 120}}`` and ``interests: {dtype: list<int64>, valid: {min: 1}}``,
+    ``build_suites(spec, start, end)["customers"]`` holds
+    ``expect_column_values_to_be_between(age, 0, 120)``, and ``["customers.interests"]``
+    ``expect_column_values_to_be_between(interests, 1, None)`` on each element."""
     gx, gxe = import_gx()
     keys = {e.join_key for e in spec.entities.values()}
     suites = {}

@@ -1,14 +1,16 @@
 """Step 1, validate: the suites of ``validation.suites`` over the raw sources of the run's
 window; a failed expectation stops the run before any feature is computed.
 
-What is validated is what the features step can use: the impressions in the window and the
-feature versions up to its end (rows with a null timestamp are kept, so they fail). Each run
-writes Data Docs into ``report_dir`` and raises ``DataValidationError`` afterwards, listing
-every failed expectation on its own line (source: column: expectation: what was found)::
+What is validated is what the features step can use: the entity rows in the window and the
+feature versions up to its end (rows with a null timestamp are kept, so they fail). Each
+column is read as the one pandas dtype of its spec dtype (``as_spec_dtypes``), so a nullable
+int column is an int column however a writer or reader typed it. Each run writes Data Docs
+into ``report_dir`` and raises ``DataValidationError`` afterwards, listing every failed
+expectation on its own line (source: column: expectation: what was found)::
 
     data validation failed (2 expectations) for [2026-11-01 00:00:00+00:00, 2026-11-09 ...
-      impressions: clk: expect_column_values_to_be_in_set {0, 1}: 1 of 500 values unexpected, e.g. 2
-      user_profile: (table): expect_table_columns_to_match_set: missing: cms_segid
+      visits: purchased: expect_column_values_to_be_in_set {0, 1}: 1 of 500 values unexpected, ...
+      customers: (table): expect_table_columns_to_match_set: missing: segment
 
 ``validate_window`` is what the component runs: it also writes the one-file HTML report
 (``validation.report``) either way.
@@ -32,7 +34,7 @@ from validation.results import (
     ValidationSummary,
     failed_expectation,
 )
-from validation.suites import build_suites, import_gx
+from validation.suites import PANDAS_DTYPES, build_suites, import_gx
 
 if TYPE_CHECKING:
     from feature_repo.spec import FeatureSpec
@@ -47,10 +49,11 @@ def read_sources(
     window_start: datetime | str,
     window_end: datetime | str,
 ) -> dict[str, pd.DataFrame]:
-    """Each source's rows that the run can use, as pandas reads the parquet file: the
-    impressions with ``window_start <= timestamp < window_end``, the feature sources'
-    versions with ``timestamp <= window_end``. Rows with a null timestamp are kept; a file
-    whose timestamp is missing or not timezone-aware is read whole (its suite fails).
+    """Each source's rows that the run can use, read from its parquet file with pandas'
+    nullable dtypes and then typed by ``as_spec_dtypes``: the entity rows with
+    ``window_start <= timestamp < window_end``, the feature sources' versions with
+    ``timestamp <= window_end``. Rows with a null timestamp are kept; a file whose timestamp
+    is missing or not timezone-aware is read whole (its suite fails).
 
     Raises:
         FileNotFoundError: a source file is missing; the message names the source.
@@ -64,13 +67,81 @@ def read_sources(
                 f"source {name!r}: {path} does not exist (data directory: {path.parent}; "
                 "set DEEPFM_DATA_DIR or generate the sample data)"
             )
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
+        frame = as_spec_dtypes(frame, spec.source_columns(name))
         ts = frame.get(source.timestamp_field)
         if ts is not None and isinstance(ts.dtype, pd.DatetimeTZDtype):
             usable = (ts >= start) & (ts < end) if name == spec.entity_rows else ts <= end
             frame = frame[usable | ts.isna()].reset_index(drop=True)
         frames[name] = frame
     return frames
+
+
+def as_spec_dtypes(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with each of ``columns`` (column -> spec dtype) as the pandas dtype
+    ``PANDAS_DTYPES`` names, where its values allow it without loss: e.g. a float64 column
+    of whole numbers and NaN (how pandas reads a parquet int column with nulls) becomes
+    ``Int64``, an object column of True/False/None ``boolean``, numpy arrays in list cells
+    Python lists. A column whose values do not fit (``"abc"`` or 1.5 in an int column)
+    becomes an object column of Python values (whole floats as ints, nulls as None), which
+    the type expectation checks value by value, naming the values that do not fit. Columns
+    not named (the timestamp) are left as they are. Returns a shallow copy."""
+    out = frame.copy(deep=False)
+    for column, dtype in columns.items():
+        if column in out:
+            out[column] = _as_dtype(out[column], dtype)
+    return out
+
+
+def _as_dtype(s: pd.Series, dtype: str) -> pd.Series:
+    """One column as spec ``dtype`` (see ``as_spec_dtypes``)."""
+    if dtype.startswith("list<"):
+        return _as_objects(s)
+    inferred = pd.api.types.infer_dtype(s, skipna=True)
+    if inferred == "empty":  # every value null: any dtype holds it
+        return s.astype(PANDAS_DTYPES[dtype])
+    if inferred == "boolean" and dtype != "bool":  # not numbers: GX would take True as an int
+        return s.astype("boolean")
+    if dtype == "int64":
+        if inferred == "integer":
+            return s.astype("Int64")
+        if inferred in ("floating", "mixed-integer-float") and _whole(s):
+            return s.astype("Float64").astype("Int64")
+    elif dtype == "float64" and inferred in ("floating", "mixed-integer-float"):
+        values = pd.to_numeric(s).to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.Series(values, index=s.index, name=s.name)
+    elif dtype == "bool" and inferred == "boolean":
+        return s.astype("boolean")
+    elif dtype == "string" and inferred == "string":
+        return s.astype("string")
+    return _as_objects(s)
+
+
+def _whole(s: pd.Series) -> bool:
+    """Whether every non-null number of ``s`` is a whole number within int64."""
+    values = pd.to_numeric(s).to_numpy(dtype=np.float64, na_value=np.nan)
+    known = values[~np.isnan(values)]
+    return bool(
+        np.isfinite(known).all() and (known == np.round(known)).all() and (abs(known) < 2**63).all()
+    )
+
+
+def _as_objects(s: pd.Series) -> pd.Series:
+    """``s`` as an object column of Python values: lists for arrays, ints for whole floats,
+    None for nulls."""
+    return pd.Series([_python(v) for v in s], index=s.index, dtype=object, name=s.name)
+
+
+def _python(value):
+    if isinstance(value, np.ndarray):
+        return [_python(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        return None if np.isnan(value) else int(value) if value.is_integer() else value
+    return value
 
 
 def _utc(t: datetime | str, what: str) -> pd.Timestamp:
@@ -81,18 +152,18 @@ def _utc(t: datetime | str, what: str) -> pd.Timestamp:
 
 
 def _batches(spec: "FeatureSpec", frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Batch name -> dataframe: each source (list cells as Python lists) and the exploded
-    elements of each of its list columns (cells that are not lists are left to the source's
-    type check)."""
+    """Batch name -> dataframe: each source, its columns typed by ``as_spec_dtypes`` (list
+    cells as Python lists), and the exploded elements of each of its list columns, typed as
+    the element dtype (cells that are not lists are left to the source's type check)."""
     batches = {}
     for name, frame in frames.items():
-        lists = [c for c, d in spec.source_columns(name).items() if d.startswith("list<")]
-        batches[name] = frame = frame.copy(deep=False)
-        for column in (c for c in lists if c in frame):
-            cells = [v.tolist() if isinstance(v, np.ndarray) else v for v in frame[column]]
-            frame[column] = pd.Series(cells, index=frame.index, dtype=object)
-            elements = itertools.chain.from_iterable(c for c in cells if isinstance(c, list))
-            batches[f"{name}.{column}"] = pd.DataFrame({column: pd.Series(list(elements))})
+        columns = spec.source_columns(name)
+        batches[name] = frame = as_spec_dtypes(frame, columns)
+        for column in (c for c, d in columns.items() if d.startswith("list<") and c in frame):
+            cells = (c for c in frame[column] if isinstance(c, list))
+            elements = pd.Series(list(itertools.chain.from_iterable(cells)), dtype=object)
+            element = columns[column].removeprefix("list<").removesuffix(">")
+            batches[f"{name}.{column}"] = pd.DataFrame({column: _as_dtype(elements, element)})
     return batches
 
 
