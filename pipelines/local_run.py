@@ -31,10 +31,11 @@ from pipelines.defaults import (
 DEFAULT_PIPELINE_ROOT = LOCAL_PIPELINE_ROOT
 DEFAULT_REGISTRY = LOCAL_REGISTRY
 DEFAULT_FEATURE_REPO = LOCAL_FEATURE_REPO
+REPO_MODEL_CONFIG = "deepfm.yaml"  # a feature repo's own model config
 
 
 def sample_window(feature_repo: str | Path) -> dict:
-    """The window that covers every impression of the local data: ``window_end`` just
+    """The window that covers every event row of the local data: ``window_end`` just
     after the last one, ``window_days`` back to (before) the first."""
     import pandas as pd
 
@@ -52,6 +53,14 @@ def sample_window(feature_repo: str | Path) -> dict:
     end = ts.max() + timedelta(seconds=1)
     days = math.ceil((end - ts.min()) / timedelta(days=1) * 1000) / 1000
     return {"window_end": end.isoformat(), "window_days": days}
+
+
+def repo_model_config(feature_repo: Path) -> dict:
+    """``{"model_config": <repo>/deepfm.yaml}`` for a feature repo that carries its own model
+    config (as ``deepfm data generate --dataset`` and ``deepfm features init`` write one),
+    else nothing (the pipeline's default config). ``--param model_config=...`` wins."""
+    config = feature_repo / REPO_MODEL_CONFIG
+    return {"model_config": str(config)} if config.is_file() else {}
 
 
 def run_local(
@@ -83,6 +92,7 @@ def run_local(
         **sample_window(feature_repo),
         "feature_repo": str(feature_repo),
         "push_destination": str(push_destination),
+        **repo_model_config(feature_repo),
         **check_params(declared, params or {}),
     }
     root = Path(pipeline_root).resolve()
