@@ -1,6 +1,6 @@
 """The ``deepfm`` command line.
 
-    deepfm data generate --rows N --seed S --out DIR
+    deepfm data generate [--dataset sample|retail] --rows N --seed S --out DIR
     deepfm train --config configs/deepfm.yaml --data flat.parquet --model-dir DIR
     deepfm evaluate --model DIR --data rows.parquet
     deepfm predict --model DIR --input rows.parquet --output scores.parquet
@@ -60,17 +60,57 @@ def _rounded(value):
 
 
 def cmd_data_generate(args: argparse.Namespace) -> None:
+    """``sample``: the source files and ``flat.parquet`` into ``--out``. ``retail``: ``--out``
+    becomes a whole feature repo (its spec, Feast config, definitions shim and model config)
+    with the data under ``--out/data``."""
+    if args.dataset == "sample":
+        _generate_sample(args)
+    else:
+        _generate_retail(args)
+
+
+def _generate_sample(args: argparse.Namespace) -> None:
     from feature_repo.sample_data import generate
 
+    out = args.out or "data/sample"
     t0 = time.perf_counter()
     print(
-        f"generating {args.rows:,} impressions (seed {args.seed}) into {args.out} ...",
+        f"generating {args.rows:,} impressions (seed {args.seed}) into {out} ...",
         file=sys.stderr,
     )
-    paths = generate(args.rows, args.seed, args.out, start=args.start, days=args.days)
+    paths = generate(args.rows, args.seed, out, start=args.start, days=args.days)
     for name, path in paths.items():
         print(f"{name}: {path}")
     print(f"done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+def _generate_retail(args: argparse.Namespace) -> None:
+    from feature_repo import retail_data
+    from feature_repo.repo import DATA_DIR, write_repo_files
+
+    out = Path(args.out or f"data/{args.dataset}")
+    t0 = time.perf_counter()
+    print(
+        f"generating the {args.dataset} dataset, {args.rows:,} event rows (seed {args.seed}), "
+        f"as a feature repo in {out} ...",
+        file=sys.stderr,
+    )
+    repo = write_repo_files(out, retail_data.SPEC_PATH.read_text())
+    summary = retail_data.generate(
+        args.rows, args.seed, repo / DATA_DIR, start=args.start, days=args.days
+    )
+    print(f"repo: {repo}")
+    for name in ("features.yaml", "feature_store.yaml", "definitions.py", "deepfm.yaml"):
+        print(f"{name}: {repo / name}")
+    for name, path in summary["paths"].items():
+        print(f"{name}: {path}")
+    print(
+        f"done in {time.perf_counter() - t0:.1f}s: purchase rate {summary['purchase_rate']:.2%}, "
+        f"Bayes AUC {summary['bayes_auc']:.4f} (AUC of truth.parquet's true probabilities), "
+        f"window {summary['start']} to {summary['end']}\n"
+        f"next: deepfm features apply --repo {out}",
+        file=sys.stderr,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -233,12 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="sample data").add_subparsers(
         dest="data_command", required=True
     )
-    gen = data.add_parser("generate", help="write the synthetic ad-click sample as parquet")
-    gen.add_argument("--rows", type=int, default=200_000, help="impressions to generate")
+    gen = data.add_parser(
+        "generate",
+        help="write a synthetic dataset as parquet",
+        description="Write a synthetic dataset with a known true model. sample: the ad-click "
+        "sample's source files and flat table into --out. retail: a second example shaped "
+        "unlike it (string and integer keys, nullable ints, bools, lists); --out becomes a "
+        "whole feature repo (features.yaml, feature_store.yaml, definitions.py, deepfm.yaml) "
+        "with the data in --out/data.",
+    )
+    gen.add_argument(
+        "--dataset", choices=("sample", "retail"), default="sample", help="which dataset"
+    )
+    gen.add_argument("--rows", type=int, default=200_000, help="event rows to generate")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", default="data/sample", help="output folder")
+    gen.add_argument("--out", help="output folder (default: data/<dataset>)")
     gen.add_argument("--start", default="2026-11-01", help="first day (UTC)")
-    gen.add_argument("--days", type=int, default=8, help="days of impressions")
+    gen.add_argument("--days", type=int, default=8, help="days of event rows")
     gen.set_defaults(func=cmd_data_generate)
 
     tr = sub.add_parser("train", help="train DeepFM and write a model directory")
