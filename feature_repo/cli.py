@@ -65,6 +65,8 @@ def add_features_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--out", required=True, help="parquet file to write")
     data.set_defaults(func=cmd_training_data)
 
+    add_init_parser(commands)
+
 
 def cmd_apply(args: argparse.Namespace) -> None:
     from feature_repo.store import apply
@@ -109,3 +111,38 @@ def cmd_training_data(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     print(json.dumps({"out": args.out, "rows": len(table), "columns": list(table.columns)}))
+
+
+# ---- deepfm features init: a starting spec inferred from the user's tables (infer.py)
+
+
+def add_init_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``features init`` (its work is in ``feature_repo/infer.py``, imported only
+    when it runs)."""
+    init = commands.add_parser(
+        "init",
+        help="write a new feature repo whose spec is inferred from your tables, to review",
+    )
+    init.add_argument("--repo", help="folder of the new feature repo (default: the current folder)")
+    init.add_argument(
+        "--events", required=True, help="parquet table of the events: keys, context, label, time"
+    )
+    init.add_argument(
+        "--entity",
+        action="append",
+        required=True,
+        metavar="NAME=KEY:TABLE",
+        help="an entity, its join key and its parquet table of features (repeatable)",
+    )
+    init.add_argument("--label", required=True, help="the events' label column (0/1)")
+    init.add_argument("--timestamp", required=True, help="the events' event-time column")
+    init.add_argument("--service", help="feature service name (default: <events>_ranking)")
+    init.add_argument("--group-key", help="grouped AUC's column (default: the first key)")
+    init.add_argument("--force", action="store_true", help="replace an existing features.yaml")
+    init.set_defaults(func=cmd_init)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from feature_repo.infer import cmd_init as run_init
+
+    run_init(args)
