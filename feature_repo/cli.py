@@ -1,14 +1,17 @@
-"""The ``deepfm features`` commands, on the Feast repo in ``feature_repo/``.
+"""The ``deepfm features`` commands, on a Feast feature repo (default ``feature_repo/``).
 
     deepfm features apply
     deepfm features materialize --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z
     deepfm features materialize --incremental [--end 2026-11-09T00:00Z]
-    deepfm features online --user-id 6592651 --adgroup-id 97979 [--pid 430548_1007]
+    deepfm features online --entity customer_id=c000123 --entity store_id=7 \\
+        [--context channel=web]
     deepfm features training-data --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z \\
         --out data/train.parquet
 
 Each takes ``--repo DIR`` (default: ``feature_repo/``). Times are ISO 8601 with a time zone.
-Bad input raises a ValueError with one line naming the flag, file or column;
+``online`` types each value by the spec and notes on stderr each entity with no stored
+features (``no stored features for customer_id=c9 (views: customer_profile)``; exit 0).
+Bad input raises a ValueError with one line naming the flag, file, column or key;
 ``pipelines/cli.py`` prints it and exits with status 2.
 """
 
@@ -50,9 +53,20 @@ def add_features_parser(subparsers: argparse._SubParsersAction) -> None:
     online = commands.add_parser(
         "online", parents=[common], help="print one online feature vector as JSON"
     )
-    online.add_argument("--user-id", type=int, required=True)
-    online.add_argument("--adgroup-id", type=int, required=True)
-    online.add_argument("--pid", help="ad position (request context), copied into the vector")
+    online.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an entity's join key and value (repeat for each entity of the spec)",
+    )
+    online.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a request-context feature's value, copied into the vector (repeatable)",
+    )
     online.set_defaults(func=cmd_online)
 
     data = commands.add_parser(
@@ -96,8 +110,28 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 def cmd_online(args: argparse.Namespace) -> None:
     from feature_repo.store import online_features
 
-    vector = online_features(args.user_id, args.adgroup_id, args.pid, repo_path=args.repo)
-    print(json.dumps(vector))
+    entities = _assignments(args.entity, "--entity")
+    context = _assignments(args.context, "--context")
+    result = online_features(entities, context, repo_path=args.repo)
+    for entity in result.unstored:
+        print(entity.note(), file=sys.stderr)
+    print(json.dumps(result.vector))
+
+
+def _assignments(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}`` (split on the first ``=``);
+    ValueError ``--entity x: expected KEY=VALUE`` for an item without one or with a key
+    given twice."""
+    values: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"{flag} {item}: expected KEY=VALUE")
+        if key in values:
+            raise ValueError(f"{flag} {item}: {key} is given twice")
+        values[key] = value
+    return values
 
 
 def cmd_training_data(args: argparse.Namespace) -> None:

@@ -1,18 +1,24 @@
-"""Feast definitions of the deepfm project: entities -> sources -> feature views -> service.
+"""Feast definitions of a feature repo: entities -> sources -> feature views -> service.
 
-``build`` reads top to bottom like the schema: the objects are named here, and everything
-else comes from ``features.yaml`` (``spec.py``). That covers each view's fields and types,
-its entity and TTL, and each source's file and timestamp field, so adding a feature is one
-edit there. ``check_definitions`` compares a set of Feast objects with the spec and names the
-first feature, view, entity or source that differs. ``build`` runs it on what it made, and
-``feature_repo.store`` runs it on a deployed registry. ``check_sources`` compares the source
-files with the spec (columns, types, timezone-aware timestamps).
+``build`` makes every Feast object from ``features.yaml`` (``spec.py``), for any number of
+each: an entity per spec entity (its join key and key type), a file source per spec source
+(the entity rows' source included, so the registry knows where the events live), a feature
+view per spec view (its entity, source, TTL, ``online`` flag and fields with their types)
+and the spec's feature service, which serves every feature of every view. Adding a feature,
+view or entity is one edit of the spec. ``check_definitions`` compares a set of Feast
+objects with the spec and names the first feature, view, entity or source that differs;
+``build`` runs it on what it made, and ``feature_repo.store`` runs it on a deployed
+registry. ``check_sources`` compares the source files with the spec (columns, types,
+timezone-aware timestamps).
 
-``feast -c feature_repo apply`` imports this file as the top-level module ``definitions`` (the
-other modules are in ``.feastignore``), which then checks the source files too, and collects
-the module-level objects at the bottom.
-Source paths are absolute: Feast's duckdb offline store reads a relative ``FileSource`` path
-from the working directory, not from the repo.
+``objects_for_repo(repo_dir)`` returns a repo's objects keyed by Python identifiers
+(``entity_<name>``, ``source_<name>``, ``view_<name>``, ``service_<name>``). ``feast -c
+<repo> apply`` imports a repo's ``definitions.py`` as the top-level module ``definitions``
+(the other modules are in ``.feastignore``) and collects its module-level objects: this
+file's own come from ``objects_for_repo`` on its folder at the bottom; another repo's
+``definitions.py`` is a three-line shim calling it (``feature_repo.repo``). Either way the
+source files are checked first. Source paths are absolute: Feast's duckdb offline store
+reads a relative ``FileSource`` path from the working directory, not from the repo.
 """
 
 from __future__ import annotations
@@ -25,14 +31,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, Project, ValueType
 from feast.repo_contents import RepoContents
-from feast.types import Array, Float64, Int64, String
+from feast.types import Array, Bool, Float64, Int64, String
 
 if __package__:
-    from .spec import FeatureSpec, SpecError, data_dir, load_spec
+    from .spec import SPEC_FILE, FeatureSpec, SpecError, data_dir, load_spec
+    from .spec import Entity as SpecEntity
 else:  # imported by Feast's CLI as a top-level module, with feature_repo/ on sys.path
-    from spec import FeatureSpec, SpecError, data_dir, load_spec
+    from spec import SPEC_FILE, FeatureSpec, SpecError, data_dir, load_spec
+    from spec import Entity as SpecEntity
 
-FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String, "list<int64>": Array(Int64)}
+FEAST_TYPES = {
+    "int64": Int64,
+    "float64": Float64,
+    "string": String,
+    "bool": Bool,
+    "list<int64>": Array(Int64),
+    "list<string>": Array(String),
+}
 """Spec dtype -> Feast type of a feature view field."""
 
 VALUE_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
@@ -42,9 +57,12 @@ ARROW_TYPES = {
     "int64": pa.int64(),
     "float64": pa.float64(),
     "string": pa.string(),
+    "bool": pa.bool_(),
     "list<int64>": pa.list_(pa.int64()),
+    "list<string>": pa.list_(pa.string()),
 }
-"""Spec dtype -> the Arrow type of the column in a source file."""
+"""Spec dtype -> the Arrow type of the column in a source file (large strings and large
+lists are taken too)."""
 
 
 class SourceError(ValueError):
@@ -76,54 +94,74 @@ class Definitions:
 
 
 def build(spec: FeatureSpec, repo_dir: str | Path) -> Definitions:
-    """The Feast objects of ``spec``, reading the sources under ``data_dir(repo_dir)``.
-
-    Raises:
-        SpecError: if the spec lacks an object named here or has one that is not built here.
-    """
+    """The Feast objects of ``spec``, reading the sources under ``data_dir(repo_dir)``."""
     # Entities: who the features describe, and the entity rows' column that identifies them.
-    user = _entity(spec, "user")
-    adgroup = _entity(spec, "adgroup")
+    entities = {name: _entity(entity) for name, entity in spec.entities.items()}
 
-    # Sources: parquet files with an event-time column. The impressions are no view's
-    # source; they are registered so the registry knows where the entity rows live.
-    impressions = _file_source(spec, "impressions", repo_dir)
-    user_profile_source = _file_source(spec, "user_profile", repo_dir)
-    ad_feature_source = _file_source(spec, "ad_feature", repo_dir)
+    # Sources: parquet files with an event-time column. The entity rows' source is no
+    # view's source; it is registered so the registry knows where the events live.
+    sources = {name: _file_source(spec, name, repo_dir) for name in spec.sources}
 
     # Feature views: the features of one entity, read from one source, valid for a TTL.
-    user_profile = _feature_view(spec, "user_profile", user, user_profile_source)
-    ad_feature = _feature_view(spec, "ad_feature", adgroup, ad_feature_source)
+    views = {
+        name: _feature_view(spec, name, entities[view.entity], sources[view.source])
+        for name, view in spec.feature_views.items()
+    }
 
     # The feature service: the one name that training and serving ask Feast for.
-    deepfm_ranking = FeatureService(
-        name="deepfm_ranking",
-        features=[user_profile, ad_feature],
-        description="Every feature DeepFM reads from Feast (feature_repo/features.yaml)",
+    service = FeatureService(
+        name=spec.feature_service,
+        features=list(views.values()),
+        description=f"Every feature the model reads from Feast ({spec.path.name})",
     )
 
     definitions = Definitions(
-        entities=(user, adgroup),
-        sources=(impressions, user_profile_source, ad_feature_source),
-        feature_views=(user_profile, ad_feature),
-        feature_services=(deepfm_ranking,),
+        entities=tuple(entities.values()),
+        sources=tuple(sources.values()),
+        feature_views=tuple(views.values()),
+        feature_services=(service,),
     )
     check_definitions(spec, definitions, repo_dir, where="feature_repo/definitions.py")
     return definitions
 
 
-def _entity(spec: FeatureSpec, name: str) -> Entity:
-    entity = _lookup(spec.entities, name, "entity", spec)
+def objects_for_repo(repo_dir: str | Path, *, check: bool = True) -> dict[str, object]:
+    """Every Feast object of the repo ``repo_dir``, built from its ``features.yaml``, keyed
+    by a unique Python identifier: ``entity_<name>``, ``source_<name>``, ``view_<name>`` and
+    ``service_<name>`` (``{"entity_customer": Entity(...), ...}``); what a repo's
+    ``definitions.py`` puts in its globals for ``feast apply``.
+
+    ``check``: first check the source files against the spec (``check_sources``), so that
+    nothing the files contradict is registered.
+
+    Raises:
+        SpecError: the spec is wrong, or a source file lacks a column of the spec.
+        SourceError: a source file is missing or unreadable (only with ``check``).
+    """
+    repo = Path(repo_dir).resolve()
+    spec = load_spec(repo / SPEC_FILE)
+    if check:
+        check_sources(spec, repo)
+    definitions = build(spec, repo)
+    return {
+        **{f"entity_{e.name}": e for e in definitions.entities},
+        **{f"source_{s.name}": s for s in definitions.sources},
+        **{f"view_{v.name}": v for v in definitions.feature_views},
+        **{f"service_{s.name}": s for s in definitions.feature_services},
+    }
+
+
+def _entity(entity: SpecEntity) -> Entity:
     return Entity(
-        name=name,
+        name=entity.name,
         join_keys=[entity.join_key],
-        value_type=VALUE_TYPES[spec.feature(entity.join_key).dtype],
+        value_type=VALUE_TYPES[entity.dtype],
         description=entity.description,
     )
 
 
 def _file_source(spec: FeatureSpec, name: str, repo_dir: str | Path) -> FileSource:
-    source = _lookup(spec.sources, name, "source", spec)
+    source = spec.sources[name]
     return FileSource(
         name=name,
         path=str(spec.source_path(name, repo_dir)),
@@ -133,7 +171,7 @@ def _file_source(spec: FeatureSpec, name: str, repo_dir: str | Path) -> FileSour
 
 
 def _feature_view(spec: FeatureSpec, name: str, entity: Entity, source: FileSource) -> FeatureView:
-    view = _lookup(spec.feature_views, name, "feature view", spec)
+    view = spec.feature_views[name]
     return FeatureView(
         name=name,
         entities=[entity],
@@ -143,18 +181,9 @@ def _feature_view(spec: FeatureSpec, name: str, entity: Entity, source: FileSour
             for f in spec.view_features(name)
         ],
         source=source,
-        online=True,
+        online=view.online,
         description=view.description,
     )
-
-
-def _lookup(known: dict, name: str, what: str, spec: FeatureSpec):
-    if name not in known:
-        raise SpecError(
-            f"{spec.path.name}: no {what} {name!r}, which feature_repo/definitions.py defines "
-            f"(the spec has: {', '.join(known)})"
-        )
-    return known[name]
 
 
 # ------------------------------------------------------------------------- checks
@@ -217,8 +246,14 @@ def _differences(
             "entity": fv.entities,
             "source": fv.batch_source.name if fv.batch_source else None,
             "ttl": fv.ttl,
+            "online": fv.online,
         }
-        want = {"entity": [view.entity], "source": view.source, "ttl": view.ttl}
+        want = {
+            "entity": [view.entity],
+            "source": view.source,
+            "ttl": view.ttl,
+            "online": view.online,
+        }
         for key, value in want.items():
             if got[key] != value:
                 yield f"feature view {view.name!r}: {key} {got[key]} in {where}, {value} in {name}"
@@ -300,21 +335,26 @@ def check_sources(spec: FeatureSpec, repo_dir: str | Path | None = None) -> None
                         f"source {name!r}: timestamp field {column!r} of {path} is {found}, "
                         "not a timestamp with a time zone (Feast would take naive times as UTC)"
                     )
-            elif found != ARROW_TYPES[dtype]:
+            elif _arrow_type(found) != ARROW_TYPES[dtype]:
                 raise SpecError(
                     f"{spec.path.name}: column {column!r} of source {name!r} is {dtype}, "
                     f"but {path} holds {found}"
                 )
 
 
+def _arrow_type(found: pa.DataType) -> pa.DataType:
+    """``found`` with large strings and lists as plain ones, and a list's element field
+    unnamed (pandas and pyarrow write either)."""
+    if pa.types.is_large_string(found) or pa.types.is_string_view(found):
+        return pa.string()
+    if pa.types.is_list(found) or pa.types.is_large_list(found):
+        return pa.list_(_arrow_type(found.value_type))
+    return found
+
+
 # ----------------------------------------------------------- what `feast apply` collects
 
-_REPO_DIR = Path(__file__).resolve().parent
-_spec = load_spec(_REPO_DIR / "features.yaml")
-if not __package__:  # run by `feast apply`: register nothing that the files contradict
-    check_sources(_spec, _REPO_DIR)
-_definitions = build(_spec, _REPO_DIR)
-user, adgroup = _definitions.entities
-impressions, user_profile_source, ad_feature_source = _definitions.sources
-user_profile, ad_feature = _definitions.feature_views
-(deepfm_ranking,) = _definitions.feature_services
+# `feast -c feature_repo apply` imports this file as the top-level module `definitions`:
+# register nothing that the files contradict. Imported as `feature_repo.definitions`, the
+# objects are built without reading the source files.
+globals().update(objects_for_repo(Path(__file__).resolve().parent, check=not __package__))

@@ -1,12 +1,14 @@
-"""The feature store for training and serving: Feast on the repo in ``feature_repo/``.
+"""The feature store for training and serving: Feast on a feature repo (default
+``feature_repo/``; any folder ``feature_repo.repo.write_repo_files`` wrote works the same).
 
 - ``apply()``: register the definitions of ``definitions.py`` (what ``feast apply`` does).
-- ``get_training_data(start, end)``: the impressions in ``[start, end)`` with the features
-  valid at each impression's time (point-in-time join through the ``deepfm_ranking``
-  FeatureService), in impression order, with the columns of the sample generator's flat table.
+- ``get_training_data(start, end)``: the entity rows (events) of the spec's ``entity_rows``
+  source in ``[start, end)`` with the features valid at each event's time (point-in-time
+  join through the spec's feature service), in the source's order, with ``spec.columns()``.
 - ``get_features(entity_df)``: the same join for any entity rows.
 - ``materialize(start, end)`` / ``materialize_incremental(end)``: load the latest feature
-  values into the online store; ``online_features(user_id, adgroup_id)`` reads them.
+  values into the online store (a view that loads nothing is a warning);
+  ``online_features({"customer_id": "c000123", ...}, {"channel": "web"})`` reads them.
 
 Every call first checks that the spec (``features.yaml``), the source files and the deployed
 registry agree, and fails with a ``SpecError`` naming the feature that differs. Bad input fails
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -50,6 +53,7 @@ from feast.repo_operations import apply_total_with_repo_instance
 from feast.utils import get_default_yaml_file_path
 
 from feature_repo.definitions import (
+    ARROW_TYPES,
     Definitions,
     build,
     check_definitions,
@@ -144,7 +148,7 @@ def apply(repo_path: str | Path | None = None) -> Applied:
 
 
 def _changes(registry_diff: Any, infra_diff: Any) -> list[str]:
-    """``"created feature view user_profile"``, ``"updated feature view ad_feature (ttl)"``,
+    """``"created feature view customer_profile"``, ``"updated feature view store_info (ttl)"``,
     ... for every object that differs, ignoring the ``meta`` of every message (creation and
     update times, materialization intervals: Feast's own diff reports those as updates)."""
     from feast.diff.property_diff import TransitionType
@@ -226,19 +230,19 @@ def get_training_data(
     repo_path: str | Path | None = None,
     out: str | Path | None = None,
 ) -> pd.DataFrame:
-    """The training table of the impressions with ``window_start <= event_timestamp <
+    """The training table of the entity rows (events) with ``window_start <= timestamp <
     window_end``.
 
-    Returns one row per impression, in the impressions file's order, with ``spec.columns()``:
-    the impression columns (``user_id, adgroup_id, pid, event_timestamp, clk``) as in the
-    file, then each view's features as valid at the impression time. Integer features are
-    pandas ``Int64`` (null where no version is valid: no version yet, or only ones older
-    than the view's TTL), ``price`` float64 (NaN), ``interest_cates`` an object column of
-    int64 arrays (None). ``out``: also written there as parquet (to a temporary file, then
-    renamed). 1M impressions take about 4 s on 2 cores, half of it in Feast's duckdb join.
+    Returns one row per event, in the entity rows source's order, with ``spec.columns()``:
+    the entity rows' columns (entity keys, request context, timestamp, label) as in the
+    file, then each view's features as valid at the event time. Integer and bool features
+    are pandas ``Int64`` and ``boolean`` (null where no version is valid: no version yet, or
+    only ones older than the view's TTL), floats float64 (NaN), strings object (None), lists
+    object columns of arrays (None). ``out``: also written there as parquet (to a temporary
+    file, then renamed). 1M events take about 4 s on 2 cores, half of it in Feast's join.
 
     Raises:
-        FeatureStoreError: a time has no time zone, start >= end, or no impression is in
+        FeatureStoreError: a time has no time zone, start >= end, or no entity row is in
             the window (nothing is written then).
         SourceError: a source file is missing or unreadable.
         SpecError: the spec, the source files and the registry disagree.
@@ -251,16 +255,19 @@ def get_training_data(
     path = spec.source_path(spec.entity_rows, repo.dir)
     timestamp = spec.timestamp
     columns = [*(f.name for f in spec.entity_row_features()), timestamp, spec.label.name]
-    impressions = pq.read_table(path, columns=columns)
-    times = impressions[timestamp]
+    events = pq.read_table(path, columns=columns)
+    times = events[timestamp]
     in_window = pc.and_(
         pc.greater_equal(times, pa.scalar(start, times.type)),
         pc.less(times, pa.scalar(end, times.type)),
     )
-    rows = impressions.filter(in_window).to_pandas()
+    rows = events.filter(in_window).to_pandas()
+    for f in spec.entity_row_features():  # a nullable int or bool column keeps its dtype
+        if f.nullable and f.dtype in ("int64", "bool"):
+            rows[f.name] = rows[f.name].astype(_NULLABLE[ARROW_TYPES[f.dtype]])
     if rows.empty:
         span = f"{pc.min(times)} .. {pc.max(times)}" if len(times) else "none"
-        raise FeatureStoreError(f"no impressions in [{start}, {end}) in {path} (its times: {span})")
+        raise FeatureStoreError(f"no entity rows in [{start}, {end}) in {path} (its times: {span})")
     table = _join_features(repo, rows)
     if out is not None:
         _write_parquet(table, Path(out))
@@ -270,8 +277,8 @@ def get_training_data(
 def get_features(entity_df: pd.DataFrame, *, repo_path: str | Path | None = None) -> pd.DataFrame:
     """``entity_df`` with every feature of the feature service joined as of each row's time.
 
-    ``entity_df`` needs the join keys (``user_id``, ``adgroup_id``) and the timezone-aware
-    timestamp column (``event_timestamp``); other columns are kept as they are. Returns
+    ``entity_df`` needs every entity's join key and the entity rows' timezone-aware
+    timestamp column (``spec.timestamp``); other columns are kept as they are. Returns
     ``len(entity_df)`` rows in its order (index reset), its columns, then the features (types
     as in ``get_training_data``).
 
@@ -346,10 +353,16 @@ def _check_entity_rows(entity_df: Any, spec: FeatureSpec) -> pd.DataFrame:
     return entity_df.reset_index(drop=True)
 
 
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+"""Arrow -> pandas types of columns that may hold nulls: ints and bools as pandas' nullable
+dtypes (numpy's would turn them into floats and objects)."""
+
+
 def _to_pandas(column: pa.ChunkedArray, dtype: str) -> pd.Series:
-    """A Feast feature column -> pandas: ints as nullable Int64, lists as arrays or None."""
-    if dtype == "int64":
-        return column.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    """A Feast feature column -> pandas: ints as nullable Int64, bools as nullable boolean,
+    lists as arrays or None."""
+    if dtype in ("int64", "bool"):
+        return column.to_pandas(types_mapper=_NULLABLE.get)
     return column.to_pandas()
 
 
@@ -370,18 +383,23 @@ def _write_parquet(table: pd.DataFrame, out: Path) -> None:
 @dataclass(frozen=True)
 class Materialized:
     """One feature view's materialization: its interval and the source rows (feature
-    versions) in it, each entity's latest of which went to the online store."""
+    versions) in it, each entity's latest of which went to the online store. ``first``: an
+    incremental materialization of a view never materialized before, which starts at the
+    earliest feature time of the view's source."""
 
     view: str
     start: datetime
     end: datetime
     rows: int
     seconds: float = field(default=0.0, compare=False)
+    first: bool = False
 
     def summary(self) -> str:
+        since = " (first time: from the earliest feature time of its source)" if self.first else ""
+        empty = "; nothing loaded" if not self.rows else ""
         return (
             f"materialized {self.view}: {self.rows:,} rows from {self.start:%Y-%m-%d %H:%M} "
-            f"to {self.end:%Y-%m-%d %H:%M} UTC in {self.seconds:.1f}s"
+            f"to {self.end:%Y-%m-%d %H:%M} UTC{since} in {self.seconds:.1f}s{empty}"
         )
 
 
@@ -389,7 +407,8 @@ def materialize(
     start: datetime | str, end: datetime | str, *, repo_path: str | Path | None = None
 ) -> list[Materialized]:
     """Load into the online store each entity's latest feature version with a timestamp in
-    ``[start, end]``, for every view; returns what each view loaded."""
+    ``[start, end]``, for every online view; returns what each view loaded. Views that load
+    no row are named in one warning (logger ``deepfm.features``) with the interval."""
     start_utc, end_utc = to_utc(start, "start"), to_utc(end, "end")
     if start_utc >= end_utc:
         raise FeatureStoreError(f"start {start_utc} is not before end {end_utc}")
@@ -399,48 +418,106 @@ def materialize(
 def materialize_incremental(
     end: datetime | str, *, repo_path: str | Path | None = None
 ) -> list[Materialized]:
-    """Load into the online store the versions since each view's last materialization (the
-    first time: since now minus the view's TTL), up to ``end``; returns what each view
-    loaded."""
+    """Load into the online store the versions since each online view's last
+    materialization, up to ``end``; returns what each view loaded. A view never
+    materialized starts at the earliest feature time of its source (``first`` in its
+    ``Materialized``, and logged), whatever period the data covers. Views that load no row
+    are named in one warning with the interval."""
     return _materialize(_open(repo_path), None, to_utc(end, "end"))
 
 
 def _materialize(repo: _Repo, start: pd.Timestamp | None, end: pd.Timestamp) -> list[Materialized]:
     """Materialize view by view (``start`` None: incremental), one progress step each."""
     store, spec = repo.store, repo.spec
-    views = store.list_feature_views()
+    views = [v for v in store.list_feature_views() if v.online]
     done = []
     with _progress("materialize", total=len(views), unit="view") as bar:
         for view in views:
             t0 = time.perf_counter()
             bar.set_postfix_str(view.name)
-            view_start = start
-            if view_start is None:
-                last = view.most_recent_end_time
-                view_start = pd.Timestamp(last) if last else pd.Timestamp.now("UTC") - view.ttl
-            view_start = view_start.tz_localize("UTC") if view_start.tz is None else view_start
-            with _feast_output(), _quiet_warnings():
-                if start is None:
-                    store.materialize_incremental(end_date=end, feature_views=[view.name])
-                else:
-                    store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+            view_start, first = start, False
+            if view_start is None and view.most_recent_end_time:
+                view_start = _utc(pd.Timestamp(view.most_recent_end_time))
+            elif view_start is None:  # never materialized: from its source's first version
+                first = True
+                view_start = _earliest(spec, repo.dir, view.name)
+                log.info(
+                    "feature view %s was never materialized: from its source's earliest "
+                    "feature time, %s",
+                    view.name,
+                    "none (empty source)" if view_start is None else view_start,
+                )
+            if view_start is not None and view_start <= end:
+                with _feast_output(), _quiet_warnings():
+                    store.materialize(
+                        start_date=view_start.to_pydatetime(),
+                        end_date=end.to_pydatetime(),
+                        feature_views=[view.name],
+                    )
+            view_start = end if view_start is None else view_start
             rows = _source_rows(spec, repo.dir, view.name, view_start, end)
-            done.append(Materialized(view.name, view_start, end, rows, time.perf_counter() - t0))
+            done.append(
+                Materialized(
+                    view.name, view_start, end, rows, time.perf_counter() - t0, first=first
+                )
+            )
             bar.set_postfix_str(f"{view.name}: {rows:,} rows")
             bar.update()
+    _warn_empty(spec, repo.dir, done)
     return done
+
+
+def _warn_empty(spec: FeatureSpec, repo_dir: Path, done: list[Materialized]) -> None:
+    """One warning per interval in which views loaded no row, naming them and the times
+    their sources hold."""
+    empty: dict[tuple[datetime, datetime], list[str]] = {}
+    for m in done:
+        if not m.rows:
+            empty.setdefault((m.start, m.end), []).append(m.view)
+    for (start, end), names in empty.items():
+        spans = "; ".join(f"{name}: {_span(spec, repo_dir, name)}" for name in names)
+        log.warning(
+            "materialization loaded 0 rows of feature views %s in [%s, %s] UTC (their "
+            "sources' feature times: %s)",
+            ", ".join(names),
+            f"{start:%Y-%m-%d %H:%M}",
+            f"{end:%Y-%m-%d %H:%M}",
+            spans,
+        )
+
+
+def _times(spec: FeatureSpec, repo_dir: Path, view: str) -> pa.ChunkedArray | None:
+    """The feature times of view ``view``'s source file (None: not a view of the spec)."""
+    spec_view = spec.feature_views.get(view)
+    if spec_view is None:
+        return None
+    field_name = spec.sources[spec_view.source].timestamp_field
+    path = spec.source_path(spec_view.source, repo_dir)
+    return pq.read_table(path, columns=[field_name])[field_name]
+
+
+def _earliest(spec: FeatureSpec, repo_dir: Path, view: str) -> pd.Timestamp | None:
+    times = _times(spec, repo_dir, view)
+    first = pc.min(times).as_py() if times is not None and len(times) else None
+    return None if first is None else _utc(pd.Timestamp(first))
+
+
+def _span(spec: FeatureSpec, repo_dir: Path, view: str) -> str:
+    times = _times(spec, repo_dir, view)
+    if times is None or not len(times) or pc.min(times).as_py() is None:
+        return "none"
+    low, high = (_utc(pd.Timestamp(pc.min_max(times)[k].as_py())) for k in ("min", "max"))
+    return f"{low:%Y-%m-%d %H:%M} .. {high:%Y-%m-%d %H:%M}"
+
+
+def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
 def _source_rows(spec: FeatureSpec, repo_dir: Path, view: str, start: Any, end: Any) -> int:
     """Rows of view ``view``'s source file with a timestamp in ``[start, end]``."""
-    spec_view = spec.feature_views.get(view)
-    if spec_view is None:
-        return 0
-    source = spec.sources[spec_view.source]
-    times = pq.read_table(
-        spec.source_path(spec_view.source, repo_dir), columns=[source.timestamp_field]
-    )[source.timestamp_field]
-    if not len(times):
+    times = _times(spec, repo_dir, view)
+    if times is None or not len(times):
         return 0
     in_range = pc.and_(
         pc.greater_equal(times, pa.scalar(start, times.type)),
@@ -449,35 +526,189 @@ def _source_rows(spec: FeatureSpec, repo_dir: Path, view: str, start: Any, end: 
     return int(pc.sum(in_range).as_py() or 0)
 
 
+@dataclass(frozen=True)
+class Unstored:
+    """An entity of an online request with no stored features in some of its views."""
+
+    entity: str
+    join_key: str
+    value: Any
+    views: tuple[str, ...]
+
+    def note(self) -> str:
+        """``no stored features for customer_id=c9 (views: customer_profile)``."""
+        return (
+            f"no stored features for {self.join_key}={self.value} (views: {', '.join(self.views)})"
+        )
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """An online feature vector and the entities it found nothing stored for (their
+    features are None in ``vector``)."""
+
+    vector: dict[str, Any]
+    unstored: tuple[Unstored, ...] = ()
+
+
 def online_features(
-    user_id: int,
-    adgroup_id: int,
-    pid: str | None = None,
+    entities: dict[str, Any],
+    context: dict[str, Any] | None = None,
     *,
     repo_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """The online feature vector of one (user, ad) pair, a model input row::
+) -> OnlineResult:
+    """The online feature vector of one request, a model input row::
 
-        {"user_id": 7, "adgroup_id": 9, "pid": "430548_1007", "age_level": 3, ...,
-         "interest_cates": [5111357, 6322706], ..., "price": 56.85}
+        online_features({"customer_id": "c000123", "product_id": "p00042", "store_id": 7},
+                        {"channel": "web"}).vector
+        # {"customer_id": "c000123", "product_id": "p00042", "store_id": 7, "channel": "web",
+        #  "age": 41, "segment": "family", ..., "price": None, ...}
 
-    Keys in ``spec.columns()`` order (``pid`` only when given); a feature is None when the
-    entity has no materialized version. The online store does not enforce TTLs.
+    ``entities``: every entity's join key with its value; ``context``: request-context
+    features (``spec.context_features()``), any of them. Values are typed by the spec: an
+    int64 key or feature given as ``"12"`` becomes 12, a bool one as ``"true"`` True, a list
+    one as ``"1,2"`` or ``"[1, 2]"`` a list. The vector's keys are in ``spec.columns()``
+    order: the keys, the context given, then every online view's features (None where the
+    entity has no stored version; the online store does not enforce TTLs). Entities with no
+    stored features in a view are listed in ``OnlineResult.unstored``.
+
+    Raises:
+        FeatureStoreError: an unknown or missing join key, an unknown context name, or a
+            value that does not fit its dtype; the message names the key and the valid ones.
     """
-    for name, value in (("user_id", user_id), ("adgroup_id", adgroup_id)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise FeatureStoreError(f"{name} must be an integer id, got {value!r}")
     repo = _open(repo_path, with_sources=False)
-    store = repo.store
-    request: dict[str, Any] = {"user_id": int(user_id), "adgroup_id": int(adgroup_id)}
-    response = store.get_online_features(
-        features=store.get_feature_service(repo.spec.feature_service),
-        entity_rows=[request],
-    ).to_dict()
-    if pid is not None:
-        request["pid"] = pid
-    values = request | {name: column[0] for name, column in response.items()}
-    return {name: values[name] for name in repo.spec.columns() if name in values}
+    spec, store = repo.spec, repo.store
+    keys = spec.join_keys()
+    request = _typed_values(spec, entities or {}, keys, "entity key")
+    missing = [k for k in keys if k not in request]
+    if missing:
+        raise FeatureStoreError(
+            f"missing entity keys: {', '.join(missing)} (give every one of: {', '.join(keys)})"
+        )
+    contexts = {f.name: f.dtype for f in spec.context_features()}
+    given = _typed_values(spec, context or {}, contexts, "context feature")
+    online = [v for v in spec.feature_views.values() if v.online]
+    refs = [f"{v.name}:{f.name}" for v in online for f in spec.view_features(v.name)]
+    values: dict[str, Any] = {**request, **given}
+    unstored: list[Unstored] = []
+    if refs:
+        needed = {spec.entities[v.entity].join_key for v in online}
+        with _feast_output(), _quiet_warnings():
+            response = store.get_online_features(
+                features=refs, entity_rows=[{k: v for k, v in request.items() if k in needed}]
+            )
+        found = _found(response)
+        values |= {name: column[0] for name, column in response.to_dict().items()}
+        for entity in spec.entities.values():
+            empty = tuple(
+                v.name
+                for v in online
+                if v.entity == entity.name
+                and not any(found.get(f.name) for f in spec.view_features(v.name))
+            )
+            if empty:
+                unstored.append(
+                    Unstored(entity.name, entity.join_key, request[entity.join_key], empty)
+                )
+    vector = {name: values[name] for name in spec.columns() if name in values}
+    return OnlineResult(vector, tuple(unstored))
+
+
+def _found(response: Any) -> dict[str, bool]:
+    """Feature name -> whether the online store had a stored value (present or null) for
+    the request's entity."""
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    names = response.proto.metadata.feature_names.val
+    return {
+        name: any(s not in (FieldStatus.NOT_FOUND, FieldStatus.INVALID) for s in result.statuses)
+        for name, result in zip(names, response.proto.results, strict=True)
+    }
+
+
+def _typed_values(
+    spec: FeatureSpec, given: dict[str, Any], dtypes: dict[str, str], what: str
+) -> dict[str, Any]:
+    """``given`` with each value converted to its name's dtype; FeatureStoreError naming
+    unknown names (and the valid ones) or a value that does not fit."""
+    unknown = [name for name in given if name not in dtypes]
+    if unknown:
+        valid = ", ".join(dtypes) or "none"
+        raise FeatureStoreError(
+            f"unknown {what}{'s' if len(unknown) > 1 else ''}: {', '.join(map(str, unknown))} "
+            f"(valid: {valid})"
+        )
+    return {
+        name: _typed(value, dtypes[name], name, nullable=_nullable(spec, name))
+        for name, value in given.items()
+    }
+
+
+def _nullable(spec: FeatureSpec, name: str) -> bool:
+    join_keys = spec.join_keys()
+    return name not in join_keys and spec.feature(name).nullable
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _typed(value: Any, dtype: str, name: str, *, nullable: bool = False) -> Any:
+    """``value`` as a Python value of spec dtype ``dtype``: a string (from a command line) is
+    parsed, a value of the right type is kept; FeatureStoreError naming ``name`` otherwise."""
+
+    def bad(why: str = "") -> FeatureStoreError:
+        return FeatureStoreError(f"{name}: expected {dtype}, got {value!r}{why}")
+
+    if value is None:
+        if nullable:
+            return None
+        raise bad(" (not nullable)")
+    if dtype.startswith("list<"):
+        element = dtype[5:-1]
+        items = value
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    items = json.loads(text)
+                except ValueError:
+                    raise bad() from None
+            else:
+                items = [v.strip() for v in text.split(",")] if text else []
+        if not isinstance(items, list | tuple | np.ndarray):
+            raise bad()
+        return [_typed(v, element, f"{name}[{i}]") for i, v in enumerate(items)]
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if dtype == "bool":
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+            return value.strip().lower() in _TRUE
+        raise bad()
+    if isinstance(value, bool | np.bool_):
+        raise bad()
+    if dtype == "int64":
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return int(value)
+        raise bad()
+    if isinstance(value, int | float | np.integer | np.floating):  # float64
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise bad() from None
+    raise bad()
 
 
 # -------------------------------------------------------------------------- helpers

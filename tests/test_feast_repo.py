@@ -138,16 +138,19 @@ def test_feast_reads_only_definitions_py():
 
 
 def test_definitions_follow_the_spec():
-    assert (definitions.user.name, definitions.user.join_key) == ("user", "user_id")
-    assert (definitions.adgroup.name, definitions.adgroup.join_key) == ("adgroup", "adgroup_id")
-    fields = {f.name: f.dtype for f in definitions.user_profile.features}
+    assert (definitions.entity_user.name, definitions.entity_user.join_key) == ("user", "user_id")
+    assert (definitions.entity_adgroup.name, definitions.entity_adgroup.join_key) == (
+        "adgroup",
+        "adgroup_id",
+    )
+    fields = {f.name: f.dtype for f in definitions.view_user_profile.features}
     assert fields["interest_cates"] == Array(Int64)
     assert fields["age_level"] == Int64
-    assert definitions.user_profile.ttl == timedelta(days=90)
-    assert definitions.ad_feature.ttl == timedelta(days=180)
-    assert definitions.user_profile.batch_source.timestamp_field == "event_timestamp"
-    assert Path(definitions.impressions.path).is_absolute()
-    served = {p.name for p in definitions.deepfm_ranking.feature_view_projections}
+    assert definitions.view_user_profile.ttl == timedelta(days=90)
+    assert definitions.view_ad_feature.ttl == timedelta(days=180)
+    assert definitions.view_user_profile.batch_source.timestamp_field == "event_timestamp"
+    assert Path(definitions.source_impressions.path).is_absolute()
+    served = {p.name for p in definitions.service_deepfm_ranking.feature_view_projections}
     assert served == {"user_profile", "ad_feature"}
 
 
@@ -336,18 +339,28 @@ def test_materialize_then_online_reads_the_latest_values(tmp_path, sample):
             "price": float(a["price"]),
         }
 
+    def online(user_id, context=None) -> store.OnlineResult:
+        keys = {"user_id": user_id, "adgroup_id": int(ad)}
+        return store.online_features(keys, context, repo_path=root)
+
     store.materialize(START - pd.Timedelta(days=120), middle, repo_path=root)
-    before = store.online_features(int(user), int(ad), PIDS[0], repo_path=root)
-    assert before == {"user_id": int(user), "adgroup_id": int(ad), "pid": PIDS[0]} | latest(middle)
+    before = online(int(user), {"pid": PIDS[0]})
+    assert before.unstored == ()
+    want = {"user_id": int(user), "adgroup_id": int(ad), "pid": PIDS[0]} | latest(middle)
+    assert before.vector == want
+    assert list(before.vector) == list(want)  # spec.columns() order
 
     store.materialize_incremental(END, repo_path=root)
-    after = store.online_features(int(user), int(ad), repo_path=root)
+    after = online(str(user)).vector  # a key typed as the command line gives it
     assert after == latest(END)
-    assert after != {k: v for k, v in before.items() if k != "pid"}
+    assert after != {k: v for k, v in before.vector.items() if k != "pid"}
 
-    unknown = store.online_features(0, int(ad), repo_path=root)  # ids start at 1
-    assert all(unknown[c] is None for c in PROFILE)
-    assert unknown["price"] == after["price"]
+    unknown = online(0)  # ids start at 1
+    assert all(unknown.vector[c] is None for c in PROFILE)
+    assert unknown.vector["price"] == after["price"]
+    assert [u.note() for u in unknown.unstored] == [
+        "no stored features for user_id=0 (views: user_profile)"
+    ]
 
 
 # ----------------------------------------------------------------- apply: what changed
@@ -462,7 +475,7 @@ def test_a_registry_out_of_step_with_the_spec_fails_naming_the_feature(tmp_path,
         SpecError,
         match=r"^feature 'cms_segid' is in the Feast view 'user_profile' \(the Feast registry",
     ):
-        store.online_features(1, 2, repo_path=root)
+        store.online_features({"user_id": 1, "adgroup_id": 2}, repo_path=root)
 
 
 def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch):
@@ -494,7 +507,7 @@ def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch)
         (
             START - pd.Timedelta(days=30),
             START - pd.Timedelta(days=29),
-            r"no impressions in \[2026-10-02 00:00:00\+00:00, 2026-10-03 00:00:00\+00:00\) "
+            r"no entity rows in \[2026-10-02 00:00:00\+00:00, 2026-10-03 00:00:00\+00:00\) "
             r"in .*impressions.parquet \(its times: 2026-11-01 .* \.\. 2026-11-08 ",
         ),
     ],
@@ -575,13 +588,25 @@ def test_a_repo_must_be_applied_and_configured(tmp_path, sample):
         "run `deepfm features apply` first",
     ):
         get_training_data(START, END, repo_path=root)
+    store.apply(root)
+    with pytest.raises(FeatureStoreError, match="^user_id: expected int64, got 'u7'"):
+        store.online_features({"user_id": "u7", "adgroup_id": 1}, repo_path=root)
+    with pytest.raises(
+        FeatureStoreError,
+        match="^missing entity keys: adgroup_id \\(give every one of: user_id, adgroup_id\\)",
+    ):
+        store.online_features({"user_id": 7}, repo_path=root)
+    with pytest.raises(
+        FeatureStoreError, match="^unknown entity key: uid \\(valid: user_id, adgroup_id\\)"
+    ):
+        store.online_features({"uid": 7, "adgroup_id": 1}, repo_path=root)
+    with pytest.raises(FeatureStoreError, match="^unknown context feature: page \\(valid: pid\\)"):
+        store.online_features({"user_id": 7, "adgroup_id": 1}, {"page": 1}, repo_path=root)
     (root / "feature_store.yaml").unlink()
     with pytest.raises(FeatureStoreError, match=r"Feast config .*/repo/feature_store.yaml"):
         store.get_store(root)
     with pytest.raises(FeatureStoreError, match="is not a folder"):
         store.get_store(tmp_path / "nowhere")
-    with pytest.raises(FeatureStoreError, match="user_id must be an integer id, got '7'"):
-        store.online_features("7", 1, repo_path=root)
 
 
 # ------------------------------------------------------------------ the cloud profile
@@ -686,10 +711,19 @@ def test_the_features_commands(tmp_path, sample, capsys):
     capsys.readouterr()
     first = read(sample, "impressions").iloc[0]
     user, ad = str(first["user_id"]), str(first["adgroup_id"])
-    run_cli("online", *repo_flag, "--user-id", user, "--adgroup-id", ad, "--pid", PIDS[1])
-    vector = json.loads(capsys.readouterr().out)
+    keys = ["--entity", f"user_id={user}", "--entity", f"adgroup_id={ad}"]
+    run_cli("online", *repo_flag, *keys, "--context", f"pid={PIDS[1]}")
+    captured = capsys.readouterr()
+    vector = json.loads(captured.out)
     assert list(vector) == [c for c in load_spec().columns() if c not in ("event_timestamp", "clk")]
     assert vector["pid"] == PIDS[1] and vector["price"] > 0
+    assert vector["user_id"] == int(user)  # typed by the spec
+    assert captured.err == ""
+
+    run_cli("online", *repo_flag, "--entity", "user_id=0", "--entity", f"adgroup_id={ad}")
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["age_level"] is None
+    assert captured.err == "no stored features for user_id=0 (views: user_profile)\n"
 
 
 @pytest.mark.parametrize(
@@ -705,8 +739,14 @@ def test_the_features_commands(tmp_path, sample, capsys):
             "--start: not allowed with --incremental",
         ),
         (
-            ["online", "--user-id", "1", "--adgroup-id", "2", "--repo", "/no/such/repo"],
+            ["online", "--entity", "user_id=1", "--repo", "/no/such/repo"],
             "feature repo /no/such/repo is not a folder",
+        ),
+        (["online", "--entity", "user_id"], "--entity user_id: expected KEY=VALUE"),
+        (["online", "--context", "=web"], "--context =web: expected KEY=VALUE"),
+        (
+            ["online", "--entity", "user_id=1", "--entity", "user_id=2"],
+            "--entity user_id=2: user_id is given twice",
         ),
     ],
 )
