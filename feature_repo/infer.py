@@ -231,6 +231,15 @@ def _scalar(value: Any, element: str) -> Any:
     return value
 
 
+def _round_out(x: float, direction: Any) -> float:
+    """``x`` to four significant digits, rounded by ``direction`` (math.floor for a
+    minimum, math.ceil for a maximum) so that the range still holds every value seen."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    scale = 10.0 ** (math.floor(math.log10(abs(x))) - 3)
+    return float(f"{direction(x / scale) * scale:.4g}")
+
+
 def _boundaries(values: pa.Array, element: str) -> list[float | int]:
     """Distinct deciles of the values (strictly increasing; ints as ints, floats to four
     significant digits)."""
@@ -270,7 +279,7 @@ def _infer_column(name: str, values: pa.ChunkedArray, *, key: bool = False) -> _
     present = _present(array)
     distinct_values = pc.unique(present)
     distinct = len(distinct_values)
-    small = distinct <= SMALL_VOCAB and not key
+    small = distinct <= SMALL_VOCAB
     col = _Column(name, dtype, missing > 0, None)
     what = "elements" if dtype.startswith("list") else "values"
     col.comments.append(f"inferred: {distinct:,} distinct {what} seen")
@@ -279,13 +288,15 @@ def _infer_column(name: str, values: pa.ChunkedArray, *, key: bool = False) -> _
     if distinct == 0:
         col.comments.append("review: no value seen; nothing could be inferred")
         return col
-    if small and element != "float64":
+    if small and not key and element != "float64":
         seen = sorted(_scalar(v, element) for v in distinct_values.to_pylist())
         col.valid = {"values": seen}
         col.comments.append("review: valid lists the values seen; add any the sample missed")
     elif element in ("int64", "float64"):
         bounds = pc.min_max(present)
         lo, hi = (_scalar(bounds[k].as_py(), element) for k in ("min", "max"))
+        if element == "float64":
+            lo, hi = _round_out(lo, math.floor), _round_out(hi, math.ceil)
         col.valid = {"min": lo} if key else {"min": lo, "max": hi}
         col.comments.append(
             "inferred: valid from the smallest value seen (ids grow)"
