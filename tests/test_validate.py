@@ -20,7 +20,13 @@ from feature_repo.spec import DATA_DIR_ENV, REPO_DIR, SPEC_FILE, load_spec
 from validation.report import self_contained
 from validation.results import DataValidationError
 from validation.suites import build_suites
-from validation.validate import read_sources, validate_frames, validate_sources, validate_window
+from validation.validate import (
+    as_spec_dtypes,
+    read_sources,
+    validate_frames,
+    validate_sources,
+    validate_window,
+)
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-09T00:00:00Z"  # the sample's 8-day window
 SOURCES = ("impressions", "user_profile", "ad_feature")
@@ -432,3 +438,230 @@ def test_a_failed_validation_keeps_its_report_and_stops_the_run(repo, tmp_path):
     # ... and the next step fails the run, listing each failed expectation
     with pytest.raises(RuntimeError, match="(?s)data validation failed.*impressions: clk"):
         require_valid_data.python_func(passed=out.passed, failures=out.failures)
+
+
+# ------------------------------------------------------------- types as users have them
+
+TYPED_SPEC = """
+label: {name: bought, dtype: int64, valid: {values: [0, 1]}}
+entities:
+  shopper: {join_key: shopper_id}
+sources:
+  visits: {path: visits.parquet, timestamp_field: ts}
+  shoppers: {path: shoppers.parquet, timestamp_field: ts}
+entity_rows: visits
+feature_views:
+  profile: {source: shoppers, entity: shopper, ttl_days: 30}
+feature_service: ranking
+features:
+  - {name: shopper_id, source: visits, dtype: string}
+  - {name: channel, source: visits, dtype: string, valid: {values: [web, app]}}
+  - {name: age, view: profile, dtype: int64, nullable: true, valid: {min: 0, max: 120}}
+  - {name: member, view: profile, dtype: bool, nullable: true}
+  - {name: score, view: profile, dtype: float64, nullable: true, valid: {min: 0}}
+  - {name: tags, view: profile, dtype: list<string>, nullable: true, valid: {values: [a, b, c]}}
+  - {name: codes, view: profile, dtype: list<int64>, valid: {min: 1}}
+"""
+
+
+def typed_frames() -> dict[str, pd.DataFrame]:
+    """Clean data of TYPED_SPEC as a user's pandas code would write it: nullable ints and
+    bools, string ids, NaN floats, list cells with None and empty lists, zoned timestamps."""
+    ts = pd.to_datetime(["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"], utc=True)
+    visits = pd.DataFrame(
+        {
+            "shopper_id": ["c001", "c002", "c003", "c001"],
+            "channel": ["web", "app", "web", "app"],
+            "ts": ts,
+            "bought": [0, 1, 0, 1],
+        }
+    )
+    shoppers = pd.DataFrame(
+        {
+            "shopper_id": ["c001", "c002", "c003"],
+            "age": pd.array([31, None, 45], dtype="Int64"),
+            "member": pd.array([True, None, False], dtype="boolean"),
+            "score": [0.5, np.nan, None],
+            "tags": [["a", "b"], None, []],
+            "codes": [[1, 2], [3], []],
+            "ts": ts[:3] - pd.Timedelta(days=1),
+        }
+    )
+    return {"visits": visits, "shoppers": shoppers}
+
+
+@pytest.fixture
+def typed(tmp_path, monkeypatch) -> Path:
+    """A feature repo of TYPED_SPEC with typed_frames() as its parquet sources."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    repo = tmp_path / "typed"
+    (repo / "data").mkdir(parents=True)
+    (repo / SPEC_FILE).write_text(TYPED_SPEC)
+    for name, frame in typed_frames().items():
+        frame.to_parquet(repo / "data" / f"{name}.parquet", index=False)
+    return repo
+
+
+def test_typed_sources_are_read_as_one_pandas_dtype_per_spec_dtype_and_pass(typed):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = read_sources(spec, typed, START, END)
+    shoppers = frames["shoppers"]
+    assert str(shoppers["age"].dtype) == "Int64" and shoppers["age"].isna().sum() == 1
+    assert str(shoppers["member"].dtype) == "boolean"
+    assert str(shoppers["score"].dtype) == "float64" and shoppers["score"].isna().sum() == 2
+    assert str(frames["visits"]["shopper_id"].dtype) == "string"
+    assert shoppers["tags"].tolist() == [["a", "b"], None, []]
+    summary = run(typed)
+    assert summary.success and summary.failures == []
+    assert set(summary.pages) == {"visits", "shoppers", "shoppers.tags", "shoppers.codes"}
+
+
+@pytest.mark.parametrize(
+    "as_read",
+    [
+        lambda s: s.astype("float64"),  # pandas' default read of a parquet int with nulls
+        lambda s: s.astype("Int64"),  # dtype_backend="numpy_nullable"
+        lambda s: s.astype(object),  # Python ints and None
+        lambda s: s.astype("int64[pyarrow]"),  # dtype_backend="pyarrow"
+    ],
+    ids=["float64", "Int64", "object", "pyarrow"],
+)
+def test_a_nullable_int_column_passes_however_it_was_read(typed, as_read):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["shoppers"]["age"] = as_read(frames["shoppers"]["age"])
+    assert validate_frames(spec, frames, START, END, typed.parent / "docs").success
+
+
+def test_a_null_int_fails_when_the_column_is_not_nullable(typed):
+    spec = (
+        (typed / SPEC_FILE)
+        .read_text()
+        .replace("nullable: true, valid: {min: 0, max", "valid: {min: 0, max")
+    )
+    (typed / SPEC_FILE).write_text(spec)
+    line = fails(typed, "shoppers", "age", "expect_column_values_to_not_be_null")
+    assert "1 of 3" in line
+
+
+def test_an_int_column_with_a_fraction_or_a_string_names_the_value(typed):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["shoppers"]["age"] = [31.0, 2.5, np.nan]
+    with pytest.raises(DataValidationError) as info:
+        validate_frames(spec, frames, START, END, typed.parent / "docs")
+    line = failure_line(info.value, "shoppers", "age", "expect_column_values_to_be_of_type int")
+    assert "1 of 3 values unexpected, e.g. 2.5" in line  # 31.0 passes as 31, NaN as null
+    frames["shoppers"]["age"] = pd.Series([31, "abc", None], dtype=object)
+    with pytest.raises(DataValidationError) as info:
+        validate_frames(spec, frames, START, END, typed.parent / "docs")
+    line = failure_line(info.value, "shoppers", "age", "expect_column_values_to_be_of_type int")
+    assert "1 of 3 values unexpected, e.g. 'abc'" in line
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        pd.Series([True, None, False], dtype=object),  # Python bools from records
+        pd.Series([True, False, True]),  # numpy bool
+        pd.Series([True, None, False], dtype="bool[pyarrow]"),
+    ],
+    ids=["object", "numpy", "pyarrow"],
+)
+def test_a_bool_column_passes_as_bools(typed, member):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["shoppers"]["member"] = member
+    assert validate_frames(spec, frames, START, END, typed.parent / "docs").success
+
+
+def test_a_bool_column_of_other_values_fails_naming_it(typed):
+    edit(typed, "shoppers", lambda df: df.assign(member=["yes", "no", None]))
+    line = fails(typed, "shoppers", "member", "expect_column_values_to_be_of_type bool")
+    assert "e.g. 'yes', 'no'" in line
+    edit(typed, "shoppers", lambda df: df.assign(member=[1, 0, 1]))
+    fails(typed, "shoppers", "member", "expect_column_values_to_be_of_type bool")
+
+
+def test_a_string_id_column(typed):
+    # object or string dtype alike; numbers are no string ids, nor is a null key
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["visits"]["shopper_id"] = frames["visits"]["shopper_id"].astype("string")
+    assert validate_frames(spec, frames, START, END, typed.parent / "docs").success
+    edit(typed, "visits", lambda df: df.assign(shopper_id=[1, 2, 3, 1]))
+    line = fails(typed, "visits", "shopper_id", "expect_column_values_to_be_of_type str")
+    assert "4 of 4 values unexpected, e.g. 1, 2, 3" in line
+    edit(typed, "visits", lambda df: df.assign(shopper_id=["c001", None, "c003", "c001"]))
+    fails(typed, "visits", "shopper_id", "expect_column_values_to_not_be_null")
+
+
+def test_a_float_with_missing_values(typed):
+    # NaN and None are both missing: allowed when nullable, named when not
+    assert run(typed).success
+    spec = (
+        (typed / SPEC_FILE)
+        .read_text()
+        .replace("nullable: true, valid: {min: 0}", "valid: {min: 0}")
+    )
+    (typed / SPEC_FILE).write_text(spec)
+    line = fails(typed, "shoppers", "score", "expect_column_values_to_not_be_null")
+    assert "2 of 3" in line
+
+
+def test_a_list_of_strings(typed):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["shoppers"]["tags"] = [np.array(["a", "z"], dtype=object), ["b", None], [7]]
+    with pytest.raises(DataValidationError) as info:
+        validate_frames(spec, frames, START, END, typed.parent / "docs")
+    for expectation, example in [
+        ("expect_column_values_to_be_in_set {'a', 'b', 'c'}", "e.g. 'z'"),
+        ("expect_column_values_to_not_be_null", "1 of 5"),
+        ("expect_column_values_to_be_of_type str", "1 of 5 values unexpected, e.g. 7"),
+    ]:
+        line = failure_line(info.value, "shoppers", "tags", expectation)
+        assert "(each element)" in line and example in line
+
+
+def test_a_list_column_given_a_scalar_fails_its_type(typed):
+    spec = load_spec(typed / SPEC_FILE)
+    frames = typed_frames()
+    frames["shoppers"]["codes"] = pd.Series([[1, 2], 5, [3]], dtype=object)
+    with pytest.raises(DataValidationError) as info:
+        validate_frames(spec, frames, START, END, typed.parent / "docs")
+    line = failure_line(info.value, "shoppers", "codes", "expect_column_values_to_be_of_type list")
+    assert "1 of 3 values unexpected, e.g. 5" in line
+
+
+def test_a_timezone_naive_timestamp_fails_naming_it(typed):
+    edit(typed, "visits", lambda df: df.assign(ts=df["ts"].dt.tz_localize(None)))
+    line = fails(typed, "visits", "ts", "expect_column_values_to_be_of_type Timestamp")
+    assert "observed datetime64" in line
+
+
+def test_as_spec_dtypes_leaves_what_does_not_fit_as_python_values():
+    frame = pd.DataFrame(
+        {
+            "i": [1.0, np.nan, 3.0],
+            "f": pd.array([1.5, None, 2.0], dtype="Float64"),
+            "b": pd.Series([True, None, False], dtype=object),
+            "s": pd.Series(["x", None, "y"], dtype=object),
+            "l": [np.array([1, 2]), None, np.array([], dtype=np.int64)],
+            "bad": [1.0, 1.5, np.nan],
+            "t": pd.to_datetime(["2026-01-01"] * 3),
+        }
+    )
+    columns = {"i": "int64", "f": "float64", "b": "bool", "s": "string", "l": "list<int64>"}
+    out = as_spec_dtypes(frame, {**columns, "bad": "int64"})
+    assert [str(out[c].dtype) for c in columns] == [
+        "Int64",
+        "float64",
+        "boolean",
+        "string",
+        "object",
+    ]
+    assert out["l"].tolist() == [[1, 2], None, []]
+    assert out["bad"].tolist() == [1, 1.5, None]  # an object column: GX names 1.5
+    assert out["t"] is frame["t"] or out["t"].equals(frame["t"])  # not named: left as it is
+    assert str(frame["i"].dtype) == "float64"  # the input is not changed
