@@ -5,8 +5,9 @@ the Feast online store.
 
 Endpoints (``<name>`` is ``--name``, default ``deepfm``)::
 
-    POST /v1/models/<name>:predict  {"instances": [{"user_id": 7, "adgroup_id": 9,
-                                                    "pid": "430548_1007"}, ...]}
+    POST /v1/models/<name>:predict  {"instances": [{"customer_id": "c000123",
+                                                    "product_id": "p00042",
+                                                    "channel": "web"}, ...]}
                                     -> {"predictions": [0.031, ...], "model_name": "deepfm",
                                         "model_version": "20261127-213217-4c97a2e5"}
     GET  /v1/models/<name>          {"name": "deepfm", "ready": true, "model_version": ...}
@@ -14,9 +15,10 @@ Endpoints (``<name>`` is ``--name``, default ``deepfm``)::
     GET  /healthz                   liveness: 200 while the process serves
     GET  /readyz                    readiness: 200 once a model is loaded, else 503
 
-**Instances.** Each names one candidate by the spec's entity keys (``user_id``,
-``adgroup_id``; required) and may carry request context (``pid``) and any feature of the
-spec. Features an instance lacks are read from the online store: one
+**Instances.** Each names one candidate by the spec's entity join keys (every one required,
+typed as the spec says: int64 or string) and may carry request-context features
+(``spec.context_features()``) and any feature of the spec. Features an instance lacks are
+read from the online store (the views marked online): one
 ``get_online_features`` call per request, for all candidates that lack any. A value in the
 instance wins over the store's (``null`` = missing, encoded as in training), so the
 predictions are exactly ``RankingModel.predict`` of the same rows: probabilities in [0, 1],
@@ -79,7 +81,9 @@ _EXPECTED = {
     "int64": "an integer",
     "float64": "a finite number",
     "string": "a string",
+    "bool": "true or false",
     "list<int64>": "a list of integers",
+    "list<string>": "a list of strings",
 }
 
 
@@ -150,13 +154,17 @@ class OnlineFeatures:
         self.join_keys = [e.join_key for e in self.spec.entities.values()]
         self.dtypes = {f.name: f.dtype for f in self.spec.features}
         """Every column an instance may carry -> its spec dtype."""
-        self.served = [f.name for f in self.spec.features if f.view is not None]
-        """Columns the online store serves (the feature views' features)."""
+        online = [v for v in self.spec.feature_views.values() if v.online]
+        self.served = [f.name for v in online for f in self.spec.view_features(v.name)]
+        """Columns the online store serves (the online feature views' features)."""
+        self._refs = [f"{v.name}:{f.name}" for v in online for f in self.spec.view_features(v.name)]
+        self._read_keys = list(dict.fromkeys(self.spec.entities[v.entity].join_key for v in online))
+        """The join keys the online views need."""
         # Feast's sqlite store shares one connection across threads and refreshes its
         # registry cache inside reads: one read at a time.
         self._lock = threading.Lock()
         try:
-            self._service = self.store.get_feature_service(self.spec.feature_service)
+            self.store.get_feature_service(self.spec.feature_service)
             nobody = {k: 0 if self.dtypes[k] == "int64" else "" for k in self.join_keys}
             probe = self.read([nobody])
         except Exception as e:
@@ -181,13 +189,15 @@ class OnlineFeatures:
                     "the online store cannot feed it"
                 )
 
-    def read(self, entity_rows: list[dict[str, int]]) -> dict[str, list]:
-        """The online features of ``[N]`` entity rows (``{"user_id": 7, "adgroup_id": 9}``):
-        column -> ``[N]`` values in the same order, None where an entity has none."""
+    def read(self, entity_rows: list[dict[str, Any]]) -> dict[str, list]:
+        """The online features of ``[N]`` entity rows (``{"customer_id": "c000123",
+        "store_id": 7}``, every join key): column -> ``[N]`` values in the same order, None
+        where an entity has none."""
+        if not self._refs:
+            return {}
+        rows = [{k: row[k] for k in self._read_keys} for row in entity_rows]
         with self._lock:
-            response = self.store.get_online_features(
-                features=self._service, entity_rows=entity_rows
-            )
+            response = self.store.get_online_features(features=self._refs, entity_rows=rows)
             return response.to_dict()
 
     def frame(self, instances: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -222,8 +232,9 @@ class OnlineFeatures:
 
 def _typed(values: list, dtype: str) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """A column of Python values (None = missing) as the encoders read the training table's:
-    ints (nullable ``Int64`` where one is missing), floats (NaN), objects for strings, and
-    arrow lists, which keep their type when every value is missing."""
+    ints (nullable ``Int64`` where one is missing), bools (nullable ``boolean`` where one is
+    missing), floats (NaN), objects for strings, and arrow lists, which keep their type when
+    every value is missing."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
@@ -232,10 +243,15 @@ def _typed(values: list, dtype: str) -> np.ndarray | pd.api.extensions.Extension
         if any(v is None for v in values):
             return pd.array(values, dtype="Int64")
         return np.array(values, dtype=np.int64)
+    if dtype == "bool":
+        if any(v is None for v in values):
+            return pd.array(values, dtype="boolean")
+        return np.array(values, dtype=bool)
     if dtype == "float64":
         return np.array(values, dtype=np.float64)  # None -> NaN
-    if dtype == "list<int64>":
-        return pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.list_(pa.int64())))
+    if dtype.startswith("list<"):
+        element = pa.string() if dtype == "list<string>" else pa.int64()
+        return pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.list_(element)))
     return np.array(values, dtype=object)
 
 
@@ -246,8 +262,8 @@ def parse_instances(
     body: bytes, dtypes: dict[str, str], join_keys: list[str], max_candidates: int
 ) -> list[dict[str, Any]]:
     """A KServe V1 request body -> its instances, each checked against the spec's ``dtypes``
-    (column -> ``int64 | float64 | string | list<int64>``). RequestError (400, 413, 422)
-    naming the instance and field at fault."""
+    (column -> a spec dtype: ``int64``, ``string``, ``list<int64>``, ...). RequestError
+    (400, 413, 422) naming the instance and field at fault."""
 
     def no_constants(name: str) -> None:
         raise ValueError(f"{name} is not valid JSON")
@@ -299,7 +315,10 @@ def _fits(value: Any, dtype: str) -> bool:
         return (type(value) is float and math.isfinite(value)) or _fits(value, "int64")
     if dtype == "string":
         return type(value) is str
-    return type(value) is list and all(_fits(v, "int64") for v in value)
+    if dtype == "bool":
+        return type(value) is bool
+    element = dtype.removeprefix("list<").removesuffix(">")
+    return type(value) is list and all(_fits(v, element) for v in value)
 
 
 def _json_type(value: Any) -> str:

@@ -197,7 +197,11 @@ def test_entity_ids_are_scored_with_the_online_features(service, repo, sample, m
     got = predict(service, instances)
 
     online = [
-        store.online_features(i["user_id"], i["adgroup_id"], i.get("pid"), repo_path=repo)
+        store.online_features(
+            {"user_id": i["user_id"], "adgroup_id": i["adgroup_id"]},
+            {"pid": i["pid"]} if "pid" in i else None,
+            repo_path=repo,
+        ).vector
         for i in ids
     ]
     assert all(online[-1][f.name] is None for f in load_spec().view_features("user_profile"))
