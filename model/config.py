@@ -6,7 +6,7 @@ wrong types, impossible values and references to features that do not exist fail
 
 Example (see ``configs/deepfm.yaml``)::
 
-    data: {label: clk, group_key: user_id}
+    data: {label: purchased, group_key: customer_id}
     features:
       - {name: user_id, type: id, vocab: {min_count: 2}, embedding_dim: 16}
       - {name: price, type: raw, boundaries: [10, 50, 200], embedding_dim: 16}
@@ -296,7 +296,7 @@ class DataConfig(_Section):
     label: str = "clk"
     sample_weight: str | None = None
     timestamp: str | None = "event_timestamp"
-    group_key: str | None = "user_id"
+    group_key: str | None = None
 
 
 class Config(_Section):

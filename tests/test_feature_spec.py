@@ -123,6 +123,16 @@ def test_configs_deepfm_yaml_derives_its_features_from_the_spec():
     assert price == ["price_bucket", "log_price"]
 
 
+def test_the_spec_group_key_is_the_configs_unless_it_sets_one(tmp_path):
+    assert load_config(MODEL_CONFIG).data.group_key == "user_id"  # from the spec
+    path = tmp_path / "deepfm.yaml"
+    raw = yaml.safe_load(MODEL_CONFIG.read_text())
+    raw["feature_spec"] = str(REPO_DIR / "features.yaml")
+    raw["data"] = {"group_key": "adgroup_id"}
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).data.group_key == "adgroup_id"
+
+
 def test_a_config_cannot_both_derive_and_list_features(tmp_path):
     raw = yaml.safe_load(MODEL_CONFIG.read_text())
     raw["feature_spec"] = str(spec_module.REPO_DIR / "features.yaml")
@@ -138,6 +148,7 @@ def test_model_section_is_a_valid_model_config():
     config.pop("feature_spec")
     section = SPEC.model_section()
     config.update(features=section["features"], feature_groups=section["feature_groups"])
+    config["data"] = {"group_key": SPEC.group_key}  # what training/config.py fills in
     cfg = config_from_dict(config)
     assert [f.name for f in cfg.features] == [m.name for m in SPEC.model_features()]
 

@@ -14,9 +14,10 @@ from model.config import Config, ConfigError
 
 
 def resolve_feature_spec(data: dict[str, Any], path: Path) -> None:
-    """Fill ``features``, ``feature_groups`` and the label/timestamp defaults of a config's
-    plain data from the feature spec its ``feature_spec`` key names (relative to the config
-    file ``path``), in place."""
+    """Fill ``features``, ``feature_groups`` and the label, timestamp and group_key defaults
+    (``data.*``, where the config does not set them; group_key where the spec has one) of a
+    config's plain data from the feature spec its ``feature_spec`` key names (relative to
+    the config file ``path``), in place."""
     spec_path = Path(str(data.pop("feature_spec")))
     if not spec_path.is_absolute():
         spec_path = path.parent / spec_path
@@ -26,7 +27,8 @@ def resolve_feature_spec(data: dict[str, Any], path: Path) -> None:
                 f"{path}: {key}: comes from feature_spec {spec_path}; do not list it too"
             )
     try:
-        section = load_spec(spec_path).model_section()
+        spec = load_spec(spec_path)
+        section = spec.model_section()
     except SpecError as e:
         raise ConfigError(f"{path}: feature_spec: {e}") from None
     data["features"] = section["features"]
@@ -36,6 +38,8 @@ def resolve_feature_spec(data: dict[str, Any], path: Path) -> None:
         raise ConfigError(f"{path}: data: expected a mapping")
     block.setdefault("label", section["label"])
     block.setdefault("timestamp", section["timestamp"])
+    if spec.group_key is not None:
+        block.setdefault("group_key", spec.group_key)
 
 
 def read_config_dict(path: str | Path) -> dict[str, Any]:
