@@ -12,6 +12,14 @@ out-of-vocabulary ids (unseen, or seen fewer than ``min_count`` times); hashed i
 ``hash(value) % hash_bucket_size`` with a fixed-key SipHash (stable across processes and
 machines); bucketised numbers use ``#boundaries <= value`` and a last row for missing values.
 The fitted state is plain JSON (no pickle), saved beside the model.
+
+Columns are read by value, not by dtype, so training (a DataFrame read from parquet, with
+numpy, nullable or pyarrow dtypes) and serving (``pd.DataFrame.from_records`` of the online
+store's Python values) encode the same rows alike: a nullable ``Int64`` id and the same
+whole floats with NaN; bools (``bool``, ``boolean``, ``True``/``None``) as the ids 0 and 1;
+string ids (``string`` or object); list cells as numpy arrays, lists or tuples of ints or
+strings, where a null or empty list is all padding and a null element the missing row;
+``None``, NaN and ``pd.NA`` alike as missing.
 """
 
 from __future__ import annotations
@@ -120,34 +128,50 @@ def _column(df: pd.DataFrame, feature: FeatureConfig) -> pd.Series:
 def _id_values(
     values: pd.Series | np.ndarray, kind: str, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a 1-D id column into (non-null values as int64 or str objects, null mask)."""
+    """Split a 1-D id column into (non-null values as int64 or str objects, null mask).
+
+    The same ids give the same values whatever the column's dtype: numpy, nullable
+    (``Int64``, ``boolean``, ``string``), pyarrow-backed, or object columns of Python values
+    (``None``, ``True``, ``7``, ``"c00012"``) as a server builds them. Bools are the ints 0
+    and 1; an ``int`` id given as a whole float (a nullable int column read as float64) is
+    that int."""
     s = pd.Series(values, copy=False)
-    missing = s.isna().to_numpy()
+    missing = s.isna().to_numpy(dtype=bool)
     if kind == "int":
+        if pd.api.types.is_bool_dtype(s.dtype):
+            s = s.astype("boolean")
         if pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
             out = s.to_numpy(dtype="int64", na_value=0)
         else:
             nums = pd.to_numeric(s, errors="coerce")
-            bad = nums.isna().to_numpy() & ~missing
+            bad = nums.isna().to_numpy(dtype=bool) & ~missing
             if bad.any():
                 raise ValueError(f"feature {name!r}: value {s[bad].iloc[0]!r} is not an integer id")
-            frac = (nums.fillna(0) % 1 != 0).to_numpy()
+            nums = nums.to_numpy(dtype=np.float64, na_value=0.0)
+            frac = nums % 1 != 0
             if frac.any():
                 raise ValueError(
                     f"feature {name!r}: value {s[frac].iloc[0]!r} is not an integer id"
                 )
-            out = nums.fillna(0).to_numpy(dtype="int64")
+            out = nums.astype("int64")
         return out, missing
     out = s.astype(object).where(~missing, "").astype(str).to_numpy(dtype=object)
     return out, missing
 
 
 def _id_kind(values: pd.Series | np.ndarray) -> str:
-    s = pd.Series(values, copy=False).dropna()
-    if pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+    """``int`` for integer ids (ints, bools, whole floats, of any dtype), else ``str``. A
+    column with no value at all is ``int`` when its dtype is numeric or bool."""
+    s = pd.Series(values, copy=False)
+    inferred = pd.api.types.infer_dtype(s, skipna=True)
+    if inferred in ("integer", "boolean"):
         return "int"
-    if pd.api.types.is_float_dtype(s.dtype) and bool((s % 1 == 0).all()):
-        return "int"
+    if inferred in ("floating", "mixed-integer-float"):
+        nums = pd.to_numeric(s).to_numpy(dtype=np.float64, na_value=0.0)
+        return "int" if bool((nums % 1 == 0).all()) else "str"
+    if inferred == "empty":
+        numeric = pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)
+        return "int" if numeric else "str"
     return "str"
 
 

@@ -458,9 +458,161 @@ def test_a_list_column_with_only_nulls_is_all_padding():
                 {"name": "m", "type": "multi_id", "hash_bucket_size": 7, "max_length": 3},
             ],
             "feature_groups": {"wide": ["u"], "deep": ["u", "m"]},
-            "model": {"deep": {"hidden_units": [4]}},
+            "model": {"deep": {"hidden_units": [4]}, "metrics": ["auc"]},
         }
     )
     enc = FeatureEncoder(cfg).fit(pd.DataFrame({"u": [1, 2], "m": [[1, 2], [3]]}))
     out = enc.transform(pd.DataFrame({"u": [1, 2], "m": [None, None]}))
     assert out.multi.shape == (2, 1, 3) and bool((out.multi == -1).all())
+
+
+# ------------------------------------------------- types as users have them, both ways
+
+# Each type as a column of the training table (parquet, read by pandas) and as the Python
+# values of the online store that the server puts in records: the same rows must give the
+# same tensors, and an encoder fitted on either must be the same encoder.
+TYPES = {
+    "nullable int": ("Int64", [31, None, 45, 31], {"type": "id", "vocab": {"min_count": 1}}),
+    "string id": ("string", ["c00012", None, "c00007", "c00012"], {"type": "id", "vocab": {}}),
+    "hashed string id": (
+        "string",
+        ["c00012", None, "p1", "c00012"],
+        {"type": "id", "hash_bucket_size": 50},
+    ),
+    "bool": ("boolean", [True, None, False, True], {"type": "id", "vocab": {"min_count": 1}}),
+    "bool as a number": ("boolean", [True, None, False, True], {"type": "raw"}),
+    "float, bucketised": (
+        "float64",
+        [12.5, None, 60.0, 1.0],
+        {"type": "raw", "boundaries": [5.0, 50.0]},
+    ),
+    "float, dense": ("float64", [12.5, None, 60.0, float("nan")], {"type": "raw"}),
+    "int, dense": ("Int64", [3, None, 60, 7], {"type": "raw", "normalizer": "log1p_standard"}),
+    "list<int64>": (
+        "object",
+        [[3, 5], None, [], [5, 3, 9, 11]],
+        {"type": "multi_id", "vocab": {"min_count": 1}, "max_length": 3},
+    ),
+    "list<string>": (
+        "object",
+        [["a", "b"], None, [], ["b", None, "c"]],
+        {"type": "multi_id", "vocab": {"min_count": 1}, "max_length": 3},
+    ),
+    "list<string>, hashed": (
+        "object",
+        [["a", "b"], None, [], ["b", "c"]],
+        {"type": "multi_id", "hash_bucket_size": 40, "max_length": 3},
+    ),
+}
+
+
+def one_feature_config(encoding: dict) -> dict:
+    feature = {"name": "x", "embedding_dim": 4, **encoding}
+    sparse = feature["type"] != "raw" or "boundaries" in feature
+    groups = (
+        {"wide": ["x"], "deep": ["x"]}
+        if sparse
+        else {"wide": ["k"], "fm": ["k"], "deep": ["k", "x"]}
+    )
+    features = [feature] if sparse else [feature, {"name": "k", "type": "id", "num_buckets": 9}]
+    return {
+        "data": {"label": "y", "group_key": None, "timestamp": None},
+        "features": features,
+        "feature_groups": groups,
+        "model": {"deep": {"hidden_units": [4]}, "metrics": ["auc"]},
+    }
+
+
+def as_read(values: list, dtype: str, tmp_path: Path) -> dict[str, pd.DataFrame]:
+    """The column written to parquet as pandas writes it, read back by each of pandas'
+    dtype backends, and the same values as the server's records."""
+    column = (
+        pd.Series(values, dtype=dtype)
+        if dtype != "float64"
+        else pd.Series([np.nan if v is None else v for v in values], dtype="float64")
+    )
+    path = tmp_path / "x.parquet"
+    pd.DataFrame({"x": column, "k": 1}).to_parquet(path)
+    records = pd.DataFrame.from_records([{"x": v, "k": 1} for v in values])
+    return {
+        "default": pd.read_parquet(path),
+        "numpy_nullable": pd.read_parquet(path, dtype_backend="numpy_nullable"),
+        "pyarrow": pd.read_parquet(path, dtype_backend="pyarrow"),
+        "records": records,
+    }
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(getattr(a, t), getattr(b, t)) for t in ("sparse", "multi", "dense"))
+
+
+@pytest.mark.parametrize("kind", list(TYPES))
+def test_each_type_encodes_the_same_from_the_table_and_from_python_records(kind, tmp_path):
+    dtype, values, encoding = TYPES[kind]
+    cfg = config_from_dict(one_feature_config(encoding))
+    frames = as_read(values, dtype, tmp_path)
+    fitted = {name: FeatureEncoder(cfg).fit(df) for name, df in frames.items()}
+    state = fitted["default"].state()
+    for name, enc in fitted.items():
+        assert enc.state() == state, name  # the same vocabulary, kind, mean and std
+    expected = fitted["default"].transform(frames["default"])
+    for name, df in frames.items():
+        assert same(fitted["records"].transform(df), expected), name
+    # one row at a time, as a server scores a single candidate
+    for i, value in enumerate(values):
+        row = fitted["default"].transform(pd.DataFrame.from_records([{"x": value, "k": 1}]))
+        assert same(row, expected.slice(i, i + 1)), (i, value)
+
+
+def test_missing_values_of_each_type_go_to_their_row():
+    rows = {}
+    for kind in ("nullable int", "string id", "bool", "float, bucketised", "float, dense"):
+        dtype, values, encoding = TYPES[kind]
+        cfg = config_from_dict(one_feature_config(encoding))
+        records = pd.DataFrame.from_records([{"x": v, "k": 1} for v in values])
+        out = FeatureEncoder(cfg).fit(records).transform(records)
+        rows[kind] = out.sparse[:, 0].tolist() if out.sparse.shape[1] == 1 else None
+        if kind == "float, dense":
+            assert out.dense[1, 0].item() == 0.0 == out.dense[3, 0].item()  # the mean
+    assert rows["nullable int"] == [2, MISSING_ROW, 3, 2]
+    assert rows["string id"] == [2, MISSING_ROW, 3, 2]
+    assert rows["bool"] == [2, MISSING_ROW, 3, 2]  # True (twice), missing, False
+    assert rows["float, bucketised"] == [1, 3, 2, 0]  # missing: a bucket of its own
+
+
+def test_a_bool_vocab_is_its_ints_and_python_bools_find_them():
+    enc = fitted_id(vocab_feature(name="member"), pd.array([False, True, True, None], "boolean"))
+    assert (enc.kind, enc.vocab) == ("int", [1, 0])
+    assert json.loads(json.dumps(enc.state())) == enc.state()
+    assert encode(enc, [True, False, None]).tolist() == [2, 3, MISSING_ROW]
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        {"type": "id", "vocab": {"min_count": 1}},
+        {"type": "id", "hash_bucket_size": 64},
+        {"type": "raw", "boundaries": [10.0, 40.0]},
+        {"type": "raw"},
+    ],
+    ids=["vocab", "hashed", "bucketised", "dense"],
+)
+def test_a_nullable_int_and_a_float_with_nan_of_the_same_values_encode_identically(encoding):
+    cfg = config_from_dict(one_feature_config(encoding))
+    nullable = pd.DataFrame({"x": pd.array([31, None, 45, 7, 31], "Int64"), "k": 1})
+    floats = pd.DataFrame({"x": [31.0, np.nan, 45.0, 7.0, 31.0], "k": 1})
+    a, b = FeatureEncoder(cfg).fit(nullable), FeatureEncoder(cfg).fit(floats)
+    assert a.state() == b.state()
+    assert same(a.transform(nullable), b.transform(floats))
+    assert same(a.transform(floats), a.transform(nullable))
+
+
+def test_a_list_of_strings_with_missing_elements_and_every_list_missing():
+    f = vocab_feature(name="tags", type="multi_id", max_length=3)
+    enc = IdEncoder(f).fit(pd.DataFrame({"tags": [["a", "b"], ["b"], None]}))
+    assert (enc.kind, enc.vocab) == ("str", ["b", "a"])
+    cells = [np.array(["a", None, "zz"], dtype=object), [], None, ("b",)]
+    out = enc.transform_multi(pd.DataFrame({"tags": pd.Series(cells, dtype=object)}), 3)
+    assert out.tolist() == [[3, MISSING_ROW, OOV_ROW], [-1] * 3, [-1] * 3, [2, -1, -1]]
+    empty = enc.transform_multi(pd.DataFrame.from_records([{"tags": None}, {"tags": []}]), 3)
+    assert empty.tolist() == [[-1] * 3, [-1] * 3]
