@@ -71,11 +71,13 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
 
 def _generate_sample(args: argparse.Namespace) -> None:
     from feature_repo.sample_data import generate
+    from feature_repo.spec import load_spec
 
     out = args.out or "data/sample"
     t0 = time.perf_counter()
+    rows = load_spec().entity_rows  # what the sample's event rows are called
     print(
-        f"generating {args.rows:,} impressions (seed {args.seed}) into {out} ...",
+        f"generating {args.rows:,} {rows} (seed {args.seed}) into {out} ...",
         file=sys.stderr,
     )
     paths = generate(args.rows, args.seed, out, start=args.start, days=args.days)
