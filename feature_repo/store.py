@@ -298,7 +298,8 @@ def _join_features(repo: _Repo, entity_df: pd.DataFrame) -> pd.DataFrame:
     entity = rows[[*dict.fromkeys(keys), spec.timestamp]].copy()
     entity[_ROW] = np.arange(len(rows))
     t0 = time.perf_counter()
-    with _progress("point-in-time join", total=len(rows), unit="rows") as bar, _quiet_warnings():
+    progress = _progress("point-in-time join", total=len(rows), unit="rows")
+    with progress as bar, _quiet_warnings(), _feast_output():
         job = store.get_historical_features(
             entity_df=entity, features=store.get_feature_service(spec.feature_service)
         )
@@ -429,7 +430,11 @@ def materialize_incremental(
 def _materialize(repo: _Repo, start: pd.Timestamp | None, end: pd.Timestamp) -> list[Materialized]:
     """Materialize view by view (``start`` None: incremental), one progress step each."""
     store, spec = repo.store, repo.spec
-    views = [v for v in store.list_feature_views() if v.online]
+    order = {name: i for i, name in enumerate(spec.feature_views)}  # in spec order
+    views = sorted(
+        (v for v in store.list_feature_views() if v.online),
+        key=lambda v: order.get(v.name, len(order)),
+    )
     done = []
     with _progress("materialize", total=len(views), unit="view") as bar:
         for view in views:
