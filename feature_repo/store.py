@@ -567,7 +567,7 @@ def online_features(
         online_features({"customer_id": "c000123", "product_id": "p00042", "store_id": 7},
                         {"channel": "web"}).vector
         # {"customer_id": "c000123", "product_id": "p00042", "store_id": 7, "channel": "web",
-        #  "age": 41, "segment": "family", ..., "price": None, ...}
+        #  "age": 41, "segment": "family", ..., "launch_year": None, ...}
 
     ``entities``: every entity's join key with its value; ``context``: request-context
     features (``spec.context_features()``), any of them. Values are typed by the spec: an

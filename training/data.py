@@ -1,6 +1,6 @@
 """Step 2, features: point-in-time-correct training data from Feast for the run's window,
 split by time into ``train`` and ``eval`` (eval = the latest ``eval_fraction`` of the
-impressions, so the model is judged on data newer than any it trained on).
+events, so the model is judged on data newer than any it trained on).
 """
 
 from pathlib import Path
@@ -17,7 +17,7 @@ def retrieve_features(
     eval_path: str | Path,
 ) -> dict:
     """Write the window's training table (Feast ``get_historical_features`` through the
-    ``deepfm_ranking`` feature service) as ``train_path`` and ``eval_path`` parquet files;
+    spec's feature service) as ``train_path`` and ``eval_path`` parquet files;
     returns the row counts and the window."""
     from feature_repo.spec import load_spec
     from feature_repo.store import get_training_data
