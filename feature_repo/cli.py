@@ -3,14 +3,14 @@
     deepfm features apply
     deepfm features materialize --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z
     deepfm features materialize --incremental [--end 2026-11-09T00:00Z]
-    deepfm features online --entity customer_id=c000123 --entity store_id=7 \\
+    deepfm features online --entity shopper_id=s000123 --entity shop_id=7 \\
         [--context channel=web]
     deepfm features training-data --start 2026-11-01T00:00Z --end 2026-11-09T00:00Z \\
         --out data/train.parquet
 
 Each takes ``--repo DIR`` (default: ``feature_repo/``). Times are ISO 8601 with a time zone.
 ``online`` types each value by the spec and notes on stderr each entity with no stored
-features (``no stored features for customer_id=c9 (views: customer_profile)``; exit 0).
+features (``no stored features for shopper_id=s9 (views: shopper_profile)``; exit 0).
 Bad input raises a ValueError with one line naming the flag, file, column or key;
 ``pipelines/cli.py`` prints it and exits with status 2.
 """

@@ -128,7 +128,7 @@ def build(spec: FeatureSpec, repo_dir: str | Path) -> Definitions:
 def objects_for_repo(repo_dir: str | Path, *, check: bool = True) -> dict[str, object]:
     """Every Feast object of the repo ``repo_dir``, built from its ``features.yaml``, keyed
     by a unique Python identifier: ``entity_<name>``, ``source_<name>``, ``view_<name>`` and
-    ``service_<name>`` (``{"entity_customer": Entity(...), ...}``); what a repo's
+    ``service_<name>`` (``{"entity_shopper": Entity(...), ...}``); what a repo's
     ``definitions.py`` puts in its globals for ``feast apply``.
 
     ``check``: first check the source files against the spec (``check_sources``), so that

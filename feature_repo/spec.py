@@ -5,8 +5,8 @@ project derives from it or is checked against it: the Feast definitions (``defin
 the model's feature config (``FeatureSpec.model_section()``, ``check_model_config()``) and the
 data validation suites (each column's ``dtype``, ``valid`` and ``nullable``). A wrong spec fails
 on load with a ``SpecError`` that names the key, e.g.
-``features.yaml: features[3] (age).view: unknown feature view 'customer_profil' (known:
-customer_profile, product_catalog)``.
+``features.yaml: features[3] (age).view: unknown feature view 'shopper_profil' (known:
+shopper_profile, item_catalog)``.
 
 The file's schema is a set of pydantic models (``_SpecFile`` and the models it holds): a
 wrong type, value or reference is one ``ValidationError``, turned into one ``SpecError`` line.
@@ -16,12 +16,12 @@ library reads the spec too, and Feast loads ``definitions.py`` (which imports it
 Example::
 
     spec = load_spec("retail/features.yaml")
-    spec.columns()[:4]                            # customer_id, product_id, store_id, channel
-    [f.name for f in spec.view_features("customer_profile")]  # age, segment, ...
-    spec.feature("age").entity                    # 'customer'
-    spec.entities["customer"].dtype               # 'string' (its join key's dtype)
+    spec.columns()[:4]                            # shopper_id, item_id, shop_id, channel
+    [f.name for f in spec.view_features("shopper_profile")]  # age, segment, ...
+    spec.feature("age").entity                    # 'shopper'
+    spec.entities["shopper"].dtype               # 'string' (its join key's dtype)
     [f.name for f in spec.context_features()]     # ['channel']
-    spec.feature_views["customer_profile"].ttl    # timedelta(days=...)
+    spec.feature_views["shopper_profile"].ttl    # timedelta(days=...)
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ class Valid(_Schema):
 
 
 class Entity(_Schema):
-    """What features describe, identified by one join key column (``customer`` ->
-    ``customer_id``); ``name`` is its key in ``entities`` (likewise for sources and views).
+    """What features describe, identified by one join key column (``shopper`` ->
+    ``shopper_id``); ``name`` is its key in ``entities`` (likewise for sources and views).
     ``dtype`` (filled on load) is its key type: the dtype of the join key's feature, int64
     or string."""
 
@@ -344,7 +344,7 @@ class FeatureSpec:
     def model_section(self) -> dict[str, Any]:
         """The model config's feature part::
 
-        {"features": [{"name": "customer_id", "type": "id", ...}, ...],  # FeatureConfig YAML
+        {"features": [{"name": "shopper_id", "type": "id", ...}, ...],  # FeatureConfig YAML
          "feature_groups": {"wide": [...], "fm": [...], "deep": [...]},
          "label": "purchased", "timestamp": "visit_ts"}
         """

@@ -8,7 +8,7 @@
 - ``get_features(entity_df)``: the same join for any entity rows.
 - ``materialize(start, end)`` / ``materialize_incremental(end)``: load the latest feature
   values into the online store (a view that loads nothing is a warning);
-  ``online_features({"customer_id": "c000123", ...}, {"channel": "web"})`` reads them.
+  ``online_features({"shopper_id": "s000123", ...}, {"channel": "web"})`` reads them.
 
 Every call first checks that the spec (``features.yaml``), the source files and the deployed
 registry agree, and fails with a ``SpecError`` naming the feature that differs. Bad input fails
@@ -148,7 +148,7 @@ def apply(repo_path: str | Path | None = None) -> Applied:
 
 
 def _changes(registry_diff: Any, infra_diff: Any) -> list[str]:
-    """``"created feature view customer_profile"``, ``"updated feature view store_info (ttl)"``,
+    """``"created feature view shopper_profile"``, ``"updated feature view shop_info (ttl)"``,
     ... for every object that differs, ignoring the ``meta`` of every message (creation and
     update times, materialization intervals: Feast's own diff reports those as updates)."""
     from feast.diff.property_diff import TransitionType
@@ -541,7 +541,7 @@ class Unstored:
     views: tuple[str, ...]
 
     def note(self) -> str:
-        """``no stored features for customer_id=c9 (views: customer_profile)``."""
+        """``no stored features for shopper_id=s9 (views: shopper_profile)``."""
         return (
             f"no stored features for {self.join_key}={self.value} (views: {', '.join(self.views)})"
         )
@@ -564,9 +564,9 @@ def online_features(
 ) -> OnlineResult:
     """The online feature vector of one request, a model input row::
 
-        online_features({"customer_id": "c000123", "product_id": "p00042", "store_id": 7},
+        online_features({"shopper_id": "s000123", "item_id": "i00042", "shop_id": 7},
                         {"channel": "web"}).vector
-        # {"customer_id": "c000123", "product_id": "p00042", "store_id": 7, "channel": "web",
+        # {"shopper_id": "s000123", "item_id": "i00042", "shop_id": 7, "channel": "web",
         #  "age": 41, "segment": "family", ..., "launch_year": None, ...}
 
     ``entities``: every entity's join key with its value; ``context``: request-context

@@ -6,12 +6,12 @@ wrong types, impossible values and references to features that do not exist fail
 
 Example (see ``configs/deepfm.yaml``)::
 
-    data: {label: purchased, group_key: customer_id}
+    data: {label: purchased, group_key: shopper_id}
     features:
-      - {name: user_id, type: id, vocab: {min_count: 2}, embedding_dim: 16}
-      - {name: price, type: raw, boundaries: [10, 50, 200], embedding_dim: 16}
-      - {name: interest_cates, type: multi_id, hash_bucket_size: 1000, pooling: mean}
-    feature_groups: {wide: [user_id], fm: [user_id, price], deep: [user_id, price]}
+      - {name: shopper_id, type: id, vocab: {min_count: 2}, embedding_dim: 16}
+      - {name: cost, type: raw, boundaries: [10, 50, 200], embedding_dim: 16}
+      - {name: likes, type: multi_id, hash_bucket_size: 1000, pooling: mean}
+    feature_groups: {wide: [shopper_id], fm: [shopper_id, cost], deep: [shopper_id, cost]}
     model: {deep: {hidden_units: [256, 128, 64]}}
 """
 

@@ -5,8 +5,8 @@ the Feast online store.
 
 Endpoints (``<name>`` is ``--name``, default ``deepfm``)::
 
-    POST /v1/models/<name>:predict  {"instances": [{"customer_id": "c000123",
-                                                    "product_id": "p00042",
+    POST /v1/models/<name>:predict  {"instances": [{"shopper_id": "s000123",
+                                                    "item_id": "i00042",
                                                     "channel": "web"}, ...]}
                                     -> {"predictions": [0.031, ...], "model_name": "deepfm",
                                         "model_version": "20261127-213217-4c97a2e5"}
@@ -190,8 +190,8 @@ class OnlineFeatures:
                 )
 
     def read(self, entity_rows: list[dict[str, Any]]) -> dict[str, list]:
-        """The online features of ``[N]`` entity rows (``{"customer_id": "c000123",
-        "store_id": 7}``, every join key): column -> ``[N]`` values in the same order, None
+        """The online features of ``[N]`` entity rows (``{"shopper_id": "s000123",
+        "shop_id": 7}``, every join key): column -> ``[N]`` values in the same order, None
         where an entity has none."""
         if not self._refs:
             return {}
