@@ -26,10 +26,10 @@ version and the last event, rounded up; the grouping key of grouped AUC is the f
 entity's key unless given. Example::
 
     text = infer_spec(
-        Path("visits.parquet"),
-        {"customer": ("customer_id", Path("customers.parquet"))},
-        label="purchased",
-        timestamp="visit_ts",
+        Path("orders.parquet"),
+        {"shopper": ("shopper_id", Path("shoppers.parquet"))},
+        label="bought",
+        timestamp="order_time",
     )
 """
 
@@ -72,7 +72,7 @@ MAX_LIST_LENGTH = 64
 
 ID_DENSITY = 0.001
 """An int column with fewer distinct values than this fraction of its range is taken for
-ids (e.g. 60 brand ids between 400000 and 9900000), not for a number."""
+ids (e.g. 60 maker ids between 400000 and 9900000), not for a number."""
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ID_LIKE = re.compile(r"(^id$|_id$|[a-z]Id$|_key$|_code$)")
@@ -625,7 +625,7 @@ def parse_entity(text: str) -> tuple[str, tuple[str, Path]]:
     key, colon, table = rest.partition(":")
     if not (eq and colon and name and key and table):
         raise ValueError(
-            f"--entity {text}: expected NAME=KEY:TABLE, e.g. customer=customer_id:c.parquet"
+            f"--entity {text}: expected NAME=KEY:TABLE, e.g. shopper=shopper_id:shoppers.parquet"
         )
     return name, (key, Path(table))
 

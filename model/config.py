@@ -225,9 +225,7 @@ class ModelConfig(_Section):
     losses: list[LossConfig] = Field(
         default_factory=lambda: [LossConfig(binary_cross_entropy=BinaryCrossEntropy())]
     )
-    metrics: list[Metric] = Field(
-        default_factory=lambda: ["auc", "logloss", "grouped_auc", "calibration"]
-    )
+    metrics: list[Metric] = Field(default_factory=lambda: ["auc", "logloss", "calibration"])
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -293,7 +291,7 @@ class DataConfig(_Section):
     """Which columns hold the label, the optional sample weight, the event time (for a
     time split) and the grouping key of grouped AUC."""
 
-    label: str = "clk"
+    label: str = "label"
     sample_weight: str | None = None
     timestamp: str | None = "event_timestamp"
     group_key: str | None = None
@@ -398,7 +396,7 @@ def _child(node: Any, part: str | int) -> Any:
 
 def _error_line(error: ValidationError, data: Any) -> str:
     """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
-    feature also by name, ``features[3] (price)``, unless the error is about the shape of the
+    feature also by name, ``features[3] (amount)``, unless the error is about the shape of the
     data) and what is wrong there."""
     errors = error.errors()
     first, node = errors[0], data
