@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from feature_repo import store
 from feature_repo.repo import write_repo_files
@@ -161,6 +162,63 @@ def test_the_whole_pipeline_runs_and_the_pushed_model_scores_as_evaluated(repo, 
     labels = eval_df[spec.label.name].to_numpy()
     assert auc(labels, model.predict(eval_df)) == pytest.approx(summary["auc"], abs=1e-12)
     assert model.cfg.data.group_key == spec.group_key
+
+    # materialize, then score the latest event rows by their entity keys and context alone:
+    # the server reads each view's latest version from the online store
+    start, end = window(spec, repo)
+    store.materialize(start - timedelta(days=400), end, repo_path=repo)
+    rows = events(spec, repo).tail(12)
+    keys = list(spec.join_keys())
+    context = [f.name for f in spec.context_features()]
+    instances = [
+        {c: cell(v) for c, v in row.items() if c in keys or c in context}
+        for _, row in rows.iterrows()
+    ]
+    online = [
+        store.online_features(
+            {k: i[k] for k in keys}, {c: i[c] for c in context if c in i}, repo_path=repo
+        )
+        for i in instances
+    ]
+    latest = latest_versions(spec, repo, end)
+    for result in online:
+        for name in spec.feature_views:
+            key = spec.entities[spec.feature_views[name].entity].join_key
+            want = latest[name].get(result.vector[key], {})
+            for f in spec.view_features(name):
+                assert cell(result.vector[f.name]) == cell(want.get(f.name)), (name, f.name)
+    assert any(cell(v) is not None for r in online for v in r.vector.values())
+
+    from test_serve import running  # the uvicorn-in-a-thread helper of the server's tests
+
+    from serving.server import ModelServer, ServeOptions
+
+    server = ModelServer(
+        ServeOptions(model=str(registry), feature_repo=str(repo), reload_interval_s=0)
+    )
+    server.refresh()
+    with running(server) as url:
+        response = requests.post(
+            f"{url}/v1/models/deepfm:predict", json={"instances": instances}, timeout=60
+        )
+    assert response.status_code == 200, response.text
+    expected = model.predict(pd.DataFrame([r.vector for r in online]))
+    np.testing.assert_allclose(response.json()["predictions"], expected, rtol=1e-6)
+
+
+def latest_versions(spec: FeatureSpec, repo: Path, end) -> dict[str, dict]:
+    """Per view, each entity key's latest feature version at or before ``end`` (what an
+    online store materialized up to ``end`` holds), as ``{key: {column: value}}``."""
+    out = {}
+    for name, view in spec.feature_views.items():
+        source = spec.sources[view.source]
+        key = spec.entities[view.entity].join_key
+        versions = pd.read_parquet(spec.source_path(view.source, repo))
+        versions = versions[versions[source.timestamp_field] <= end]
+        versions = versions.sort_values(source.timestamp_field, kind="stable")
+        last = versions.drop_duplicates(key, keep="last")
+        out[name] = {cell(k): r for k, r in zip(last[key], last.to_dict("records"), strict=True)}
+    return out
 
 
 @pytest.mark.slow
