@@ -23,6 +23,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY common/ common/
 COPY model/ model/
 COPY feature_repo/ feature_repo/
 COPY registry/ registry/

@@ -108,30 +108,16 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
 
 def cmd_online(args: argparse.Namespace) -> None:
+    from common.params import parse_assignments
     from feature_repo.store import online_features
 
-    entities = _assignments(args.entity, "--entity")
-    context = _assignments(args.context, "--context")
+    # typed by the spec, not by YAML: "007" stays a string id
+    entities = parse_assignments(args.entity, "--entity", typed=False)
+    context = parse_assignments(args.context, "--context", typed=False)
     result = online_features(entities, context, repo_path=args.repo)
     for entity in result.unstored:
         print(entity.note(), file=sys.stderr)
     print(json.dumps(result.vector))
-
-
-def _assignments(items: list[str], flag: str) -> dict[str, str]:
-    """``["a=1", "b=x=y"]`` -> ``{"a": "1", "b": "x=y"}`` (split on the first ``=``);
-    ValueError ``--entity x: expected KEY=VALUE`` for an item without one or with a key
-    given twice."""
-    values: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise ValueError(f"{flag} {item}: expected KEY=VALUE")
-        if key in values:
-            raise ValueError(f"{flag} {item}: {key} is given twice")
-        values[key] = value
-    return values
 
 
 def cmd_training_data(args: argparse.Namespace) -> None:

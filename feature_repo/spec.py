@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +43,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from common.schema import error_line
 
 REPO_DIR = Path(__file__).resolve().parent
 """The Feast feature repo: this folder (feature_store.yaml, features.yaml, definitions.py)."""
@@ -545,61 +546,6 @@ def _named(items: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- loading
 
-# pydantic error type -> the message after the key ({input} is the wrong value; other
-# fields come from the error's context)
-_MESSAGES = {
-    "missing": "required key is missing",
-    "int_type": "expected an integer, got {input!r}",
-    "float_type": "expected a number, got {input!r}",
-    "bool_type": "expected true or false, got {input!r}",
-    "string_type": "expected a string, got {input!r}",
-    "list_type": "expected a list, got {input!r}",
-    "tuple_type": "expected a list, got {input!r}",
-    "dict_type": "expected a mapping, got {input!r}",
-    "model_type": "expected a mapping, got {input!r}",
-    "string_pattern_mismatch": "expected a name of letters, digits and _, got {input!r}",
-    "literal_error": "expected one of {expected}, got {input!r}",
-    "greater_than": "must be > {gt:g}, got {input!r}",
-    "too_short": "must list at least one value",
-    "string_too_short": "must not be empty",
-}
-
-
-def _child(node: Any, part: str | int) -> Any:
-    if isinstance(node, dict):
-        return node.get(part)
-    ok = isinstance(node, list) and isinstance(part, int) and part < len(node)
-    return node[part] if ok else None
-
-
-def _error_line(error: ValidationError, data: Any) -> str:
-    """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
-    feature also by name, ``features[3] (age)``) and what is wrong there."""
-    errors = error.errors()
-    first, node = errors[0], data
-    for i, part in enumerate(first["loc"]):
-        if isinstance(part, str) and not isinstance(node, dict):  # a union member's tag:
-            same = [e for e in errors if e["loc"][:i] == first["loc"][:i]]
-            first = max(same, key=lambda e: len(e["loc"]))  # the member that got furthest
-            break
-        node = _child(node, part)
-    key, node = "", data
-    for part in first["loc"]:
-        if part == "[key]" or (isinstance(part, str) and not isinstance(node, dict)):
-            continue
-        key += f"[{part}]" if isinstance(node, list) else f".{part}" if key else str(part)
-        node = _child(node, part)
-        if re.fullmatch(r"features\[\d+\]", key) and isinstance(node, dict):
-            key += f" ({node['name']})" if isinstance(node.get("name"), str) else ""
-    ctx = first.get("ctx") or {}
-    if ctx.get("key"):
-        key += ctx["key"] if not key or ctx["key"].startswith("[") else f".{ctx['key']}"
-    if "message" in ctx:
-        return f"{key}: {ctx['message']}"
-    template = _MESSAGES.get(first["type"])
-    text = template.format(input=first.get("input"), **ctx) if template else first["msg"]
-    return f"{key or 'the top level'}: {text}"
-
 
 def load_spec(path: str | Path | None = None) -> FeatureSpec:
     """Read and validate a feature spec (default: ``features.yaml`` beside this file).
@@ -618,7 +564,7 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
     try:
         return _SpecFile.model_validate(data).spec(path)
     except ValidationError as e:
-        raise SpecError(f"{path.name}: {_error_line(e, data)}") from None
+        raise SpecError(f"{path.name}: {error_line(e, data, top='the top level')}") from None
 
 
 def _either(names: tuple[str, ...]) -> str:

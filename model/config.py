@@ -17,7 +17,6 @@ Example (see ``configs/deepfm.yaml``)::
 
 from __future__ import annotations
 
-import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Annotated, Any, Literal, NoReturn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
+
+from common.schema import error_line
 
 
 class ConfigError(ValueError):
@@ -367,70 +368,13 @@ class Config(_Section):
 
 # ------------------------------------------------------------------------ validation
 
-# pydantic error type -> the message after the key ({input} is the wrong value; other
-# fields come from the error's context). Shape errors name a feature by its index alone.
-_MESSAGES = {
-    "missing": "required key is missing",
-    "int_type": "expected an integer, got {input!r}",
-    "float_type": "expected a number, got {input!r}",
-    "bool_type": "expected true or false, got {input!r}",
-    "string_type": "expected a string, got {input!r}",
-    "list_type": "expected a list, got {input!r}",
-    "model_type": "expected a mapping, got {input!r}",
-    "literal_error": "expected one of {expected}, got {input!r}",
-    "greater_than": "must be > {gt:g}, got {input}",
-    "greater_than_equal": "must be >= {ge:g}, got {input}",
-    "less_than": "must be < {lt:g}, got {input}",
-    "too_short": "must list at least one value",
-    "string_too_short": "must not be empty",
-}
-_SHAPE_ERRORS = {"missing", "extra_forbidden", "literal_error"}
-
-
-def _child(node: Any, part: str | int) -> Any:
-    if isinstance(node, dict):
-        return node.get(part)
-    ok = isinstance(node, list) and isinstance(part, int) and part < len(node)
-    return node[part] if ok else None
-
-
-def _error_line(error: ValidationError, data: Any) -> str:
-    """ONE line for a ValidationError: the dotted key of its first error in ``data`` (a
-    feature also by name, ``features[3] (amount)``, unless the error is about the shape of the
-    data) and what is wrong there."""
-    errors = error.errors()
-    first, node = errors[0], data
-    for i, part in enumerate(first["loc"]):
-        if isinstance(part, str) and not isinstance(node, dict):  # a union member's tag:
-            same = [e for e in errors if e["loc"][:i] == first["loc"][:i]]
-            first = max(same, key=lambda e: len(e["loc"]))  # the member that got furthest
-            break
-        node = _child(node, part)
-    named = first["type"] not in _SHAPE_ERRORS and not first["type"].endswith("_type")
-    key, node = "", data
-    for part in first["loc"]:
-        if isinstance(part, str) and not isinstance(node, dict):
-            continue
-        key += f"[{part}]" if isinstance(node, list) else f".{part}" if key else str(part)
-        node = _child(node, part)
-        if named and re.fullmatch(r"features\[\d+\]", key) and isinstance(node, dict):
-            key += f" ({node['name']})" if node.get("name") else ""
-    ctx = first.get("ctx") or {}
-    if ctx.get("key"):
-        key += ctx["key"] if not key or ctx["key"].startswith("[") else f".{ctx['key']}"
-    if "message" in ctx:
-        return f"{key}: {ctx['message']}"
-    template = _MESSAGES.get(first["type"])
-    text = template.format(input=first.get("input"), **ctx) if template else first["msg"]
-    return f"{key or 'config'}: {text}"
-
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from plain data (e.g. parsed YAML)."""
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_error_line(e, data)) from None
+        raise ConfigError(error_line(e, data, top="config", name_on_shape_errors=False)) from None
 
 
 def read_config_dict(

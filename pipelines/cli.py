@@ -116,7 +116,7 @@ def _generate_retail(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from model.params import parse_assignments
+    from common.params import parse_assignments
     from training.run import TrainRequest, run_training
 
     request = TrainRequest(
@@ -200,7 +200,7 @@ def _parse_toleration(text: str):
 
 
 def _pipeline_options(args: argparse.Namespace):
-    from model.params import parse_assignments
+    from common.params import parse_assignments
     from pipelines.pipeline import PipelineOptions
 
     node_selector = parse_assignments(args.node_selector, "--node-selector", typed=False)
@@ -231,7 +231,7 @@ def cmd_pipeline_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
-    from model.params import parse_assignments
+    from common.params import parse_assignments
     from pipelines.local_run import run_local
 
     params = parse_assignments(args.param, "--param", typed=False)  # typed by run_local

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from model.params import parse_assignments
+from common.params import parse_assignments
 
 if TYPE_CHECKING:  # kfp is imported where a client is made: the CLI starts without it
     import kfp

@@ -53,6 +53,7 @@ EXAMPLE_FILES = {
     "feature_repo/retail_features.yaml",
 }
 LIBRARY_PARTS = (
+    "common",
     "model",
     "feature_repo",
     "registry",

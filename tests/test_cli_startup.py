@@ -52,16 +52,19 @@ COMMANDS = [
     ["serve"],
 ]
 
-# In a fresh interpreter: parse ``argv`` (``--help`` exits), then report what was imported.
+# In a fresh interpreter: parse ``argv`` (``--help`` exits), then report what the parser
+# imported (not what the interpreter loaded before it: an installed namespace package's .pth
+# file may import ``google.cloud`` at start-up, for every Python program alike).
 _PROBE = """
 import json, sys
+before = set(sys.modules)
 from pipelines.cli import build_parser
 parser = build_parser()
 try:
     parser.parse_args(sys.argv[1:])
 except SystemExit:
     pass
-heavy = [m for m in {heavy!r} if m in sys.modules]
+heavy = [m for m in {heavy!r} if m in sys.modules and m not in before]
 print(json.dumps(heavy))
 """
 

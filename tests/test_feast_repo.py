@@ -742,11 +742,11 @@ def test_the_features_commands(tmp_path, sample, capsys):
             ["online", "--entity", "user_id=1", "--repo", "/no/such/repo"],
             "feature repo /no/such/repo is not a folder",
         ),
-        (["online", "--entity", "user_id"], "--entity user_id: expected KEY=VALUE"),
-        (["online", "--context", "=web"], "--context =web: expected KEY=VALUE"),
+        (["online", "--entity", "user_id"], "--entity 'user_id': expected KEY=VALUE"),
+        (["online", "--context", "=web"], "--context '=web': expected KEY=VALUE"),
         (
             ["online", "--entity", "user_id=1", "--entity", "user_id=2"],
-            "--entity user_id=2: user_id is given twice",
+            "--entity 'user_id=2': user_id is given twice",
         ),
     ],
 )

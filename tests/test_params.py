@@ -1,9 +1,9 @@
-"""``model.params``: the one KEY=VALUE parser of ``--set``, ``--param`` and
+"""``common.params``: the one KEY=VALUE parser of ``--set``, ``--param`` and
 ``--node-selector``."""
 
 import pytest
 
-from model.params import parse_assignments, parse_value
+from common.params import parse_assignments, parse_value
 
 
 def test_values_are_read_as_yaml():

@@ -1,7 +1,7 @@
 """``KEY=VALUE`` assignments given on a command line (``--set train.batch_size=4096``,
 ``--param min_auc=0.7``, ``--node-selector pool=gpu``): one syntax, one set of errors.
 
-Pure Python (no torch): every layer above the model library may import it.
+Pure Python: every part of the project may import it (the bottom layer).
 """
 
 from __future__ import annotations
