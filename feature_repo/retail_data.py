@@ -53,6 +53,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feature_repo.sample_data import intercept_for_rate, sigmoid
+
 CHANNELS = ("web", "app", "in_store")
 """Request contexts of a visit, drawn with probabilities 0.45, 0.35, 0.2."""
 
@@ -234,9 +236,9 @@ def _simulate(
     flat = point_in_time_join(visits, customers, products, stores)
     model = _make_purchase_model(rng, customers, products, stores)
     logit = _purchase_logit(flat, model)  # b0 == 0 here: calibrate it to the target rate
-    b0 = _intercept_for_rate(logit, _TARGET_RATE)
+    b0 = intercept_for_rate(logit, _TARGET_RATE)
     model = PurchaseModel(**{**model.__dict__, "b0": b0})
-    true_prob = _sigmoid(logit + b0)
+    true_prob = sigmoid(logit + b0)
     purchased = (rng.random(rows) < true_prob).astype(np.int64)
     visits["purchased"] = purchased
     flat.insert(flat.columns.get_loc("visit_ts") + 1, "purchased", purchased)
@@ -563,17 +565,3 @@ def _purchase_logit(flat: pd.DataFrame, model: PurchaseModel) -> np.ndarray:
     area = np.log(flat["floor_area"].to_numpy(dtype=np.float64, na_value=np.nan)) - 7.0
     logit += np.nan_to_num(model.floor_slope * area * in_store)
     return logit + model.b0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function, elementwise."""
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _intercept_for_rate(logit: np.ndarray, rate: float) -> float:
-    """The ``b`` with ``mean(sigmoid(logit + b)) == rate`` (bisection, to ~1e-9)."""
-    lo, hi = -30.0, 30.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < rate else (lo, mid)
-    return 0.5 * (lo + hi)

@@ -194,8 +194,8 @@ def _simulate(rows: int, seed: int, start: str, days: int) -> _Sample:
     flat = point_in_time_join(impressions, profiles, ads)
     model = _make_click_model(rng, profiles, ads, cate_ids)
     logit = _click_logit(flat, model)  # b0 == 0 here: calibrate it to the target CTR
-    model = replace(model, b0=_intercept_for_rate(logit, _TARGET_CTR))
-    p_click = _sigmoid(logit + model.b0)
+    model = replace(model, b0=intercept_for_rate(logit, _TARGET_CTR))
+    p_click = sigmoid(logit + model.b0)
     clk = (rng.random(rows) < p_click).astype(np.int64)
     impressions["clk"] = clk
     flat.insert(flat.columns.get_loc("event_timestamp") + 1, "clk", clk)
@@ -465,17 +465,17 @@ def _click_logit(flat: pd.DataFrame, model: ClickModel) -> np.ndarray:
     return logit + model.b0
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function, elementwise."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _intercept_for_rate(logit: np.ndarray, rate: float) -> float:
+def intercept_for_rate(logit: np.ndarray, rate: float) -> float:
     """The ``b`` with ``mean(sigmoid(logit + b)) == rate`` (bisection, to ~1e-9)."""
     lo, hi = -30.0, 30.0
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < rate else (lo, mid)
+        lo, hi = (mid, hi) if sigmoid(logit + mid).mean() < rate else (lo, mid)
     return 0.5 * (lo + hi)
 
 
