@@ -87,13 +87,14 @@ def run_local(
 
     pipeline = build_pipeline(PipelineOptions(image="python:3.11"))
     declared = pipeline_parameters(json_format.MessageToDict(pipeline.pipeline_spec))
+    given = check_params(declared, params or {})  # before any work: a typo fails at once
     feature_repo = Path(feature_repo).resolve()
     run_params = {
         **sample_window(feature_repo),
         "feature_repo": str(feature_repo),
         "push_destination": str(push_destination),
         **repo_model_config(feature_repo),
-        **check_params(declared, params or {}),
+        **given,
     }
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -187,3 +187,27 @@ def test_a_failed_task_shows_its_whole_log():
     assert "Skipping registering function" in text  # the full log, INFO records included
     assert "ValueError: no impressions in the window" in text
     assert lines[-1].startswith("features: FAILURE in ")
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("bogus=1", "unknown pipeline parameter 'bogus'; valid: batch_size (int)"),
+        ("window_days=abc", "pipeline parameter window_days='abc': expected a number"),
+        ("min_auc", "--param 'min_auc': expected KEY=VALUE"),
+    ],
+)
+def test_run_local_checks_its_params_first_in_one_line_with_exit_2(tmp_path, param, message):
+    """`--param` of run-local is typed like `run`'s and checked before anything runs (here
+    the feature repo does not even exist)."""
+    script = Path(sys.executable).with_name("deepfm")
+    done = subprocess.run(
+        [str(script), "pipeline", "run-local", "--param", param]
+        + ["--feature-repo", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
