@@ -19,10 +19,67 @@ DEFAULT_DESTINATION = "gs://deepfm-models/deepfm"
 DEFAULT_FEATURE_REPO = "/app/feature_repo"
 DEFAULT_IMAGE = BASE_IMAGE
 DEFAULT_ACCELERATOR_TYPE = "nvidia.com/gpu"
+# Where the compiled spec runs: a Kubeflow Pipelines server (Kubernetes: node selectors,
+# tolerations and pod timeouts in a platform document) or Vertex AI Pipelines (one
+# document; the machine is picked from the limits and the accelerator).
+PLATFORMS = ("kubeflow", "vertex")
+DEFAULT_PLATFORM = "kubeflow"
+# Vertex AI names accelerators by its AcceleratorType enum; these are its GPUs (TPUs and
+# the retired K80 left out: the trainer runs PyTorch on CUDA).
+VERTEX_ACCELERATOR_TYPES = (
+    "NVIDIA_TESLA_T4",
+    "NVIDIA_L4",
+    "NVIDIA_TESLA_V100",
+    "NVIDIA_TESLA_P100",
+    "NVIDIA_TESLA_P4",
+    "NVIDIA_TESLA_A100",
+    "NVIDIA_A100_80GB",
+    "NVIDIA_H100_80GB",
+    "NVIDIA_H100_MEGA_80GB",
+    "NVIDIA_H200_141GB",
+    "NVIDIA_B200",
+    "NVIDIA_GB200",
+    "NVIDIA_RTX_PRO_6000",
+)
+# On Kubernetes an accelerator is an extended resource name (vendor-domain/resource).
+KUBEFLOW_ACCELERATOR_EXAMPLES = ("nvidia.com/gpu", "amd.com/gpu")
+DEFAULT_ACCELERATOR_TYPES = {"kubeflow": DEFAULT_ACCELERATOR_TYPE, "vertex": "NVIDIA_L4"}
 DEFAULT_TRAIN_CPU = "4"
 DEFAULT_TRAIN_MEMORY = "16G"
 DEFAULT_TRAINER = "local"
 DEFAULT_NUM_NODES = 2
+
+# The tasks of the pipeline (their names in the compiled spec; "train" also names the
+# TrainJob launcher, whose resources go to each node).
+STEPS = (
+    "validate",
+    "require-valid-data",
+    "features",
+    "train",
+    "evaluate",
+    "push",
+    "record-not-pushed",
+)
+# Each task's (cpu request, cpu limit, memory request, memory limit). Memory limit =
+# request: a step over its request is killed at once rather than when the node runs short.
+# train's come from --train-cpu/--train-memory (limits = requests).
+STEP_RESOURCES = {
+    "validate": ("1", "2", "4G", "4G"),
+    "require-valid-data": ("100m", "500m", "256M", "256M"),
+    "features": ("2", "4", "8G", "8G"),
+    "evaluate": ("2", "4", "8G", "8G"),
+    "push": ("500m", "1", "1G", "1G"),
+    "record-not-pushed": ("100m", "500m", "256M", "256M"),
+}
+# Retries where a failure is transient: (retries, first backoff, backoff factor). The
+# feature store's offline source and the registry's bucket are remote; a GPU node may be
+# preempted.
+STEP_RETRIES = {
+    "features": (3, "60s", 2.0),
+    "train": (2, "300s", 2.0),
+    "push": (3, "30s", 2.0),
+}
+RETRY_MAX_DURATION = "3600s"
 
 # ``deepfm pipeline run-local``: this checkout's folders.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

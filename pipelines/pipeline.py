@@ -2,12 +2,14 @@
 
     validate -> features -> train -> evaluate -> dsl.If(blessed): push / dsl.Else: record
 
-Compile-time options (``PipelineOptions``: image, GPUs, node selector, tolerations,
-resources) shape the tasks; run-time parameters (window, feature repo, model config, gate
-thresholds, push destination, epoch/batch overrides) have defaults that work when a run is
-started from the Kubeflow UI in a cluster set up as in ``manifests/``.
+Compile-time options (``PipelineOptions``: platform, image, GPUs, node selector,
+tolerations, each task's resources, retries and timeouts) shape the tasks; run-time
+parameters (window, feature repo, model config, gate thresholds, push destination,
+epoch/batch overrides) have defaults that work when a run is started from the Kubeflow UI
+in a cluster set up as in ``manifests/``.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from kfp import compiler, dsl, kubernetes
@@ -18,15 +20,28 @@ from components.push import push, record_not_pushed
 from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
 from pipelines.defaults import (
-    DEFAULT_ACCELERATOR_TYPE,
+    DEFAULT_ACCELERATOR_TYPES,
     DEFAULT_DESTINATION,
     DEFAULT_FEATURE_REPO,
     DEFAULT_IMAGE,
     DEFAULT_NUM_NODES,
+    DEFAULT_PLATFORM,
     DEFAULT_TRAIN_CPU,
     DEFAULT_TRAIN_MEMORY,
     DEFAULT_TRAINER,
+    KUBEFLOW_ACCELERATOR_EXAMPLES,
     PIPELINE_NAME,
+    PLATFORMS,
+    RETRY_MAX_DURATION,
+    STEP_RESOURCES,
+    STEP_RETRIES,
+    STEPS,
+    VERTEX_ACCELERATOR_TYPES,
+)
+
+# A Kubernetes extended resource name: vendor-domain/resource, e.g. nvidia.com/gpu.
+_K8S_RESOURCE = re.compile(
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 
 
@@ -38,13 +53,27 @@ class Toleration:
     effect: str | None = None
 
 
+@dataclass(frozen=True)
+class Resources:
+    """A task's CPU and memory (Kubernetes quantities: "500m", "2", "256M", "8G")."""
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+
 @dataclass
 class PipelineOptions:
     """Compile-time settings of the tasks (not visible as run parameters)."""
 
+    # "kubeflow" or "vertex" (Vertex AI Pipelines: one YAML document, no Kubernetes
+    # settings; a task's machine is picked from its limits and accelerator)
+    platform: str = DEFAULT_PLATFORM
     image: str = DEFAULT_IMAGE
     gpus: int = 0
-    accelerator_type: str = DEFAULT_ACCELERATOR_TYPE
+    # None: the platform's default (nvidia.com/gpu on kubeflow, NVIDIA_L4 on vertex)
+    accelerator_type: str | None = None
     train_cpu: str = DEFAULT_TRAIN_CPU
     train_memory: str = DEFAULT_TRAIN_MEMORY
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -56,14 +85,102 @@ class PipelineOptions:
     # apply to each node) and collects its model (needs a gs:// pipeline root).
     trainer: str = DEFAULT_TRAINER
     num_nodes: int = DEFAULT_NUM_NODES
+    # per task (a name of defaults.STEPS): overrides of its CPU/memory, of its number of
+    # retries (0: none) and its timeout in seconds (kubeflow only: the pod's
+    # activeDeadlineSeconds; kfp 2.17 has no per-task timeout that Vertex reads)
+    resources: dict[str, Resources] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)
+    timeouts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise ValueError(
+                f"platform must be one of {', '.join(PLATFORMS)}, got {self.platform!r}"
+            )
         if self.trainer not in ("local", "trainjob"):
             raise ValueError(f"trainer must be 'local' or 'trainjob', got {self.trainer!r}")
         if self.num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if self.gpus < 0:
             raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+        if self.accelerator_type is None:
+            self.accelerator_type = DEFAULT_ACCELERATOR_TYPES[self.platform]
+        _check_accelerator(self.platform, self.accelerator_type)
+        for what, mapping in [
+            ("resources", self.resources),
+            ("retries", self.retries),
+            ("timeouts", self.timeouts),
+        ]:
+            unknown = sorted(set(mapping) - set(STEPS))
+            if unknown:
+                raise ValueError(
+                    f"{what}: unknown step {', '.join(unknown)}; the steps: {', '.join(STEPS)}"
+                )
+        for step, n in self.retries.items():
+            if n < 0:
+                raise ValueError(f"retries of {step} must be >= 0, got {n}")
+        for step, seconds in self.timeouts.items():
+            if seconds < 1:
+                raise ValueError(f"timeout of {step} must be >= 1 second, got {seconds}")
+        if self.platform == "vertex":
+            kubernetes_only = {
+                "node selectors": self.node_selector,
+                "tolerations": self.tolerations,
+                "timeouts": self.timeouts,
+                "the trainjob trainer": self.trainer == "trainjob",
+            }
+            used = [name for name, value in kubernetes_only.items() if value]
+            if used:
+                raise ValueError(
+                    f"{' and '.join(used)}: Kubernetes only, which Vertex AI Pipelines does "
+                    "not read (a step's machine comes from its CPU/memory limits and "
+                    "accelerator type): leave them out or compile for kubeflow"
+                )
+
+    def step_resources(self, step: str) -> Resources:
+        if step in self.resources:
+            return self.resources[step]
+        if step == "train":
+            return Resources(self.train_cpu, self.train_cpu, self.train_memory, self.train_memory)
+        return Resources(*STEP_RESOURCES[step])
+
+
+def _check_accelerator(platform: str, accelerator: str) -> None:
+    if platform == "vertex":
+        if accelerator not in VERTEX_ACCELERATOR_TYPES:
+            raise ValueError(
+                f"accelerator type {accelerator!r} is not a Vertex AI accelerator; "
+                f"valid on vertex: {', '.join(VERTEX_ACCELERATOR_TYPES)}"
+            )
+    elif not _K8S_RESOURCE.match(accelerator):
+        raise ValueError(
+            f"accelerator type {accelerator!r} is not a Kubernetes resource name; valid on "
+            f"kubeflow: a vendor-domain/resource name such as "
+            f"{', '.join(KUBEFLOW_ACCELERATOR_EXAMPLES)} (pick the GPU model with "
+            "--node-selector; Vertex AI's names such as NVIDIA_L4 need --platform vertex)"
+        )
+
+
+def _configure(task, step: str, opts: PipelineOptions):
+    """The task's image, CPU/memory, retry policy and (kubeflow) timeout."""
+    task.set_container_image(opts.image)
+    r = opts.step_resources(step)
+    if opts.platform == "kubeflow":
+        task.set_cpu_request(r.cpu_request).set_memory_request(r.memory_request)
+    # Vertex AI reads the limits only: they pick the step's machine
+    task.set_cpu_limit(r.cpu_limit).set_memory_limit(r.memory_limit)
+    retries, backoff, factor = STEP_RETRIES.get(step, (0, "0s", 2.0))
+    retries = opts.retries.get(step, retries)
+    if retries > 0:
+        task.set_retry(
+            retries,
+            backoff_duration=backoff,
+            backoff_factor=factor,
+            backoff_max_duration=RETRY_MAX_DURATION,
+        )
+    if step in opts.timeouts:
+        kubernetes.set_timeout(task, opts.timeouts[step])
+    return task
 
 
 def build_pipeline(options: PipelineOptions | None = None):
@@ -91,11 +208,11 @@ def build_pipeline(options: PipelineOptions | None = None):
         validated = validate(
             feature_repo=feature_repo, window_end=window_end, window_days=window_days
         ).set_display_name("validate raw data")
-        validated.set_container_image(opts.image)
+        _configure(validated, "validate", opts)
         checked = require_valid_data(
             passed=validated.outputs["passed"], failures=validated.outputs["failures"]
         ).set_display_name("stop on invalid data")
-        checked.set_container_image(opts.image)
+        _configure(checked, "require-valid-data", opts)
         data = (
             features(
                 feature_repo=feature_repo,
@@ -105,8 +222,8 @@ def build_pipeline(options: PipelineOptions | None = None):
             )
             .after(checked)
             .set_display_name("features from Feast")
-            .set_container_image(opts.image)
         )
+        _configure(data, "features", opts)
         inputs = {
             "train_data": data.outputs["train_data"],
             "eval_data": data.outputs["eval_data"],
@@ -120,8 +237,7 @@ def build_pipeline(options: PipelineOptions | None = None):
             ).set_display_name(f"train DeepFM on a {opts.num_nodes}-node TrainJob")
         else:
             trained = train(**inputs).set_display_name("train DeepFM")
-        trained.set_container_image(opts.image)
-        trained.set_cpu_request(opts.train_cpu).set_memory_request(opts.train_memory)
+        _configure(trained, "train", opts)
         if opts.gpus > 0:
             trained.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
         for key, value in opts.node_selector.items():
@@ -137,22 +253,22 @@ def build_pipeline(options: PipelineOptions | None = None):
             min_auc=min_auc,
             max_auc_drop=max_auc_drop,
         ).set_display_name("evaluate and gate")
-        evaluated.set_container_image(opts.image)
+        _configure(evaluated, "evaluate", opts)
         with dsl.If(evaluated.outputs["blessed"] == True, name="blessed"):  # noqa: E712
-            push(
+            pushed = push(
                 model=trained.outputs["model"],
                 destination=push_destination,
                 version=model_version,
                 auc=evaluated.outputs["auc"],
-            ).set_display_name("push blessed model").set_retry(
-                2, backoff_duration="30s"
-            ).set_container_image(opts.image)
+            ).set_display_name("push blessed model")
+            _configure(pushed, "push", opts)
         with dsl.Else(name="not-blessed"):
-            record_not_pushed(
+            recorded = record_not_pushed(
                 auc=evaluated.outputs["auc"],
                 baseline_auc=evaluated.outputs["baseline_auc"],
                 reason="the evaluation did not bless the model",
-            ).set_display_name("record: not pushed").set_container_image(opts.image)
+            ).set_display_name("record: not pushed")
+            _configure(recorded, "record-not-pushed", opts)
 
     return deepfm_pipeline
 
