@@ -9,7 +9,11 @@
   program.pt2        the network as a torch.export program: (sparse, multi, dense) -> logits
   metrics.json       evaluation metrics and training history
   MANIFEST.json      every file above with its size and sha256, written last
+  checkpoints/       (training with checkpoints only) the run's latest checkpoints, kept
+                     for ``--resume``; outside the manifest, so never pushed
 ```
+
+``save_model_dir`` never replaces what is not a model directory (``check_model_dir_target``).
 
 ``load(model_dir)`` needs nothing else; ``RankingModel.predict(raw rows)`` returns the same
 probabilities the evaluation computed (same encoders, same weights, fp32, eval mode).
@@ -19,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +38,7 @@ import yaml
 from model.config import Config, config_from_dict
 from model.deepfm import DeepFM
 from model.features import FeatureEncoder, InputSpec
-from model.train import score
+from model.train import CHECKPOINT_DIR, score
 
 MANIFEST = "MANIFEST.json"
 PROGRAM = "program.pt2"
@@ -63,6 +69,56 @@ def _export_program(model: DeepFM, spec: InputSpec, path: Path) -> None:
     torch.export.save(program, str(path))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _is_checkpoints_only(d: Path) -> bool:
+    """A folder whose only entry is ``checkpoints/`` holding only checkpoint files: what a
+    training run writes into its model directory before the model is saved."""
+    entries = list(d.iterdir())
+    if [e.name for e in entries] != [CHECKPOINT_DIR] or not entries[0].is_dir():
+        return False
+    return all(re.fullmatch(r"ckpt-\d+\.(pt|tmp)", f.name) for f in entries[0].iterdir())
+
+
+def model_dir_state(model_dir: str | Path) -> str:
+    """What is at ``model_dir``, for writing a model directory there:
+
+    ``"absent"``: nothing, or an empty folder (filled as it is);
+    ``"model"``: a folder with ``MANIFEST.json`` (a model directory, verified or not);
+    ``"checkpoints"``: a folder holding only a training run's ``checkpoints/``;
+    ``"other"``: anything else (a file, a link, a folder of other files): never replaced.
+    """
+    d = Path(model_dir)
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        return "other"
+    if not d.exists() or not any(d.iterdir()):
+        return "absent"
+    if (d / MANIFEST).is_file():
+        return "model"
+    return "checkpoints" if _is_checkpoints_only(d) else "other"
+
+
+def check_model_dir_target(model_dir: str | Path, overwrite: bool = False) -> str:
+    """Raise ``FileExistsError`` unless a model directory may be written at ``model_dir``:
+    it is absent or an empty folder, holds only a training run's checkpoints, or is a model
+    directory and ``overwrite`` is set. Returns ``model_dir_state``."""
+    state = model_dir_state(model_dir)
+    if state == "other":
+        raise FileExistsError(
+            f"{model_dir} exists and is not a model directory; refusing to replace it "
+            "(choose another --model-dir)"
+        )
+    if state == "model" and not overwrite:
+        raise FileExistsError(
+            f"{model_dir} already holds a model directory; pass --overwrite to replace it"
+        )
+    return state
+
+
 def save_model_dir(
     model_dir: str | Path,
     cfg: Config,
@@ -71,34 +127,87 @@ def save_model_dir(
     metrics: dict | None = None,
     *,
     export_program: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the model directory (replacing an earlier one atomically: written beside it,
-    then renamed). Returns its path."""
+    """Write the model directory and return its path.
+
+    The files are written into a fresh temporary folder beside ``model_dir``, then swapped
+    in by renames: nothing is ever half-written at ``model_dir``. An existing model
+    directory is replaced only with ``overwrite`` (renamed aside, the new one renamed in,
+    then the old one deleted); an empty folder is filled; anything else raises
+    ``FileExistsError`` (``check_model_dir_target``) before anything is written. A
+    ``checkpoints/`` folder already at ``model_dir`` (the training run's) moves into the
+    new directory, outside its manifest. On any failure the temporary folder is removed
+    and ``model_dir`` is left as it was.
+    """
     out = Path(model_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    state = check_model_dir_target(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # as a plain mkdir would (mkdtemp makes it 0700)
+        _write_files(tmp, cfg, encoder, model, metrics, export_program)
+        if state == "absent":
+            os.replace(tmp, out)  # renaming onto an empty folder replaces it
+        else:
+            _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_files(
+    folder: Path,
+    cfg: Config,
+    encoder: FeatureEncoder,
+    model: DeepFM,
+    metrics: dict | None,
+    export_program: bool,
+) -> None:
     spec = encoder.input_spec()
     model = model.eval()
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (tmp / "encoders.json").write_text(json.dumps(encoder.state()))
-    (tmp / "input_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (folder / "encoders.json").write_text(json.dumps(encoder.state()))
+    (folder / "input_spec.json").write_text(json.dumps(spec.to_dict(), indent=1))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, tmp / "weights.pt")
+    torch.save(state, folder / "weights.pt")
     if export_program:
-        _export_program(model, spec, tmp / PROGRAM)
-    (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, default=float))
+        _export_program(model, spec, folder / PROGRAM)
+    (folder / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, default=float))
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
     }
-    (tmp / MANIFEST).write_text(
+    (folder / MANIFEST).write_text(
         json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=1)
     )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace the folder ``out`` (ours: a model directory or a run's checkpoints) by
+    ``new``, carrying ``out/checkpoints`` over; undone if a rename fails."""
+    ckpt_old, ckpt_new = out / CHECKPOINT_DIR, new / CHECKPOINT_DIR
+    carried = ckpt_old.is_dir()
+    if carried:
+        ckpt_old.rename(ckpt_new)
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+    try:
+        out.rename(aside / out.name)
+    except BaseException:
+        aside.rmdir()
+        if carried:
+            ckpt_new.rename(ckpt_old)
+        raise
+    try:
+        new.rename(out)
+    except BaseException:
+        (aside / out.name).rename(out)
+        aside.rmdir()
+        if carried:
+            ckpt_new.rename(ckpt_old)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)  # a leftover hidden folder loses nothing
 
 
 def verify_model_dir(model_dir: str | Path) -> dict:

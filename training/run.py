@@ -8,6 +8,7 @@ model directory and returns the summary that is also its ``metrics.json``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ class TrainRequest:
     ``train_data`` by the config's ``data.timestamp`` is held out (0: no evaluation).
     ``overrides`` are dotted config keys (``{"train.batch_size": 4096}``); ``epochs`` and
     ``batch_size`` of 0 keep the config's. ``resume`` continues from the latest checkpoint
-    under ``model_dir``. ``data_names`` name the two tables in errors (a command line
+    under ``model_dir`` (and implies ``overwrite``: the folder is the run's own).
+    ``overwrite`` lets an existing model directory be replaced (its checkpoints too: they
+    are deleted when training starts, unless resuming); a folder that is not a model
+    directory is never replaced. ``data_names`` name the two tables in errors (a command line
     passes its flags).
     """
 
@@ -66,6 +70,7 @@ class TrainRequest:
     batch_size: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
     data_names: tuple[str, str] = ("train data", "eval data")
 
 
@@ -81,10 +86,14 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
     Raises:
         FileNotFoundError, ValueError (``ConfigError``): naming the file, setting or
             column at fault, before anything is written.
+        FileExistsError: ``model_dir`` is not a model directory, or is one and neither
+            ``overwrite`` nor ``resume`` is set, or holds an earlier run's checkpoints
+            and neither is set; raised before training, nothing touched.
         FloatingPointError: the training loss became NaN or infinite.
     """
     import torch.distributed as dist
 
+    from model.config import check_columns
     from model.export import save_model_dir
     from model.train import time_split, train
     from training.config import load_config
@@ -107,6 +116,11 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
         train_df, eval_df = time_split(train_df, cfg.data.timestamp, request.eval_fraction)
     else:
         eval_df = None
+    check_columns(cfg, train_df.columns, "the training data")
+    if eval_df is not None:
+        check_columns(cfg, eval_df.columns, "the evaluation data")
+    overwrite = request.overwrite or request.resume
+    _prepare_model_dir(Path(request.model_dir), overwrite, request.resume)
     try:
         result = train(
             cfg,
@@ -127,8 +141,33 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
             "rows_eval": 0 if eval_df is None else len(eval_df),
             "history": result.history,
         }
-        save_model_dir(request.model_dir, cfg, result.encoder, result.model, summary)
+        save_model_dir(
+            request.model_dir, cfg, result.encoder, result.model, summary, overwrite=overwrite
+        )
         return summary
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _prepare_model_dir(model_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse, before any training, a ``model_dir`` the final save would refuse
+    (``model.export.check_model_dir_target``) or whose checkpoints are an earlier run's
+    while not resuming; with ``overwrite`` and without ``resume`` delete those
+    checkpoints (process of rank 0), so that the new run's are not mixed with them."""
+    import shutil
+
+    from model.export import check_model_dir_target
+    from model.train import CHECKPOINT_DIR
+
+    state = check_model_dir_target(model_dir, overwrite)
+    old = model_dir / CHECKPOINT_DIR
+    if resume or state == "absent" or not old.is_dir():
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{model_dir} holds the checkpoints of an earlier run; pass --resume to "
+            "continue it or --overwrite to start afresh"
+        )
+    if os.environ.get("RANK", "0") == "0":
+        shutil.rmtree(old)
