@@ -165,10 +165,16 @@ def _configure(task, step: str, opts: PipelineOptions):
     """The task's image, CPU/memory, retry policy and (kubeflow) timeout."""
     task.set_container_image(opts.image)
     r = opts.step_resources(step)
-    if opts.platform == "kubeflow":
-        task.set_cpu_request(r.cpu_request).set_memory_request(r.memory_request)
-    # Vertex AI reads the limits only: they pick the step's machine
-    task.set_cpu_limit(r.cpu_limit).set_memory_limit(r.memory_limit)
+    try:
+        if opts.platform == "kubeflow":
+            task.set_cpu_request(r.cpu_request).set_memory_request(r.memory_request)
+        # Vertex AI reads the limits only: they pick the step's machine
+        task.set_cpu_limit(r.cpu_limit).set_memory_limit(r.memory_limit)
+    except ValueError as e:  # kfp's message names neither the step nor the value
+        raise ValueError(
+            f"{step}: cpu {r.cpu_request}/{r.cpu_limit}, memory "
+            f"{r.memory_request}/{r.memory_limit}: {e}"
+        ) from e
     retries, backoff, factor = STEP_RETRIES.get(step, (0, "0s", 2.0))
     retries = opts.retries.get(step, retries)
     if retries > 0:

@@ -10,7 +10,8 @@ import yaml
 from kfp import components
 
 from pipelines.cli import main
-from pipelines.pipeline import PipelineOptions, Toleration, compile_pipeline
+from pipelines.defaults import STEP_RESOURCES, STEP_RETRIES
+from pipelines.pipeline import PipelineOptions, Resources, Toleration, compile_pipeline
 
 STEPS = ["validate", "features", "train", "evaluate"]
 
@@ -213,3 +214,151 @@ def test_trainjob_trainer_passes_the_gpu_settings_to_the_job(tmp_path):
 def test_unknown_trainer_is_refused():
     with pytest.raises(ValueError, match="trainer must be"):
         PipelineOptions(trainer="slurm")
+
+
+def _resources(spec: dict) -> dict:
+    """task name -> its container's resources (the executor of each task's component)."""
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    executors = spec["deploymentSpec"]["executors"]
+    out = {}
+    for name, (task, _) in tasks.items():
+        comp = spec["components"][task["componentRef"]["name"]]
+        if "executorLabel" in comp:
+            out[name] = executors[comp["executorLabel"]]["container"].get("resources", {})
+    return out
+
+
+def _retries(spec: dict) -> dict:
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    return {name: task.get("retryPolicy") for name, (task, _) in tasks.items()}
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits(tmp_path):
+    _, docs = _compile(tmp_path, train_cpu="6", train_memory="24G")
+    resources = _resources(docs[0])
+    assert set(resources) == {*STEPS, "require-valid-data", "push", "record-not-pushed"}
+    expected = dict(STEP_RESOURCES, train=("6", "6", "24G", "24G"))
+    for name, r in resources.items():
+        got = (
+            r["resourceCpuRequest"],
+            r["resourceCpuLimit"],
+            r["resourceMemoryRequest"],
+            r["resourceMemoryLimit"],
+        )
+        assert got == expected[name], name
+    # the small gate tasks get a fraction of a core, the data steps more
+    assert resources["require-valid-data"]["cpuRequest"] < 1 <= resources["features"]["cpuRequest"]
+
+
+def test_retries_with_backoff_where_failures_are_transient(tmp_path):
+    _, docs = _compile(tmp_path)
+    retries = _retries(docs[0])
+    for name in ("features", "train", "push"):
+        count, backoff, factor = STEP_RETRIES[name]
+        assert retries[name] == {
+            "maxRetryCount": count,
+            "backoffDuration": backoff,
+            "backoffFactor": factor,
+            "backoffMaxDuration": "3600s",
+        }, name
+        assert count >= 1 and factor > 1
+    for name in ("validate", "require-valid-data", "evaluate", "record-not-pushed"):
+        assert retries[name] is None, name  # a data or gate failure is not transient
+
+
+def test_options_override_resources_retries_and_add_pod_timeouts(tmp_path):
+    _, docs = _compile(
+        tmp_path,
+        resources={"features": Resources("3", "6", "12G", "16G")},
+        retries={"train": 0, "evaluate": 1},
+        timeouts={"train": 7200, "push": 600},
+    )
+    r = _resources(docs[0])["features"]
+    assert (r["resourceCpuRequest"], r["resourceCpuLimit"]) == ("3", "6")
+    assert (r["resourceMemoryRequest"], r["resourceMemoryLimit"]) == ("12G", "16G")
+    retries = _retries(docs[0])
+    assert retries["train"] is None
+    assert retries["evaluate"]["maxRetryCount"] == 1
+    assert retries["push"]["maxRetryCount"] == STEP_RETRIES["push"][0]
+    # kfp 2.17's PipelineTask has no timeout; kfp-kubernetes sets the pod's deadline
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform == {
+        "exec-train": {"activeDeadlineSeconds": "7200"},
+        "exec-push": {"activeDeadlineSeconds": "600"},
+    }
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"retries": {"trian": 1}}, "unknown step trian"),
+        ({"resources": {"gate": Resources("1", "1", "1G", "1G")}}, "unknown step gate"),
+        ({"retries": {"push": -1}}, "retries of push must be >= 0"),
+        ({"timeouts": {"train": 0}}, "timeout of train must be >= 1"),
+    ],
+)
+def test_bad_task_settings_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        PipelineOptions(**options)
+
+
+def test_cli_compile_task_settings(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    code = main(
+        [
+            "pipeline",
+            "compile",
+            "-o",
+            str(out),
+            "--cpu",
+            "features=3/6",
+            "--memory",
+            "evaluate=10G",
+            "--memory",
+            "train=20G/24G",
+            "--retries",
+            "push=5",
+            "--retries",
+            "features=0",
+            "--timeout",
+            "train=86400",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    docs = list(yaml.safe_load_all(out.read_text()))
+    r = _resources(docs[0])
+    assert (r["features"]["resourceCpuRequest"], r["features"]["resourceCpuLimit"]) == ("3", "6")
+    # a flag not given keeps the step's default; a limit not given equals the request
+    assert r["features"]["resourceMemoryRequest"] == STEP_RESOURCES["features"][2]
+    assert (r["evaluate"]["resourceMemoryRequest"], r["evaluate"]["resourceMemoryLimit"]) == (
+        "10G",
+        "10G",
+    )
+    assert r["evaluate"]["resourceCpuLimit"] == STEP_RESOURCES["evaluate"][1]
+    assert (r["train"]["resourceMemoryRequest"], r["train"]["resourceMemoryLimit"]) == (
+        "20G",
+        "24G",
+    )
+    assert r["train"]["resourceCpuRequest"] == "4"  # --train-cpu's default
+    retries = _retries(docs[0])
+    assert retries["push"]["maxRetryCount"] == 5 and retries["features"] is None
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-train"] == {"activeDeadlineSeconds": "86400"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cpu", "trian=1"], "--cpu: unknown step trian"),
+        (["--memory", "push="], "--memory push=: expected REQUEST[/LIMIT]"),
+        (["--retries", "push=two"], "--retries push=two: expected a whole number"),
+        (["--timeout", "train"], "--timeout"),
+        (["--cpu", "push=lots"], "push: cpu lots/lots"),
+        (["--memory", "features=8 GB"], "features: cpu 2/4, memory 8 GB/8 GB"),
+    ],
+)
+def test_cli_compile_rejects_bad_task_settings(tmp_path, capsys, args, message):
+    out = tmp_path / "x.yaml"
+    code = main(["pipeline", "compile", "-o", str(out), *args])
+    assert code == 2 and not out.exists()
+    assert message in capsys.readouterr().err
