@@ -103,9 +103,7 @@ class PipelineOptions:
             raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if self.gpus < 0:
             raise ValueError(f"gpus must be >= 0, got {self.gpus}")
-        if self.accelerator_type is None:
-            self.accelerator_type = DEFAULT_ACCELERATOR_TYPES[self.platform]
-        _check_accelerator(self.platform, self.accelerator_type)
+        _check_accelerator(self.platform, self.accelerator)
         for what, mapping in [
             ("resources", self.resources),
             ("retries", self.retries),
@@ -136,6 +134,11 @@ class PipelineOptions:
                     "not read (a step's machine comes from its CPU/memory limits and "
                     "accelerator type): leave them out or compile for kubeflow"
                 )
+
+    @property
+    def accelerator(self) -> str:
+        """The accelerator type: the given one, else the platform's default."""
+        return self.accelerator_type or DEFAULT_ACCELERATOR_TYPES[self.platform]
 
     def step_resources(self, step: str) -> Resources:
         if step in self.resources:
@@ -245,7 +248,7 @@ def build_pipeline(options: PipelineOptions | None = None):
             trained = train(**inputs).set_display_name("train DeepFM")
         _configure(trained, "train", opts)
         if opts.gpus > 0:
-            trained.set_accelerator_type(opts.accelerator_type).set_accelerator_limit(opts.gpus)
+            trained.set_accelerator_type(opts.accelerator).set_accelerator_limit(opts.gpus)
         for key, value in opts.node_selector.items():
             kubernetes.add_node_selector(trained, label_key=key, label_value=value)
         for t in opts.tolerations:

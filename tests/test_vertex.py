@@ -134,7 +134,8 @@ def test_vertex_options_refuse_tolerations_in_the_library_too(tmp_path):
         PipelineOptions(platform="vertex", tolerations=[Toleration(key="nvidia.com/gpu")])
     with pytest.raises(ValueError, match="platform must be one of kubeflow, vertex"):
         PipelineOptions(platform="sagemaker")
-    # the kubeflow default accelerator stays the Kubernetes resource name
-    assert PipelineOptions().accelerator_type == "nvidia.com/gpu"
+    # without a type, each platform's default: kubeflow's stays the Kubernetes resource name
+    assert PipelineOptions().accelerator == "nvidia.com/gpu"
+    assert PipelineOptions(platform="vertex").accelerator in VERTEX_ACCELERATOR_TYPES
     path = compile_pipeline(str(tmp_path / "v.yaml"), PipelineOptions(platform="vertex"))
     assert len(list(yaml.safe_load_all(Path(path).read_text()))) == 1
