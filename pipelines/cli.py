@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size or 0,
         device=args.device,
         resume=args.resume,
+        overwrite=args.overwrite,
         data_names=("--data", "--eval-data"),
     )
     summary = run_training(request)
@@ -209,6 +210,10 @@ def _pipeline_options(args: argparse.Namespace):
     if args.num_nodes < 1:
         raise UsageError(f"--num-nodes must be >= 1, got {args.num_nodes}")
     return PipelineOptions(
+        platform=args.platform,
+        resources=_step_resources(args),
+        retries=_step_ints(args.retries, "--retries", "push=5"),
+        timeouts=_step_ints(args.timeout, "--timeout", "train=86400"),
         image=args.image,
         gpus=args.gpus,
         accelerator_type=args.accelerator_type,
@@ -221,6 +226,61 @@ def _pipeline_options(args: argparse.Namespace):
         trainer=args.trainer,
         num_nodes=args.num_nodes,
     )
+
+
+def _check_steps(given, flag: str) -> None:
+    from pipelines.defaults import STEPS
+
+    unknown = sorted(set(given) - set(STEPS))
+    if unknown:
+        raise UsageError(
+            f"{flag}: unknown step {', '.join(unknown)}; the steps: {', '.join(STEPS)}"
+        )
+
+
+def _step_ints(items: list[str], flag: str, example: str) -> dict[str, int]:
+    from common.params import parse_assignments
+
+    values = parse_assignments(items, flag, typed=False, example=example)
+    _check_steps(values, flag)
+    out = {}
+    for step, value in values.items():
+        if value is None or not value.strip().isdigit():
+            raise UsageError(f"{flag} {step}={value}: expected a whole number >= 0")
+        out[step] = int(value)
+    return out
+
+
+def _step_resources(args: argparse.Namespace):
+    """``--cpu``/``--memory STEP=REQUEST[/LIMIT]`` over the step's defaults (limit = request
+    when not given)."""
+    from common.params import parse_assignments
+    from pipelines.defaults import STEP_RESOURCES
+    from pipelines.pipeline import Resources
+
+    cpu = parse_assignments(args.cpu, "--cpu", typed=False, example="features=2/4")
+    memory = parse_assignments(args.memory, "--memory", typed=False, example="features=8G")
+    _check_steps(cpu, "--cpu")
+    _check_steps(memory, "--memory")
+    out = {}
+    for step in sorted(set(cpu) | set(memory)):
+        if step == "train":
+            base = (args.train_cpu, args.train_cpu, args.train_memory, args.train_memory)
+        else:
+            base = STEP_RESOURCES[step]
+        cpu_req, cpu_lim, mem_req, mem_lim = base
+        for flag, given in (("--cpu", cpu), ("--memory", memory)):
+            if step not in given:
+                continue
+            request, _, limit = (given[step] or "").partition("/")
+            if not request:
+                raise UsageError(f"{flag} {step}=: expected REQUEST[/LIMIT]")
+            if flag == "--cpu":
+                cpu_req, cpu_lim = request, limit or request
+            else:
+                mem_req, mem_lim = request, limit or request
+        out[step] = Resources(cpu_req, cpu_lim, mem_req, mem_lim)
+    return out
 
 
 def cmd_pipeline_compile(args: argparse.Namespace) -> None:
@@ -310,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="override train.batch_size")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model directory at --model-dir (never a folder of other files)",
+    )
+    tr.add_argument(
         "--set",
         action="append",
         default=[],
@@ -350,12 +415,63 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
     comp = pipeline.add_parser("compile", help="write the pipeline spec (YAML)")
     comp.add_argument("-o", "--output", default=DEFAULT_PACKAGE, help="spec file to write")
     comp.add_argument("--image", default=defaults.DEFAULT_IMAGE, help="the component image")
-    comp.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
-    comp.add_argument("--accelerator-type", default=defaults.DEFAULT_ACCELERATOR_TYPE)
     comp.add_argument(
-        "--train-cpu", default=defaults.DEFAULT_TRAIN_CPU, help="CPU request of train"
+        "--platform",
+        choices=defaults.PLATFORMS,
+        default=defaults.DEFAULT_PLATFORM,
+        help="a Kubeflow Pipelines server, or Vertex AI Pipelines (one YAML document, no "
+        "Kubernetes settings)",
     )
-    comp.add_argument("--train-memory", default=defaults.DEFAULT_TRAIN_MEMORY)
+    comp.add_argument("--gpus", type=int, default=0, help="GPUs for the train step")
+    comp.add_argument(
+        "--accelerator-type",
+        default=None,
+        help="the GPU: a Kubernetes resource name on kubeflow (default "
+        f"{defaults.DEFAULT_ACCELERATOR_TYPES['kubeflow']}), Vertex AI's name on vertex "
+        f"(default {defaults.DEFAULT_ACCELERATOR_TYPES['vertex']}; "
+        f"{', '.join(defaults.VERTEX_ACCELERATOR_TYPES)})",
+    )
+    comp.add_argument(
+        "--train-cpu",
+        default=defaults.DEFAULT_TRAIN_CPU,
+        help="CPU request (and limit) of train",
+    )
+    comp.add_argument(
+        "--train-memory",
+        default=defaults.DEFAULT_TRAIN_MEMORY,
+        help="memory request (and limit) of train",
+    )
+    steps = ", ".join(defaults.STEPS)
+    comp.add_argument(
+        "--cpu",
+        action="append",
+        default=[],
+        metavar="STEP=REQUEST[/LIMIT]",
+        help=f"a step's CPU (repeatable; limit = request if not given); steps: {steps}",
+    )
+    comp.add_argument(
+        "--memory",
+        action="append",
+        default=[],
+        metavar="STEP=REQUEST[/LIMIT]",
+        help="a step's memory, e.g. features=16G (repeatable; limit = request if not given)",
+    )
+    comp.add_argument(
+        "--retries",
+        action="append",
+        default=[],
+        metavar="STEP=N",
+        help="a step's retries, 0 for none (repeatable; defaults: "
+        + ", ".join(f"{k}={v[0]}" for k, v in defaults.STEP_RETRIES.items())
+        + ")",
+    )
+    comp.add_argument(
+        "--timeout",
+        action="append",
+        default=[],
+        metavar="STEP=SECONDS",
+        help="a step's timeout (repeatable; kubeflow only: the pod's activeDeadlineSeconds)",
+    )
     comp.add_argument(
         "--node-selector",
         action="append",
@@ -444,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         args.func(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:  # incl. model.config.ConfigError
+    # incl. model.config.ConfigError; FileExistsError: a --model-dir that is not replaced
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (FloatingPointError, RuntimeError) as e:  # incl. KfpApiError, a failed run

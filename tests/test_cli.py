@@ -406,3 +406,86 @@ def test_time_split_without_a_timestamp_in_the_config(generated):
         [*_train(generated[0] / "flat.parquet"), "--set", "data.timestamp=null"], "train"
     )
     assert "data.timestamp" in message
+
+
+# ------------------------------------------------------------------ the model directory kept
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (relative path -> sha256 of a file, 'dir' for a folder)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def few_rows(generated, tmp_path_factory) -> Path:
+    """The first 3,000 event rows: enough for a quick run of train."""
+    path = tmp_path_factory.mktemp("few") / "few.parquet"
+    pd.read_parquet(generated[0] / "flat.parquet").head(3_000).to_parquet(path)
+    return path
+
+
+def test_train_refuses_a_folder_that_is_not_a_model_directory(few_rows, tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    before = _tree(tmp_path)
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        message = usage_error([*_train(few_rows), "--model-dir", folder, *extra], "train")
+        assert message == (
+            f"{folder} exists and is not a model directory; refusing to replace it "
+            "(choose another --model-dir)"
+        )
+    assert _tree(tmp_path) == before
+
+
+def test_train_refuses_a_model_directory_without_overwrite(trained, few_rows, tmp_path):
+    import shutil
+
+    model_dir = shutil.copytree(trained[0], tmp_path / "model")
+    before = _tree(tmp_path)
+    message = usage_error([*_train(few_rows), "--model-dir", model_dir], "train")
+    assert message == f"{model_dir} already holds a model directory; pass --overwrite to replace it"
+    assert _tree(tmp_path) == before
+
+
+def test_train_overwrite_replaces_and_resume_keeps_the_checkpoints(few_rows, tmp_path):
+    """A run with checkpoints keeps them in its model directory; --overwrite replaces the
+    model (starting afresh); --resume continues from them into the same directory."""
+    model_dir = tmp_path / "model"
+    sibling = tmp_path / "model.tmp"  # the name the save used to delete
+    sibling.mkdir()
+    (sibling / "keep.txt").write_text("mine")
+    ckpt = ["--set", "train.save_checkpoints_steps=2", "--set", "train.seed=1"]
+    base = [*_train(few_rows), "--model-dir", model_dir, "--eval-fraction", "0", *ckpt]
+
+    code, out, err = run([*base, "--epochs", "1"])
+    assert code == 0, err
+    first = json.loads(out.strip().splitlines()[-1])
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir())[-1] == (
+        f"ckpt-{first['global_step']:09d}.pt"
+    )
+    manifest = (model_dir / "MANIFEST.json").read_text()
+
+    code, out, err = run([*base, "--epochs", "1", "--set", "train.seed=2", "--overwrite"])
+    assert code == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    assert again["global_step"] == first["global_step"]  # from scratch, not resumed
+    assert (model_dir / "MANIFEST.json").read_text() != manifest  # other weights
+
+    code, out, err = run([*base, "--epochs", "2", "--set", "train.seed=2", "--resume"])
+    assert code == 0, err
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["global_step"] == 2 * first["global_step"]
+    assert resumed["epochs_run"] == 2
+    assert "resumed from" in err
+    load(model_dir)  # verified
+    assert (sibling / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.tmp"]
