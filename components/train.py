@@ -47,6 +47,10 @@ def train(
             model_dir=model.path,
             epochs=epochs,
             batch_size=batch_size,
+            # the output folder is this task's own: a retried attempt (a preempted node)
+            # continues from the checkpoints an earlier attempt left there, or replaces
+            # the model it saved
+            resume=True,
         )
     )
     return log_training(result, model, metrics)

@@ -25,6 +25,7 @@ from pipelines.defaults import (
     LOCAL_REGISTRY,
     LOG_LEVEL_ENV,
     PIPELINE_NAME,
+    STEPS,
 )
 
 # kfp, pandas and the pipeline's components load when a run starts: `deepfm --help` is fast.
@@ -63,6 +64,15 @@ def repo_model_config(feature_repo: Path) -> dict:
     return {"model_config": str(config)} if config.is_file() else {}
 
 
+def local_options():
+    """The pipeline's options for a local run: no retries (kfp.local honours them, so a
+    failing step would first wait out its backoff, minutes; a cluster's transient failures
+    do not happen here)."""
+    from pipelines.pipeline import PipelineOptions
+
+    return PipelineOptions(image="python:3.11", retries=dict.fromkeys(STEPS, 0))
+
+
 def run_local(
     params: dict | None = None,
     *,
@@ -83,9 +93,9 @@ def run_local(
     from kfp import local
 
     from pipelines.kfp_client import check_params, pipeline_parameters
-    from pipelines.pipeline import PipelineOptions, build_pipeline
+    from pipelines.pipeline import build_pipeline
 
-    pipeline = build_pipeline(PipelineOptions(image="python:3.11"))
+    pipeline = build_pipeline(local_options())
     declared = pipeline_parameters(json_format.MessageToDict(pipeline.pipeline_spec))
     given = check_params(declared, params or {})  # before any work: a typo fails at once
     feature_repo = Path(feature_repo).resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -362,3 +363,14 @@ def test_cli_compile_rejects_bad_task_settings(tmp_path, capsys, args, message):
     code = main(["pipeline", "compile", "-o", str(out), *args])
     assert code == 2 and not out.exists()
     assert message in capsys.readouterr().err
+
+
+def test_a_local_run_does_not_retry(tmp_path):
+    """kfp.local honours retry policies: a local run compiles without any, so a failing
+    step fails at once instead of waiting out a cluster's backoff."""
+    from pipelines.local_run import local_options
+
+    path = compile_pipeline(str(tmp_path / "local.yaml"), local_options())
+    text = Path(path).read_text()
+    assert "retryPolicy" not in text
+    assert "retryPolicy" in Path(compile_pipeline(str(tmp_path / "c.yaml"))).read_text()
