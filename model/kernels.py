@@ -35,6 +35,8 @@ from __future__ import annotations
 import os
 import threading
 
+from model import threads  # isort: skip - before numba's OpenMP pool loads: idle threads sleep
+
 import numpy as np
 
 try:  # numba is a dependency, but the PyTorch path must keep working without it
@@ -460,13 +462,14 @@ if numba is not None:
 def _warm_up() -> bool:
     """Compile (or load from numba's cache) and run every kernel once on tiny inputs.
 
-    numba's OpenMP pool is a second OpenMP runtime next to PyTorch's; its idle threads are
-    made to sleep at once (``OMP_WAIT_POLICY=PASSIVE``, read when the pool starts here) so
-    they never spin against PyTorch's threads. PyTorch's own runtime is not affected."""
+    numba's OpenMP pool starts at the first kernel call, on the OpenMP runtime already
+    loaded (PyTorch's, when PyTorch is imported first); a runtime reads ``OMP_WAIT_POLICY``
+    when it loads, and ``model.threads`` (imported above) made it ``PASSIVE`` unless the
+    environment chose a policy, so idle threads sleep instead of spinning (see
+    ``model.threads``)."""
     if numba is None or os.environ.get("DEEPFM_NO_KERNELS"):
         return False
-    previous = os.environ.get("OMP_WAIT_POLICY")
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    threads.sleep_when_idle()
     try:
         f32, i64 = np.float32, np.int64
         weight = np.ones((3, 3), f32)
@@ -518,8 +521,3 @@ def _warm_up() -> bool:
 
         warnings.warn(f"CPU embedding kernels unavailable ({err}); using PyTorch ops", stacklevel=2)
         return False
-    finally:
-        if previous is None:
-            os.environ.pop("OMP_WAIT_POLICY", None)
-        else:
-            os.environ["OMP_WAIT_POLICY"] = previous

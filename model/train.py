@@ -26,6 +26,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model import threads  # isort: skip - before torch loads its OpenMP runtime
+
 import numpy as np
 import pandas as pd
 import torch
@@ -368,9 +370,28 @@ def _set_up_processes(device: str, num_threads: int | None) -> tuple[torch.devic
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if dev.type == "cpu" and num_threads:
-        torch.set_num_threads(num_threads)
+    if dev.type == "cpu":
+        n = num_threads or _default_threads()
+        if kernels.numba is not None and not os.environ.get("DEEPFM_NO_KERNELS"):
+            # numba's pool first: starting it sets the OpenMP thread count PyTorch reads
+            # back to numba's maximum, which would undo a smaller count set before
+            kernels.set_threads(n)
+        torch.set_num_threads(n)
+        if threads.torch_runtime_spins():
+            log.info(
+                "PyTorch was imported before deepfm could make idle OpenMP threads sleep; "
+                "on a shared CPU set OMP_WAIT_POLICY=PASSIVE in the environment "
+                "(see model.threads)"
+            )
     return dev, _rank(), world
+
+
+def _default_threads() -> int:
+    """Threads per process without ``train.num_threads``: the CPU quota (``threads.
+    cpu_quota``: the cgroup's CPU limit and the affinity mask) shared by this node's
+    processes under torchrun (``LOCAL_WORLD_SIZE``), at least 1."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, threads.cpu_quota() // max(1, local))
 
 
 def _build_run(
