@@ -16,23 +16,34 @@ last ``--test-fraction`` by ``--timestamp`` is the test set. Prints ONE JSON lin
   embeddings): one more matrix product per step, so a slightly lower bound;
 - ``test_auc``, ``test_logloss``, ``rows_train``, ``rows_test``;
 - with ``--baseline``: the same figures for a plain PyTorch DeepFM (one ``nn.Embedding`` per
-  feature looped in Python, dense gradients, one Adam) trained for the same epochs.
+  feature looped in Python, dense gradients, one Adam) trained for the same epochs;
+- with ``--neighbour``: the same training run a second time beside one busy process (a
+  process spinning in pure Python for the whole run, as another job on a shared machine
+  would): ``quiet_train_samples_per_s`` (the first run), ``loaded_train_samples_per_s``,
+  their ratio ``loaded_to_quiet`` and ``loaded_weights_identical`` (same seed, same
+  threads: the load must change the speed only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# first: idle OpenMP threads sleep in every runtime loaded after it (see model/threads.py)
+from model import threads  # noqa: E402, I001  # isort: skip
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
@@ -228,6 +239,53 @@ def plain_baseline(cfg, train_df, test_df, args) -> dict:
     }
 
 
+def _spin(stop) -> None:
+    """A busy neighbour: pure Python arithmetic until ``stop`` is set."""
+    x = 0
+    while not stop.is_set():
+        for i in range(10_000):
+            x = (x + i) % 1_000_003
+
+
+@contextmanager
+def busy_neighbour():
+    """One other process spinning on a CPU for the duration of the block."""
+    ctx = multiprocessing.get_context("fork")  # the child runs only _spin: no threads used
+    stop = ctx.Event()
+    proc = ctx.Process(target=_spin, args=(stop,), daemon=True)
+    proc.start()
+    try:
+        time.sleep(0.2)  # let it start spinning before the clock does
+        yield
+    finally:
+        stop.set()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.terminate()
+
+
+def neighbour_figures(cfg, train_df, quiet) -> dict:
+    """The same training again beside one busy process, compared with the quiet run."""
+    with busy_neighbour():
+        loaded = train(cfg, train_df, None, device=quiet_device(quiet), progress=False)
+    same = all(
+        torch.equal(a, b)
+        for a, b in zip(
+            quiet.model.state_dict().values(), loaded.model.state_dict().values(), strict=True
+        )
+    )
+    return {
+        "quiet_train_samples_per_s": round(quiet.samples_per_s, 1),
+        "loaded_train_samples_per_s": round(loaded.samples_per_s, 1),
+        "loaded_to_quiet": round(loaded.samples_per_s / quiet.samples_per_s, 4),
+        "loaded_weights_identical": same,
+    }
+
+
+def quiet_device(result) -> str:
+    return str(next(result.model.parameters()).device)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,6 +295,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bound-steps", type=int, default=50)
     p.add_argument("--baseline", action="store_true", help="also train a plain PyTorch DeepFM")
+    p.add_argument(
+        "--neighbour",
+        action="store_true",
+        help="train again beside one busy process; report loaded vs quiet samples/s",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -249,6 +312,7 @@ def main() -> None:
     cfg = config_from_dict(build_config(args))
 
     result = train(cfg, train_df, None, device=args.device, progress=False)
+    loaded = neighbour_figures(cfg, train_df, result) if args.neighbour else {}
     test = result.encoder.transform(test_df)
     scores = score(result.model, test, cfg.train.eval_batch_size)
     labels = test_df[args.label].to_numpy()
@@ -272,6 +336,8 @@ def main() -> None:
         "cpu_kernels": device.type == "cpu" and kernels.available(),
         "compile": args.compile,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_runtime_spins": threads.torch_runtime_spins(),
         "precision": args.precision,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -288,6 +354,7 @@ def main() -> None:
         "test_auc": round(auc(labels, scores), 5),
         "test_logloss": round(logloss(labels, scores), 5),
     }
+    out.update(loaded)
     if args.baseline:
         out.update(plain_baseline(cfg, train_df, test_df, args))
     print(json.dumps(out))

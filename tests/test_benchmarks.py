@@ -73,3 +73,14 @@ def test_step_vs_bound_refuses_settings_it_does_not_interleave(flat):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--precision" in proc.stderr
+
+
+def test_train_throughput_with_a_busy_neighbour_reports_both_runs(flat):
+    out = run_script("train_throughput.py", "--data", str(flat), *COLUMNS, "--bound-steps", "2",
+                     "--neighbour")  # fmt: skip
+    assert out["quiet_train_samples_per_s"] == out["train_samples_per_s"]
+    assert out["loaded_train_samples_per_s"] > 0
+    ratio = out["loaded_train_samples_per_s"] / out["quiet_train_samples_per_s"]
+    assert out["loaded_to_quiet"] == pytest.approx(ratio, abs=1e-3)
+    assert out["loaded_weights_identical"] is True  # the load changes the speed only
+    assert out["omp_wait_policy"] == "PASSIVE" and out["torch_runtime_spins"] is False
