@@ -40,6 +40,7 @@ FROM ${BASE_IMAGE}@${BASE_DIGEST}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GX_ANALYTICS_ENABLED=false \
+    OMP_WAIT_POLICY=PASSIVE \
     NUMBA_CACHE_DIR=/app/.numba-cache \
     PATH=/opt/venv/bin:$PATH
 RUN useradd --create-home --uid 1000 deepfm

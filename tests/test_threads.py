@@ -134,3 +134,33 @@ def test_the_library_makes_runtimes_loaded_after_it_passive():
         "print(os.environ['OMP_WAIT_POLICY'], threads.torch_runtime_spins())"
     )
     assert out == ["PASSIVE", "True"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # what the train component and every TrainJob node (`deepfm train`) run
+        "from training.run import run_training, TrainRequest\n"
+        "try:\n"
+        "    run_training(TrainRequest(config='configs/deepfm.yaml', train_data='/no/such.parquet',"
+        " model_dir='/tmp/unused-model-dir'))\n"
+        "except Exception:\n"
+        "    pass\n",
+        # the command line, up to the data it cannot find
+        "from pipelines.cli import main\n"
+        "try:\n"
+        "    main(['train', '--config', 'configs/deepfm.yaml', '--data', '/no/such.parquet',"
+        " '--model-dir', '/tmp/unused-model-dir'])\n"
+        "except SystemExit:\n"
+        "    pass\n",
+    ],
+    ids=["run_training", "deepfm train"],
+)
+def test_the_training_entry_points_load_torch_after_the_policy(entry):
+    """On the real paths PyTorch's runtime is loaded after the library set the policy
+    (a failure before training still imports what training imports)."""
+    out = _policy_in_child(
+        entry + "import sys\nloaded = 'torch' in sys.modules\nfrom model import threads\n"
+        "print(loaded, threads.torch_runtime_spins())"
+    )
+    assert out[-2:] == ["True", "False"]  # torch was loaded, after the policy

@@ -91,8 +91,8 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
             and neither is set; raised before training, nothing touched.
         FloatingPointError: the training loss became NaN or infinite.
     """
-    import torch.distributed as dist
-
+    # the model package before torch: importing it sets OpenMP's wait policy, which PyTorch
+    # reads once, when it loads (model.threads)
     from model.config import check_columns
     from model.export import save_model_dir
     from model.train import time_split, train
@@ -121,6 +121,8 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
         check_columns(cfg, eval_df.columns, "the evaluation data")
     overwrite = request.overwrite or request.resume
     _prepare_model_dir(Path(request.model_dir), overwrite, request.resume)
+    import torch.distributed as dist  # loaded by the model package already
+
     try:
         result = train(
             cfg,
