@@ -98,10 +98,7 @@ def encode_dataset(
 ) -> EncodedDataset:
     """Encode a DataFrame with the label (and weight) columns the config names."""
     check_columns(cfg, df.columns, where)
-    label = df[cfg.data.label]
-    if label.isna().any():
-        raise ValueError(f"data.label: column {cfg.data.label!r} has missing values in {where}")
-    labels = torch.from_numpy(label.to_numpy(dtype=np.float32))
+    labels = torch.from_numpy(_label_values(cfg, df[cfg.data.label], where))
     weights = None
     if cfg.data.sample_weight:
         w = df[cfg.data.sample_weight].to_numpy(dtype=np.float32)
@@ -117,6 +114,34 @@ def encode_dataset(
             raise ValueError(f"data.group_key: column {key!r} is not in {where}")
         groups = df[key].to_numpy()
     return EncodedDataset(encoder.transform(df), labels, weights, groups)
+
+
+def _label_values(cfg: Config, label: pd.Series, where: str) -> np.ndarray:
+    """The label column as float32 ``[N]``, checked against the loss it trains: binary
+    cross-entropy takes 0 and 1, softmax cross-entropy the class indices ``0..C-1``, the L2
+    loss any finite number. ValueError naming the column and a few offending values."""
+    if label.isna().any():
+        raise ValueError(f"data.label: column {label.name!r} has missing values in {where}")
+    name = f"data.label: column {label.name!r} in {where}"
+    values = pd.to_numeric(label, errors="coerce")
+    if values.isna().any():
+        bad = label[values.isna()].drop_duplicates().head(3).tolist()
+        raise ValueError(f"{name} is not numeric, e.g. {', '.join(map(repr, bad))}")
+    x = values.to_numpy(dtype=np.float64)
+    kind = cfg.model.losses[0].kind
+    if kind == "binary_cross_entropy":
+        ok, expected = (x == 0) | (x == 1), "0 or 1 (binary_cross_entropy)"
+    elif kind == "softmax_cross_entropy":
+        c = cfg.model.num_class
+        ok = (x == np.floor(x)) & (x >= 0) & (x < c)
+        expected = f"a class index 0..{c - 1} (softmax_cross_entropy)"
+    else:
+        ok, expected = np.isfinite(x), "a finite number (l2_loss)"
+    if not ok.all():
+        bad = pd.unique(x[~ok])[:3]
+        shown = ", ".join(f"{v:g}" for v in bad)
+        raise ValueError(f"{name} holds {shown}; each label must be {expected}")
+    return x.astype(np.float32)
 
 
 def time_split(

@@ -121,6 +121,14 @@ def test_encode_dataset_checks_labels_and_weights(small):
     assert np.array_equal(data.groups, train_df["user_id"].to_numpy())
     with pytest.raises(ValueError, match="data.label: column 'clk' has missing values in x"):
         encode_dataset(cfg, enc, train_df.assign(clk=np.where(train_df.index == 3, np.nan, 0)), "x")
+    # labels are checked against the loss: binary cross-entropy takes 0 and 1 only
+    for bad, shown in (([2, -1], "2, -1"), ([0.5], "0.5")):
+        labels = np.resize(np.array(bad, dtype=np.float64), len(train_df))
+        with pytest.raises(ValueError, match=f"column 'clk' in x holds {shown}; each label"):
+            encode_dataset(cfg, enc, train_df.assign(clk=labels), "x")
+    words = np.where(train_df["clk"].to_numpy() == 1, "yes", "no")
+    with pytest.raises(ValueError, match="column 'clk' in x is not numeric, e.g. 'no', 'yes'"):
+        encode_dataset(cfg, enc, train_df.assign(clk=words), "x")
     weighted = config(**{"data.sample_weight": "w"})
     with pytest.raises(ValueError, match="data.sample_weight: 'w' needs finite values"):
         encode_dataset(weighted, enc, train_df.assign(w=-1.0), "x")
@@ -631,3 +639,32 @@ def test_a_compiled_training_head_trains_the_same_model(small, tmp_path):
     with torch.no_grad():
         expected = compiled.model(x.sparse, x.multi, x.dense)
     torch.testing.assert_close(program(x.sparse, x.multi, x.dense), expected)
+
+
+@pytest.mark.parametrize(
+    ("loss", "labels", "message"),
+    [
+        (
+            {"softmax_cross_entropy": {}},
+            [0, 1, 2, 3],
+            "holds 3; each label must be a class index 0..2",
+        ),
+        ({"softmax_cross_entropy": {}}, [0, 1.5], "holds 1.5; each label must be a class index"),
+        ({"l2_loss": {}}, [0.0, np.inf], "holds inf; each label must be a finite number"),
+    ],
+)
+def test_labels_are_checked_against_the_loss(small, loss, labels, message):
+    train_df = small[0].head(200)
+    num_class = 3 if "softmax_cross_entropy" in loss else 1
+    cfg = config(
+        **{"model.losses": [loss], "model.num_class": num_class, "model.metrics": ["auc"]}
+        if num_class > 1
+        else {"model.losses": [loss], "model.metrics": []}
+    )
+    enc = FeatureEncoder(cfg).fit(train_df)
+    column = np.resize(np.array(labels, dtype=np.float64), len(train_df))
+    with pytest.raises(ValueError, match=message):
+        encode_dataset(cfg, enc, train_df.assign(clk=column), "x")
+    fine = np.resize(np.array(labels[:2], dtype=np.float64), len(train_df))
+    if np.isfinite(fine).all() and (num_class == 1 or (fine == np.floor(fine)).all()):
+        assert encode_dataset(cfg, enc, train_df.assign(clk=fine), "x").labels.shape[0] == 200
