@@ -533,10 +533,15 @@ def test_exploding_loss_stops_with_floating_point_error_naming_the_step(small, o
     assert "lr" in str(e.value)
 
 
-def test_infinite_label_stops_at_the_first_step(small):
-    rows = small[0].head(1000).assign(clk=np.inf)
+def test_a_non_finite_loss_stops_at_the_first_step(small):
+    # an infinite label is refused before training; a finite one whose square overflows
+    # float32 (an L2 loss) makes the loss infinite at the first step
+    with pytest.raises(ValueError, match="holds inf; each label must be 0 or 1"):
+        train(config(), small[0].head(1000).assign(clk=np.inf), None, progress=False)
+    l2 = config(**{"model.losses": [{"l2_loss": {}}], "model.metrics": []})
+    rows = small[0].head(1000).assign(clk=1e30)
     with pytest.raises(FloatingPointError, match=r"at step 1 \(epoch 1\)"):
-        train(config(), rows, None, progress=False)
+        train(l2, rows, None, progress=False)
 
 
 # ------------------------------------------------------------------------------ slow
