@@ -119,12 +119,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from common.params import parse_assignments
     from training.run import TrainRequest, run_training
 
+    if args.eval_data and args.eval_fraction is not None:
+        raise UsageError(
+            "--eval-fraction: does not apply with --eval-data (that table is the evaluation)"
+        )
     request = TrainRequest(
         config=args.config,
         train_data=args.data,
         model_dir=args.model_dir,
         eval_data=args.eval_data,
-        eval_fraction=args.eval_fraction,
+        eval_fraction=0.1 if args.eval_fraction is None else args.eval_fraction,
         overrides=parse_assignments(
             args.set, "--set", last_wins=True, example="train.batch_size=4096"
         ),
@@ -361,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--eval-fraction",
         type=float,
-        default=0.1,
-        help="without --eval-data, evaluate on this last fraction by time (0 = no evaluation)",
+        help="without --eval-data, evaluate on this last fraction by time (default 0.1; "
+        "0 = no evaluation)",
     )
     tr.add_argument("--model-dir", default="artifacts/model", help="where the model goes")
     tr.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")

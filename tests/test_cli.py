@@ -489,3 +489,19 @@ def test_train_overwrite_replaces_and_resume_keeps_the_checkpoints(few_rows, tmp
     load(model_dir)  # verified
     assert (sibling / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.tmp"]
+
+
+def test_eval_data_and_eval_fraction_together_are_refused(generated, tmp_path):
+    flat = generated[0] / "flat.parquet"
+    command = [*_train(flat), "--eval-data", flat, "--eval-fraction", "0.2"]
+    message = usage_error([*command, "--model-dir", tmp_path / "m"], "train")
+    assert message.startswith("--eval-fraction: does not apply with --eval-data")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
+def test_an_unknown_device_names_the_flag(generated, tmp_path, device):
+    command = [*_train(generated[0] / "flat.parquet"), "--device", device]
+    message = usage_error([*command, "--model-dir", tmp_path / "m"], "train")
+    assert message == f"--device {device!r}: expected auto, cpu, cuda or cuda:N"
+    assert not (tmp_path / "m").exists()
