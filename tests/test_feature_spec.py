@@ -226,8 +226,8 @@ def test_data_dir(monkeypatch, tmp_path):
     assert SPEC.source_path("user_profile", tmp_path) == tmp_path / "data" / "user_profile.parquet"
     monkeypatch.setenv("DEEPFM_DATA_DIR", str(tmp_path / "elsewhere"))
     assert data_dir() == tmp_path / "elsewhere"
-    monkeypatch.setenv("DEEPFM_DATA_DIR", "../shared")  # relative to the repo, not the cwd
-    assert data_dir(tmp_path / "repo") == tmp_path / "shared"
+    monkeypatch.setenv("DEEPFM_DATA_DIR", "../sources")  # relative to the repo, not the cwd
+    assert data_dir(tmp_path / "repo") == tmp_path / "sources"
 
 
 # ----------------------------------------------------------------------- validation
