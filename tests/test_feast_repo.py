@@ -32,7 +32,7 @@ from feast.types import Array, Int64
 from feature_repo import definitions, store
 from feature_repo.cli import add_features_parser
 from feature_repo.definitions import SourceError, build, check_definitions
-from feature_repo.sample_data import PIDS, PROFILE_FEATURES, SCHEMAS, generate, point_in_time_join
+from feature_repo.sample_data import SCHEMAS, generate, point_in_time_join
 from feature_repo.spec import DTYPES, REPO_DIR, SpecError, load_spec
 from feature_repo.store import FeatureStoreError, get_features, get_training_data
 from model.train import time_split, train
@@ -42,7 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = 20_000
 START = pd.Timestamp("2026-11-01", tz="UTC")
 END = START + pd.Timedelta(days=8)
-SOURCES = ("impressions", "user_profile", "ad_feature")
+# Every name comes from the project's spec (the sample's): the generator writes one file per
+# source, named after it, and the tests say which object a name is by its role here.
+SPEC = load_spec()
+TS, LABEL, EVENTS = SPEC.timestamp, SPEC.label.name, SPEC.entity_rows
+SOURCES = tuple(SPEC.sources)
+USER, AD_ENTITY = SPEC.entities  # the entity of the profiles, the entity of the ads
+USER_KEY, AD_KEY = (e.join_key for e in SPEC.entities.values())
+(PROFILE_VIEW,) = (v.name for v in SPEC.feature_views.values() if v.entity == USER)
+(AD_VIEW,) = (v.name for v in SPEC.feature_views.values() if v.entity == AD_ENTITY)
+PROFILE_SOURCE = SPEC.feature_views[PROFILE_VIEW].source
+AD_SOURCE = SPEC.feature_views[AD_VIEW].source
+SERVICE = SPEC.feature_service
+(CONTEXT,) = (f.name for f in SPEC.context_features())
+PIDS = SPEC.feature(CONTEXT).valid.values
 REPO_FILES = (
     "feature_store.yaml",
     "feature_store.gcp.yaml",
@@ -51,10 +64,13 @@ REPO_FILES = (
     "spec.py",
     ".feastignore",
 )
-PROFILE = list(PROFILE_FEATURES)
-INT_PROFILE = [c for c in PROFILE if c != "interest_cates"]
-AD_INTS = ["cate_id", "campaign_id", "customer_id", "brand"]
-AD = [*AD_INTS, "price"]
+PROFILE = [f.name for f in SPEC.view_features(PROFILE_VIEW)]
+(LIST_COL,) = (f.name for f in SPEC.view_features(PROFILE_VIEW) if f.dtype.startswith("list"))
+INT_PROFILE = [c for c in PROFILE if c != LIST_COL]
+AD_INTS = [f.name for f in SPEC.view_features(AD_VIEW) if f.dtype == "int64"]
+(PRICE,) = (f.name for f in SPEC.view_features(AD_VIEW) if f.dtype == "float64")
+AD = [*AD_INTS, PRICE]
+OBJECTS = len(SPEC.entities) + len(SPEC.sources) + len(SPEC.feature_views) + 1  # + the service
 CLEAN_ENV = ("DEEPFM_DATA_DIR", "FEAST_FS_YAML_FILE_PATH")
 
 
@@ -66,7 +82,7 @@ def _clean_env(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
-    """The generator's files for 20k impressions over [START, END)."""
+    """The generator's files for 20k events over [START, END)."""
     out = tmp_path_factory.mktemp("sample")
     generate(ROWS, seed=5, out_dir=out, start=str(START.date()), days=8)
     return out
@@ -118,10 +134,8 @@ def assert_same_table(got: pd.DataFrame, want: pd.DataFrame) -> None:
     """Equal columns, dtypes and values, row by row (list cells compared as lists)."""
     assert list(got.columns) == list(want.columns)
     assert got.dtypes.to_dict() == want.dtypes.to_dict()
-    pd.testing.assert_frame_equal(
-        got.drop(columns="interest_cates"), want.drop(columns="interest_cates")
-    )
-    assert lists(got["interest_cates"]) == lists(want["interest_cates"])
+    pd.testing.assert_frame_equal(got.drop(columns=LIST_COL), want.drop(columns=LIST_COL))
+    assert lists(got[LIST_COL]) == lists(want[LIST_COL])
 
 
 def as_retrieved(flat: pd.DataFrame) -> pd.DataFrame:
@@ -138,20 +152,21 @@ def test_feast_reads_only_definitions_py():
 
 
 def test_definitions_follow_the_spec():
-    assert (definitions.entity_user.name, definitions.entity_user.join_key) == ("user", "user_id")
-    assert (definitions.entity_adgroup.name, definitions.entity_adgroup.join_key) == (
-        "adgroup",
-        "adgroup_id",
-    )
-    fields = {f.name: f.dtype for f in definitions.view_user_profile.features}
-    assert fields["interest_cates"] == Array(Int64)
-    assert fields["age_level"] == Int64
-    assert definitions.view_user_profile.ttl == timedelta(days=90)
-    assert definitions.view_ad_feature.ttl == timedelta(days=180)
-    assert definitions.view_user_profile.batch_source.timestamp_field == "event_timestamp"
-    assert Path(definitions.source_impressions.path).is_absolute()
-    served = {p.name for p in definitions.service_deepfm_ranking.feature_view_projections}
-    assert served == {"user_profile", "ad_feature"}
+    for name, entity in SPEC.entities.items():
+        built = getattr(definitions, f"entity_{name}")
+        assert (built.name, built.join_key) == (name, entity.join_key)
+    profile_view = getattr(definitions, f"view_{PROFILE_VIEW}")
+    fields = {f.name: f.dtype for f in profile_view.features}
+    assert fields[LIST_COL] == Array(Int64)
+    assert fields[INT_PROFILE[0]] == Int64
+    for name, view in SPEC.feature_views.items():
+        assert getattr(definitions, f"view_{name}").ttl == timedelta(days=view.ttl_days)
+    assert {v.ttl_days for v in SPEC.feature_views.values()} == {90, 180}  # a real difference
+    assert profile_view.batch_source.timestamp_field == SPEC.sources[PROFILE_SOURCE].timestamp_field
+    assert Path(getattr(definitions, f"source_{EVENTS}").path).is_absolute()
+    service = getattr(definitions, f"service_{SERVICE}")
+    served = {p.name for p in service.feature_view_projections}
+    assert served == {PROFILE_VIEW, AD_VIEW}
 
 
 def test_every_spec_dtype_has_a_feast_and_an_arrow_type():
@@ -162,18 +177,19 @@ def test_every_spec_dtype_has_a_feast_and_an_arrow_type():
 
 def test_a_feast_view_field_missing_from_the_spec_fails():
     built = build(load_spec(), REPO_DIR)
-    user_profile = built.feature_views[0]
+    profile = built.feature_views[0]
+    assert profile.name == PROFILE_VIEW
     widened = FeatureView(
-        name=user_profile.name,
+        name=profile.name,
         entities=[built.entities[0]],
-        ttl=user_profile.ttl,
-        source=user_profile.batch_source,
-        schema=[*user_profile.features, Field(name="income_level", dtype=Int64)],
+        ttl=profile.ttl,
+        source=profile.batch_source,
+        schema=[*profile.features, Field(name="income_level", dtype=Int64)],
     )
     drifted = dataclasses.replace(built, feature_views=(widened, *built.feature_views[1:]))
     with pytest.raises(
         SpecError,
-        match=r"feature 'income_level' is in the Feast view 'user_profile' \(the test\) "
+        match=rf"feature 'income_level' is in the Feast view '{PROFILE_VIEW}' \(the test\) "
         "but not in features.yaml",
     ):
         check_definitions(load_spec(), drifted, REPO_DIR, where="the test")
@@ -198,18 +214,18 @@ def test_feasts_own_cli_applies_the_repo(tmp_path, sample):
     edit_spec(
         root,
         lambda raw: raw["features"].append(
-            {"name": "income_level", "view": "user_profile", "dtype": "int64"}
+            {"name": "income_level", "view": PROFILE_VIEW, "dtype": "int64"}
         ),
     )
     result = feast_apply()
     assert result.returncode != 0
-    assert "column 'income_level' of source 'user_profile' is not in" in result.stderr
+    assert f"column 'income_level' of source '{PROFILE_SOURCE}' is not in" in result.stderr
     assert not (root / "data" / "registry.db").exists()
 
     (root / "features.yaml").write_text(spec_text)
     result = feast_apply()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Created feature service deepfm_ranking" in result.stdout
+    assert f"Created feature service {SERVICE}" in result.stdout
     # The registry Feast's CLI wrote agrees with the spec: the library uses it as it is.
     assert len(get_training_data(START, START + pd.Timedelta(hours=6), repo_path=root)) > 0
 
@@ -220,7 +236,7 @@ def test_feasts_own_cli_applies_the_repo(tmp_path, sample):
 def test_training_data_equals_the_generators_as_of_join(repo, sample):
     table = get_training_data(START, END, repo_path=repo)
     flat = read(sample, "flat")
-    keys = ["user_id", "adgroup_id", "event_timestamp"]
+    keys = [USER_KEY, AD_KEY, TS]
     assert flat.duplicated(keys).sum() > 0  # duplicate entity rows are kept, each once
     assert flat[INT_PROFILE].isna().any().all()  # and rows before any profile
     assert len(table) == len(flat) == ROWS
@@ -228,41 +244,39 @@ def test_training_data_equals_the_generators_as_of_join(repo, sample):
 
 
 def test_each_row_gets_the_version_valid_at_its_time(repo, sample):
-    profiles = read(sample, "user_profile")
-    ad = int(
-        read(sample, "ad_feature")["adgroup_id"].iloc[0]
-    )  # every ad has a version before START
-    versions = profiles.groupby("user_id")
-    changed = profiles[versions["user_id"].transform("size") == 2]
-    first, second = changed.groupby("user_id").nth(0), changed.groupby("user_id").nth(1)
-    late = versions.nth(0)[versions.nth(0)["event_timestamp"] >= START].head(10)
-    second_ts = second.set_index("user_id")["event_timestamp"].head(20)
+    profiles = read(sample, PROFILE_SOURCE)
+    ad = int(read(sample, AD_SOURCE)[AD_KEY].iloc[0])  # every ad has a version before START
+    versions = profiles.groupby(USER_KEY)
+    changed = profiles[versions[USER_KEY].transform("size") == 2]
+    first, second = changed.groupby(USER_KEY).nth(0), changed.groupby(USER_KEY).nth(1)
+    late = versions.nth(0)[versions.nth(0)[TS] >= START].head(10)
+    second_ts = second.set_index(USER_KEY)[TS].head(20)
     second_s = pd.Timedelta(seconds=1)
     rows, expected = [], []
     for user, ts in second_ts.items():
-        old = first[first["user_id"] == user].iloc[0]
-        new = second[second["user_id"] == user].iloc[0]
+        old = first[first[USER_KEY] == user].iloc[0]
+        new = second[second[USER_KEY] == user].iloc[0]
         for at, version in ((ts - second_s, old), (ts, new), (ts + second_s, new)):
             rows.append((user, at))
             expected.append(version)
     for _, version in late.iterrows():
-        rows.append((version["user_id"], version["event_timestamp"] - second_s))
+        rows.append((version[USER_KEY], version[TS] - second_s))
         expected.append(None)
-        rows.append((version["user_id"], version["event_timestamp"]))
+        rows.append((version[USER_KEY], version[TS]))
         expected.append(version)
-    entity = pd.DataFrame(rows, columns=["user_id", "event_timestamp"]).assign(adgroup_id=ad)
+    entity = pd.DataFrame(rows, columns=[USER_KEY, TS]).assign(**{AD_KEY: ad})
 
     got = get_features(entity, repo_path=repo)
 
     assert len(got) == len(entity)
-    assert got[["user_id", "event_timestamp"]].equals(entity[["user_id", "event_timestamp"]])
+    assert got[[USER_KEY, TS]].equals(entity[[USER_KEY, TS]])
     for (_, row), version in zip(got.iterrows(), expected, strict=True):
         if version is None:  # before the user's first profile
-            assert row[INT_PROFILE].isna().all() and row["interest_cates"] is None
+            assert row[INT_PROFILE].isna().all() and row[LIST_COL] is None
         else:
             assert [row[c] for c in INT_PROFILE] == [version[c] for c in INT_PROFILE]
-            assert list(row["interest_cates"]) == list(version["interest_cates"])
-    differs = first.set_index("user_id")[INT_PROFILE] != second.set_index("user_id")[INT_PROFILE]
+            assert list(row[LIST_COL]) == list(version[LIST_COL])
+    differs = first.set_index(USER_KEY)[INT_PROFILE] != second.set_index(USER_KEY)[INT_PROFILE]
     assert differs.loc[second_ts.index].any(axis=None)  # the versions really differ
 
 
@@ -271,41 +285,39 @@ def test_features_older_than_the_ttl_are_null(tmp_path, sample):
     180 days) at every impression, so Feast returns nulls where the no-TTL as-of join of
     the generator still finds them."""
     root = make_repo(tmp_path / "repo", sample)
-    impressions = read(sample, "impressions")
-    profiles, ads = read(sample, "user_profile"), read(sample, "ad_feature")
-    old_users = impressions["user_id"].drop_duplicates().to_numpy()[:25]
-    old_ads = impressions["adgroup_id"].drop_duplicates().to_numpy()[:10]
-    profiles.loc[profiles["user_id"].isin(old_users), "event_timestamp"] -= pd.Timedelta(days=200)
-    ads.loc[ads["adgroup_id"].isin(old_ads), "event_timestamp"] -= pd.Timedelta(days=300)
-    for name, frame in (("user_profile", profiles), ("ad_feature", ads)):
+    events = read(sample, EVENTS)
+    profiles, ads = read(sample, PROFILE_SOURCE), read(sample, AD_SOURCE)
+    old_users = events[USER_KEY].drop_duplicates().to_numpy()[:25]
+    old_ads = events[AD_KEY].drop_duplicates().to_numpy()[:10]
+    profiles.loc[profiles[USER_KEY].isin(old_users), TS] -= pd.Timedelta(days=200)
+    ads.loc[ads[AD_KEY].isin(old_ads), TS] -= pd.Timedelta(days=300)
+    for name, frame in ((PROFILE_SOURCE, profiles), (AD_SOURCE, ads)):
         table = pa.Table.from_pandas(frame, schema=SCHEMAS[name], preserve_index=False)
         pq.write_table(table, root / "data" / f"{name}.parquet")
     store.apply(root)
 
     got = get_training_data(START, END, repo_path=root)
 
-    want = as_retrieved(point_in_time_join(impressions, profiles, ads))
-    expired_user = want["user_id"].isin(old_users).to_numpy()
-    expired_ad = want["adgroup_id"].isin(old_ads).to_numpy()
+    want = as_retrieved(point_in_time_join(events, profiles, ads))
+    expired_user = want[USER_KEY].isin(old_users).to_numpy()
+    expired_ad = want[AD_KEY].isin(old_ads).to_numpy()
     assert want.loc[expired_user, INT_PROFILE].notna().all(axis=None)
     assert expired_user.sum() > 100 and expired_ad.sum() > 100
     want.loc[expired_user, INT_PROFILE] = pd.NA
-    want.loc[expired_user, "interest_cates"] = None
+    want.loc[expired_user, LIST_COL] = None
     want.loc[expired_ad, AD_INTS] = pd.NA
-    want.loc[expired_ad, "price"] = np.nan
+    want.loc[expired_ad, PRICE] = np.nan
     assert_same_table(got, want)
 
 
 def test_the_window_is_half_open_in_impression_order(repo, sample):
-    impressions = read(sample, "impressions")
-    start, end = impressions["event_timestamp"].iloc[[5000, 9000]]
+    events = read(sample, EVENTS)
+    start, end = events[TS].iloc[[5000, 9000]]
     table = get_training_data(start, end, repo_path=repo)
-    inside = impressions[
-        (impressions["event_timestamp"] >= start) & (impressions["event_timestamp"] < end)
-    ]
-    assert table["event_timestamp"].iloc[0] == start
-    assert table["event_timestamp"].max() < end
-    pd.testing.assert_frame_equal(table[impressions.columns], inside.reset_index(drop=True))
+    inside = events[(events[TS] >= start) & (events[TS] < end)]
+    assert table[TS].iloc[0] == start
+    assert table[TS].max() < end
+    pd.testing.assert_frame_equal(table[events.columns], inside.reset_index(drop=True))
 
 
 def test_out_is_written_whole(repo, tmp_path):
@@ -322,44 +334,44 @@ def test_materialize_then_online_reads_the_latest_values(tmp_path, sample):
     root = make_repo(tmp_path / "repo", sample)
     store.apply(root)
     middle = START + pd.Timedelta(days=4)
-    profiles, ads = read(sample, "user_profile"), read(sample, "ad_feature")
-    user = profiles.loc[profiles["event_timestamp"] > middle, "user_id"].iloc[0]
-    ad = ads.loc[ads["event_timestamp"] > middle, "adgroup_id"].iloc[0]
+    profiles, ads = read(sample, PROFILE_SOURCE), read(sample, AD_SOURCE)
+    user = profiles.loc[profiles[TS] > middle, USER_KEY].iloc[0]
+    ad = ads.loc[ads[TS] > middle, AD_KEY].iloc[0]
 
     def latest(until: pd.Timestamp) -> dict:
-        profile = profiles[(profiles["user_id"] == user) & (profiles["event_timestamp"] <= until)]
-        attrs = ads[(ads["adgroup_id"] == ad) & (ads["event_timestamp"] <= until)]
+        profile = profiles[(profiles[USER_KEY] == user) & (profiles[TS] <= until)]
+        attrs = ads[(ads[AD_KEY] == ad) & (ads[TS] <= until)]
         p, a = profile.iloc[-1], attrs.iloc[-1]
         return {
-            "user_id": int(user),
-            "adgroup_id": int(ad),
+            USER_KEY: int(user),
+            AD_KEY: int(ad),
             **{c: int(p[c]) for c in INT_PROFILE},
-            "interest_cates": [int(v) for v in p["interest_cates"]],
+            LIST_COL: [int(v) for v in p[LIST_COL]],
             **{c: int(a[c]) for c in AD_INTS},
-            "price": float(a["price"]),
+            PRICE: float(a[PRICE]),
         }
 
-    def online(user_id, context=None) -> store.OnlineResult:
-        keys = {"user_id": user_id, "adgroup_id": int(ad)}
+    def online(user_key, context=None) -> store.OnlineResult:
+        keys = {USER_KEY: user_key, AD_KEY: int(ad)}
         return store.online_features(keys, context, repo_path=root)
 
     store.materialize(START - pd.Timedelta(days=120), middle, repo_path=root)
-    before = online(int(user), {"pid": PIDS[0]})
+    before = online(int(user), {CONTEXT: PIDS[0]})
     assert before.unstored == ()
-    want = {"user_id": int(user), "adgroup_id": int(ad), "pid": PIDS[0]} | latest(middle)
+    want = {USER_KEY: int(user), AD_KEY: int(ad), CONTEXT: PIDS[0]} | latest(middle)
     assert before.vector == want
     assert list(before.vector) == list(want)  # spec.columns() order
 
     store.materialize_incremental(END, repo_path=root)
     after = online(str(user)).vector  # a key typed as the command line gives it
     assert after == latest(END)
-    assert after != {k: v for k, v in before.vector.items() if k != "pid"}
+    assert after != {k: v for k, v in before.vector.items() if k != CONTEXT}
 
     unknown = online(0)  # ids start at 1
     assert all(unknown.vector[c] is None for c in PROFILE)
-    assert unknown.vector["price"] == after["price"]
+    assert unknown.vector[PRICE] == after[PRICE]
     assert [u.note() for u in unknown.unstored] == [
-        "no stored features for user_id=0 (views: user_profile)"
+        f"no stored features for {USER_KEY}=0 (views: {PROFILE_VIEW})"
     ]
 
 
@@ -370,9 +382,9 @@ def test_a_second_apply_changes_nothing_and_says_so(tmp_path, sample):
     root = make_repo(tmp_path / "repo", sample)
     first = store.apply(root)
     assert {
-        "created feature view user_profile",
-        "created feature view ad_feature",
-        "created feature service deepfm_ranking",
+        f"created feature view {PROFILE_VIEW}",
+        f"created feature view {AD_VIEW}",
+        f"created feature service {SERVICE}",
     } <= set(first.changes)
     registry = (root / "data" / "registry.db").read_bytes()
 
@@ -389,13 +401,14 @@ def test_apply_names_the_view_whose_ttl_changed(tmp_path, sample):
     store.apply(root)
 
     def longer_ttl(raw):
-        raw["feature_views"]["user_profile"]["ttl_days"] += 1
+        raw["feature_views"][PROFILE_VIEW]["ttl_days"] += 1
 
     edit_spec(root, longer_ttl)
     applied = store.apply(root)
 
-    assert applied.changes == ("updated feature view user_profile (ttl)",)
-    assert store.get_store(root).get_feature_view("user_profile").ttl == timedelta(days=91)
+    assert applied.changes == (f"updated feature view {PROFILE_VIEW} (ttl)",)
+    ttl = SPEC.feature_views[PROFILE_VIEW].ttl_days + 1
+    assert store.get_store(root).get_feature_view(PROFILE_VIEW).ttl == timedelta(days=ttl)
     assert store.apply(root).changes == ()
 
 
@@ -406,7 +419,7 @@ def test_the_apply_command_prints_one_line_when_nothing_changed(tmp_path, sample
     run_cli("apply", "--repo", str(root))
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.splitlines() == ["feature store is up to date (8 objects)"]
+    assert captured.err.splitlines() == [f"feature store is up to date ({OBJECTS} objects)"]
 
 
 # ------------------------------------------------------------------------ progress bars
@@ -420,10 +433,10 @@ def test_materialize_reports_each_view_and_shows_a_bar_only_when_asked(
     capsys.readouterr()
     monkeypatch.setenv(store.PROGRESS_ENV, "0")
     done = store.materialize(START - pd.Timedelta(days=120), START, repo_path=root)
-    assert sorted(m.view for m in done) == ["ad_feature", "user_profile"]
-    profiles = read(sample, "user_profile")
-    in_range = profiles["event_timestamp"].between(START - pd.Timedelta(days=120), START)
-    assert {m.view: m.rows for m in done}["user_profile"] == in_range.sum() > 0
+    assert sorted(m.view for m in done) == sorted([AD_VIEW, PROFILE_VIEW])
+    profiles = read(sample, PROFILE_SOURCE)
+    in_range = profiles[TS].between(START - pd.Timedelta(days=120), START)
+    assert {m.view: m.rows for m in done}[PROFILE_VIEW] == in_range.sum() > 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""  # Feast's prints go to the debug log
 
@@ -443,13 +456,13 @@ def test_a_spec_feature_missing_from_its_source_fails_apply(tmp_path, sample):
     edit_spec(
         root,
         lambda raw: raw["features"].append(
-            {"name": "income_level", "view": "user_profile", "dtype": "int64"}
+            {"name": "income_level", "view": PROFILE_VIEW, "dtype": "int64"}
         ),
     )
     with pytest.raises(
         SpecError,
-        match=r"^features.yaml: column 'income_level' of source 'user_profile' is not in "
-        r".*/data/user_profile.parquet",
+        match=rf"^features.yaml: column 'income_level' of source '{PROFILE_SOURCE}' is not in "
+        rf".*/data/{PROFILE_SOURCE}.parquet",
     ):
         store.apply(root)
     assert not (root / "data" / "registry.db").exists()
@@ -458,24 +471,25 @@ def test_a_spec_feature_missing_from_its_source_fails_apply(tmp_path, sample):
 def test_a_registry_out_of_step_with_the_spec_fails_naming_the_feature(tmp_path, sample):
     root = make_repo(tmp_path / "repo", sample)
     spec_text = (root / "features.yaml").read_text()
-    edit_spec(root, drop_feature("cms_segid"))
+    edit_spec(root, drop_feature(INT_PROFILE[-1]))
     store.apply(root)
     (root / "features.yaml").write_text(spec_text)
     with pytest.raises(
         SpecError,
-        match=r"^feature 'cms_segid' of view 'user_profile' in features.yaml is not in the "
-        r"Feast view 'user_profile' \(the Feast registry .*/data/registry.db\); "
+        match=rf"^feature '{INT_PROFILE[-1]}' of view '{PROFILE_VIEW}' in features.yaml is not in "
+        rf"the Feast view '{PROFILE_VIEW}' \(the Feast registry .*/data/registry.db\); "
         r"run `deepfm features apply`",
     ):
         get_training_data(START, END, repo_path=root)
 
     store.apply(root)
-    edit_spec(root, drop_feature("cms_segid"))
+    edit_spec(root, drop_feature(INT_PROFILE[-1]))
     with pytest.raises(
         SpecError,
-        match=r"^feature 'cms_segid' is in the Feast view 'user_profile' \(the Feast registry",
+        match=rf"^feature '{INT_PROFILE[-1]}' is in the Feast view '{PROFILE_VIEW}' \(the Feast "
+        "registry",
     ):
-        store.online_features({"user_id": 1, "adgroup_id": 2}, repo_path=root)
+        store.online_features({USER_KEY: 1, AD_KEY: 2}, repo_path=root)
 
 
 def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch):
@@ -485,9 +499,9 @@ def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch)
     monkeypatch.setenv("DEEPFM_DATA_DIR", str(tmp_path / "elsewhere"))
     with pytest.raises(
         SpecError,
-        match=r"^source 'impressions' reads .*/repo/data/impressions.parquet in the Feast "
+        match=rf"^source '{EVENTS}' reads .*/repo/data/{EVENTS}.parquet in the Feast "
         r"registry .*, but features.yaml and the data directory give "
-        r".*/elsewhere/impressions.parquet",
+        rf".*/elsewhere/{EVENTS}.parquet",
     ):
         get_training_data(START, END, repo_path=root)
     store.apply(root)
@@ -508,7 +522,7 @@ def test_a_moved_data_directory_needs_a_new_apply(tmp_path, sample, monkeypatch)
             START - pd.Timedelta(days=30),
             START - pd.Timedelta(days=29),
             r"no entity rows in \[2026-10-02 00:00:00\+00:00, 2026-10-03 00:00:00\+00:00\) "
-            r"in .*impressions.parquet \(its times: 2026-11-01 .* \.\. 2026-11-08 ",
+            rf"in .*{EVENTS}.parquet \(its times: 2026-11-01 .* \.\. 2026-11-08 ",
         ),
     ],
 )
@@ -522,26 +536,26 @@ def test_a_bad_window_fails_and_writes_nothing(repo, tmp_path, start, end, messa
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda df: df.drop(columns="event_timestamp"), "no 'event_timestamp' column"),
+        (lambda df: df.drop(columns=TS), f"no '{TS}' column"),
         (
-            lambda df: df.assign(event_timestamp=df["event_timestamp"].dt.tz_localize(None)),
-            r"'event_timestamp' is datetime64\[ns\], not timezone-aware .*tz_localize",
+            lambda df: df.assign(**{TS: df[TS].dt.tz_localize(None)}),
+            rf"'{TS}' is datetime64\[ns\], not timezone-aware .*tz_localize",
         ),
         (
-            lambda df: df.assign(event_timestamp=df["event_timestamp"].astype(str)),
-            "'event_timestamp' is object, not timezone-aware",
+            lambda df: df.assign(**{TS: df[TS].astype(str)}),
+            f"'{TS}' is object, not timezone-aware",
         ),
-        (lambda df: df.drop(columns="adgroup_id"), "no 'adgroup_id' column"),
+        (lambda df: df.drop(columns=AD_KEY), f"no '{AD_KEY}' column"),
         (
-            lambda df: df.assign(user_id=df["user_id"].astype("Int64").where(df.index != 3)),
-            "'user_id' has nulls",
+            lambda df: df.assign(**{USER_KEY: df[USER_KEY].astype("Int64").where(df.index != 3)}),
+            f"'{USER_KEY}' has nulls",
         ),
-        (lambda df: df.assign(price=1.0), "already have a 'price' column"),
+        (lambda df: df.assign(**{PRICE: 1.0}), f"already have a '{PRICE}' column"),
         (lambda df: df.iloc[:0], "no entity rows"),
     ],
 )
 def test_bad_entity_rows_fail(repo, sample, change, message):
-    entity = read(sample, "impressions").head(100)
+    entity = read(sample, EVENTS).head(100)
     with pytest.raises(FeatureStoreError, match=message):
         get_features(change(entity), repo_path=repo)
 
@@ -549,9 +563,9 @@ def test_bad_entity_rows_fail(repo, sample, change, message):
 def test_a_missing_source_file_is_named(tmp_path, sample):
     root = make_repo(tmp_path / "repo", sample)
     store.apply(root)
-    (root / "data" / "user_profile.parquet").unlink()
+    (root / "data" / f"{PROFILE_SOURCE}.parquet").unlink()
     out = tmp_path / "train.parquet"
-    message = r"source 'user_profile': .*/repo/data/user_profile.parquet does not exist"
+    message = rf"source '{PROFILE_SOURCE}': .*/repo/data/{PROFILE_SOURCE}.parquet does not exist"
     with pytest.raises(SourceError, match=message):
         get_training_data(START, END, repo_path=root, out=out)
     assert not out.exists()
@@ -561,22 +575,24 @@ def test_a_missing_source_file_is_named(tmp_path, sample):
 
 def test_bad_source_files_fail(tmp_path, sample):
     root = make_repo(tmp_path / "repo", sample)
-    path = root / "data" / "ad_feature.parquet"
-    ads = read(sample, "ad_feature")
-    ads.assign(price=ads["price"].astype(str)).to_parquet(path)
+    path = root / "data" / f"{AD_SOURCE}.parquet"
+    ads = read(sample, AD_SOURCE)
+    ads.assign(**{PRICE: ads[PRICE].astype(str)}).to_parquet(path)
     with pytest.raises(
-        SpecError, match=r"column 'price' of source 'ad_feature' is float64, but .* holds string"
+        SpecError,
+        match=rf"column '{PRICE}' of source '{AD_SOURCE}' is float64, but .* holds string",
     ):
         store.apply(root)
-    ads.assign(event_timestamp=ads["event_timestamp"].dt.tz_localize(None)).to_parquet(path)
+    ad_ts = SPEC.sources[AD_SOURCE].timestamp_field
+    ads.assign(**{ad_ts: ads[ad_ts].dt.tz_localize(None)}).to_parquet(path)
     with pytest.raises(
         SourceError,
-        match=r"timestamp field 'event_timestamp' of .*ad_feature.parquet is timestamp\[ns\], "
+        match=rf"timestamp field '{ad_ts}' of .*{AD_SOURCE}.parquet is timestamp\[ns\], "
         "not a timestamp with a time zone",
     ):
         store.apply(root)
     path.write_text("not parquet")
-    with pytest.raises(SourceError, match="ad_feature.parquet is not a parquet file"):
+    with pytest.raises(SourceError, match=f"{AD_SOURCE}.parquet is not a parquet file"):
         store.apply(root)
 
 
@@ -589,19 +605,21 @@ def test_a_repo_must_be_applied_and_configured(tmp_path, sample):
     ):
         get_training_data(START, END, repo_path=root)
     store.apply(root)
-    with pytest.raises(FeatureStoreError, match="^user_id: expected int64, got 'u7'"):
-        store.online_features({"user_id": "u7", "adgroup_id": 1}, repo_path=root)
+    with pytest.raises(FeatureStoreError, match=f"^{USER_KEY}: expected int64, got 'u7'"):
+        store.online_features({USER_KEY: "u7", AD_KEY: 1}, repo_path=root)
     with pytest.raises(
         FeatureStoreError,
-        match="^missing entity keys: adgroup_id \\(give every one of: user_id, adgroup_id\\)",
+        match=rf"^missing entity keys: {AD_KEY} \(give every one of: {USER_KEY}, {AD_KEY}\)",
     ):
-        store.online_features({"user_id": 7}, repo_path=root)
+        store.online_features({USER_KEY: 7}, repo_path=root)
     with pytest.raises(
-        FeatureStoreError, match="^unknown entity key: uid \\(valid: user_id, adgroup_id\\)"
+        FeatureStoreError, match=rf"^unknown entity key: uid \(valid: {USER_KEY}, {AD_KEY}\)"
     ):
-        store.online_features({"uid": 7, "adgroup_id": 1}, repo_path=root)
-    with pytest.raises(FeatureStoreError, match="^unknown context feature: page \\(valid: pid\\)"):
-        store.online_features({"user_id": 7, "adgroup_id": 1}, {"page": 1}, repo_path=root)
+        store.online_features({"uid": 7, AD_KEY: 1}, repo_path=root)
+    with pytest.raises(
+        FeatureStoreError, match=rf"^unknown context feature: page \(valid: {CONTEXT}\)"
+    ):
+        store.online_features({USER_KEY: 7, AD_KEY: 1}, {"page": 1}, repo_path=root)
     (root / "feature_store.yaml").unlink()
     with pytest.raises(FeatureStoreError, match=r"Feast config .*/repo/feature_store.yaml"):
         store.get_store(root)
@@ -709,21 +727,21 @@ def test_the_features_commands(tmp_path, sample, capsys):
     run_cli("materialize", *repo_flag, "--start", "2026-07-01T00:00Z", "--end", "2026-11-05T00:00Z")
     run_cli("materialize", *repo_flag, "--incremental", "--end", "2026-11-09T00:00Z")
     capsys.readouterr()
-    first = read(sample, "impressions").iloc[0]
-    user, ad = str(first["user_id"]), str(first["adgroup_id"])
-    keys = ["--entity", f"user_id={user}", "--entity", f"adgroup_id={ad}"]
-    run_cli("online", *repo_flag, *keys, "--context", f"pid={PIDS[1]}")
+    first = read(sample, EVENTS).iloc[0]
+    user, ad = str(first[USER_KEY]), str(first[AD_KEY])
+    keys = ["--entity", f"{USER_KEY}={user}", "--entity", f"{AD_KEY}={ad}"]
+    run_cli("online", *repo_flag, *keys, "--context", f"{CONTEXT}={PIDS[1]}")
     captured = capsys.readouterr()
     vector = json.loads(captured.out)
-    assert list(vector) == [c for c in load_spec().columns() if c not in ("event_timestamp", "clk")]
-    assert vector["pid"] == PIDS[1] and vector["price"] > 0
-    assert vector["user_id"] == int(user)  # typed by the spec
+    assert list(vector) == [c for c in load_spec().columns() if c not in (TS, LABEL)]
+    assert vector[CONTEXT] == PIDS[1] and vector[PRICE] > 0
+    assert vector[USER_KEY] == int(user)  # typed by the spec
     assert captured.err == ""
 
-    run_cli("online", *repo_flag, "--entity", "user_id=0", "--entity", f"adgroup_id={ad}")
+    run_cli("online", *repo_flag, "--entity", f"{USER_KEY}=0", "--entity", f"{AD_KEY}={ad}")
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["age_level"] is None
-    assert captured.err == "no stored features for user_id=0 (views: user_profile)\n"
+    assert json.loads(captured.out)[INT_PROFILE[0]] is None
+    assert captured.err == f"no stored features for {USER_KEY}=0 (views: {PROFILE_VIEW})\n"
 
 
 @pytest.mark.parametrize(
@@ -739,14 +757,14 @@ def test_the_features_commands(tmp_path, sample, capsys):
             "--start: not allowed with --incremental",
         ),
         (
-            ["online", "--entity", "user_id=1", "--repo", "/no/such/repo"],
+            ["online", "--entity", f"{USER_KEY}=1", "--repo", "/no/such/repo"],
             "feature repo /no/such/repo is not a folder",
         ),
-        (["online", "--entity", "user_id"], "--entity 'user_id': expected KEY=VALUE"),
+        (["online", "--entity", USER_KEY], f"--entity '{USER_KEY}': expected KEY=VALUE"),
         (["online", "--context", "=web"], "--context '=web': expected KEY=VALUE"),
         (
-            ["online", "--entity", "user_id=1", "--entity", "user_id=2"],
-            "--entity 'user_id=2': user_id is given twice",
+            ["online", "--entity", f"{USER_KEY}=1", "--entity", f"{USER_KEY}=2"],
+            f"--entity '{USER_KEY}=2': {USER_KEY} is given twice",
         ),
     ],
 )
@@ -773,7 +791,7 @@ def test_a_model_trained_on_feast_data_matches_the_flat_table(repo, sample):
     try:
         aucs = []
         for table in (get_training_data(START, END, repo_path=repo), read(sample, "flat")):
-            train_df, eval_df = time_split(table, "event_timestamp", 0.2)
+            train_df, eval_df = time_split(table, TS, 0.2)
             aucs.append(train(cfg, train_df, eval_df, progress=False).metrics["auc"])
     finally:
         torch.set_num_threads(threads)
