@@ -36,6 +36,10 @@ def parse_init_fn(spec: str):
         except (ValueError, SyntaxError):
             raise ValueError(f"init function argument {a!r}: value is not a literal") from None
     fn = _INIT_FNS[short]
+    try:  # arguments the function does not take or cannot use fail here, not in training
+        fn(torch.empty(2, 2), **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"init function {spec!r}: {e}") from None
 
     def init(t: torch.Tensor) -> torch.Tensor:
         return fn(t, **kwargs)

@@ -48,7 +48,10 @@ def create_activation(spec: str | None) -> nn.Module | None:
         if not isinstance(call, ast.Call) or call.args:
             raise ValueError(f"activation {spec!r}: only keyword arguments are allowed")
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-    return _ACTIVATIONS[short](**kwargs)
+    try:
+        return _ACTIVATIONS[short](**kwargs)
+    except TypeError as e:  # an argument the activation does not take
+        raise ValueError(f"activation {spec!r}: {e}") from None
 
 
 def normalize_dropout(
