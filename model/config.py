@@ -106,8 +106,8 @@ class FeatureConfig(_Section):
     normalizer: Literal["standard", "log1p_standard", "none"] = "standard"
     pooling: Literal["sum", "mean"] = "sum"
     max_length: Positive = 16
-    # Initialiser of the embedding, e.g. "nn.init.normal_,std=0.0001"; default torchrec's
-    # uniform(-sqrt(1/rows), sqrt(1/rows)), as TorchEasyRec.
+    # Initialiser of the embedding, e.g. "nn.init.normal_,std=0.0001"; default normal with
+    # std min(0.01, sqrt(1/rows)) (model.deepfm.default_init_std)
     init_fn: str | None = None
 
     @property
@@ -247,12 +247,34 @@ class ModelConfig(_Section):
 
 
 class SparseOptimizerConfig(_Section):
-    """Optimizer of the embedding tables (sparse row updates)."""
+    """Optimizer of the embedding tables (``model.optim``).
 
-    type: Literal["adagrad", "rowwise_adagrad", "sparse_adam", "sgd"] = "adagrad"
-    lr: float = Field(0.02, gt=0)
+    ``adam`` (default): Adam that equals ``torch.optim.Adam`` on the rows of fields with at
+    most ``dense_max_rows`` rows (updated every step, as a dense table) and updates the rows
+    of larger fields when a batch touches them (lazily, so a step never passes over a large
+    table); ``lazy_adam``: every row lazily (``torch.optim.SparseAdam``'s rule);
+    ``adagrad`` / ``rowwise_adagrad``: one update per touched row; ``sparse_adam``:
+    ``torch.optim.SparseAdam``; ``sgd``. ``lr`` defaults to 0.001 for the Adams and 0.02
+    otherwise. ``embedding_regularizer`` (FuxiCTR's key; adam and lazy_adam): L2 on the
+    embeddings, ``loss + embedding_regularizer / 2 * ||w||^2`` over the rows updated.
+    """
+
+    type: Literal["adam", "lazy_adam", "adagrad", "rowwise_adagrad", "sparse_adam", "sgd"] = "adam"
+    lr: float | None = Field(None, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    dense_max_rows: int = Field(10000, ge=0)
+    embedding_regularizer: float = Field(0.0, ge=0)
     initial_accumulator_value: float = 0.0
     eps: float = 1e-8
+
+    @model_validator(mode="after")
+    def _check(self) -> SparseOptimizerConfig:
+        if self.lr is None:
+            self.lr = 0.001 if self.type in ("adam", "lazy_adam", "sparse_adam") else 0.02
+        if self.embedding_regularizer and self.type not in ("adam", "lazy_adam"):
+            _fail("embedding_regularizer", f"needs type adam or lazy_adam, not {self.type}")
+        return self
 
 
 class DenseOptimizerConfig(_Section):

@@ -6,10 +6,22 @@ an ``nn.Embedding(sparse=True)``: duplicate lookups of a row are summed first (o
 per row), the accumulator is per element or, with ``rowwise=True``, one scalar per row
 (the mean of the squared gradient, as fbgemm's row-wise Adagrad), which saves memory on
 large tables.
+
+``TableAdam`` is Adam for the tables. Rows of fields with at most ``dense_max_rows`` rows
+are updated every step, as ``torch.optim.Adam`` updates a dense table (rows a batch did not
+touch see a zero gradient: their moments decay and the weights keep moving), so on small
+tables it equals Adam on a dense copy. Rows of larger fields are updated lazily, only when
+a batch touches them (``torch.optim.SparseAdam``'s rule: their moments decay once per
+touch), so a step costs the small fields' rows plus the rows touched, never a pass over a
+large table. ``lazy=True`` makes every row lazy. ``l2`` is FuxiCTR's
+``embedding_regularizer``: the loss gains ``l2 / 2 * ||w||^2`` over the rows updated,
+so ``l2 * w`` is added to their gradient (every row of the dense fields each step; a lazy
+row when it is touched).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -146,7 +158,133 @@ def _sum_duplicate_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return unique.long(), group @ values
 
 
-def build_sparse_optimizer(params, cfg: SparseOptimizerConfig) -> torch.optim.Optimizer:
+class TableAdam(torch.optim.Optimizer):
+    """Adam for embedding tables with sparse (or dense) gradients; see the module doc.
+
+    ``field_rows`` (one list per parameter, or None): the rows of each field in table order
+    (a table's rows past their sum, such as a padding row, are lazy). Without it every
+    row is dense, unless ``lazy``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        l2: float = 0.0,
+        lazy: bool = False,
+        dense_max_rows: int = 65536,
+        field_rows: list[list[int]] | None = None,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"TableAdam lr must be > 0, got {lr}")
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "l2": l2}
+        super().__init__(params, defaults)
+        # per parameter: the sorted dense rows and each row's position among them (-1 lazy);
+        # None = every row dense. Derived from the layout, not state.
+        self._dense: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        params_all = [p for g in self.param_groups for p in g["params"]]
+        for i, p in enumerate(params_all):
+            rows = p.shape[0]
+            blocks = field_rows[i] if field_rows is not None else [rows]
+            keep = np.zeros(rows, dtype=bool)
+            start = 0
+            for n in blocks:
+                if not lazy and n <= dense_max_rows:
+                    keep[start : start + n] = True
+                start += n
+            if keep.all():
+                self._dense[p] = None
+            else:
+                idx = torch.from_numpy(np.flatnonzero(keep)).to(p.device)
+                pos = torch.full((rows,), -1, dtype=torch.long, device=p.device)
+                pos[idx] = torch.arange(len(idx), device=p.device)
+                self._dense[p] = (idx, pos)
+            state = self.state[p]
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, (b1, b2), eps, l2 = group["lr"], group["betas"], group["eps"], group["l2"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] += 1
+                t = float(state["step"])
+                coef = (lr / (1 - b1**t), math.sqrt(1 - b2**t), b1, b2, eps, l2)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                dense = self._dense[p]
+                grad = p.grad
+                if dense is None:  # every row, as torch.optim.Adam on a dense table
+                    if grad.is_sparse:
+                        g = torch.zeros_like(m)
+                        rows, values = _sum_duplicate_rows(grad)
+                        g.index_copy_(0, rows, values)
+                    else:
+                        g = grad.float()
+                    _adam(p, m, v, g, *coef)
+                    continue
+                if grad.is_sparse:
+                    rows, values = _sum_duplicate_rows(grad)
+                else:
+                    rows = grad.abs().sum(dim=1).nonzero().squeeze(1)
+                    values = grad.float().index_select(0, rows)
+                idx, pos = dense
+                where = pos.index_select(0, rows)
+                is_lazy = where < 0
+                if len(idx):  # the dense fields' rows: all of them, zero where untouched
+                    g = torch.zeros(len(idx), p.shape[1], dtype=torch.float32, device=p.device)
+                    g.index_copy_(0, where[~is_lazy], values[~is_lazy])
+                    _adam_rows(p, m, v, idx, g, coef)
+                lazy_rows = rows[is_lazy]
+                if len(lazy_rows):  # the large fields' rows: those touched
+                    _adam_rows(p, m, v, lazy_rows, values[is_lazy], coef)
+        return loss
+
+
+def _adam(p, m, v, g, step_size, bc2_sqrt, b1, b2, eps, l2) -> None:
+    """One Adam update of whole tensors, in torch.optim.Adam's order of operations."""
+    if l2:
+        g = g.add(p.float(), alpha=l2)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v.sqrt() / bc2_sqrt).add_(eps)
+    if p.dtype == torch.float32:
+        p.addcdiv_(m, denom, value=-step_size)
+    else:
+        p.copy_(p.float().addcdiv_(m, denom, value=-step_size))
+
+
+def _adam_rows(p, m, v, rows: torch.Tensor, g: torch.Tensor, coef: tuple) -> None:
+    """``_adam`` on the (unique) ``rows`` of ``p``, ``m``, ``v``, with their gradients ``g``."""
+    w, mr, vr = p.index_select(0, rows).float(), m.index_select(0, rows), v.index_select(0, rows)
+    _adam(w, mr, vr, g, *coef)
+    m.index_copy_(0, rows, mr)
+    v.index_copy_(0, rows, vr)
+    p.index_copy_(0, rows, w.to(p.dtype))
+
+
+def build_sparse_optimizer(
+    params, cfg: SparseOptimizerConfig, field_rows: list[list[int]] | None = None
+) -> torch.optim.Optimizer:
+    """The tables' optimizer; ``field_rows`` (per table, the rows of each field in order)
+    tells ``adam`` which fields are small enough to update densely."""
+    if cfg.type in ("adam", "lazy_adam"):
+        return TableAdam(
+            params,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            l2=cfg.embedding_regularizer,
+            lazy=cfg.type == "lazy_adam",
+            dense_max_rows=cfg.dense_max_rows,
+            field_rows=field_rows,
+        )
     if cfg.type in ("adagrad", "rowwise_adagrad"):
         return SparseAdagrad(
             params,

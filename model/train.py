@@ -450,7 +450,11 @@ def _build_run(
         world=world,
         encoder=encoder,
         model=model,
-        sparse_opt=build_sparse_optimizer(model.embedding_parameters(), tc.sparse_optimizer),
+        sparse_opt=build_sparse_optimizer(
+            model.embedding_parameters(),
+            tc.sparse_optimizer,
+            [t.field_rows for t in model.tables],
+        ),
         dense_opt=build_dense_optimizer(model.dense_parameters(), tc.dense_optimizer, dev),
         scaler=torch.amp.GradScaler(dev.type) if tc.mixed_precision == "fp16" else None,
         ckpt_root=Path(model_dir) if model_dir is not None else None,

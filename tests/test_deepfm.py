@@ -58,11 +58,17 @@ def make_cfg(
     )
 
 
-def build(cfg: Config, seed: int = 0) -> tuple[DeepFM, InputSpec]:
+def build(cfg: Config, seed: int = 0, spread: bool = False) -> tuple[DeepFM, InputSpec]:
+    """The model; ``spread``: every table row (but padding) uniform in +-0.5, so that no
+    term is negligible (the default init starts near zero, the wide part at zero)."""
     # num_buckets ids and bucketised numbers need no fitted state for their table sizes
     spec = FeatureEncoder(cfg).input_spec()
     torch.manual_seed(seed)
     model = DeepFM(cfg.model, cfg.feature_groups, spec)
+    if spread:
+        with torch.no_grad():
+            for t in model.tables:
+                nn.init.uniform_(t.embedding.weight[: t.pad_row], -0.5, 0.5)
     model.eval()
     return model, spec
 
@@ -258,7 +264,7 @@ def test_deep_input_width() -> None:
 @pytest.mark.parametrize("wide_dim", [4, 1, 3])
 def test_wide_part_sums_wide_embedding_rows(wide_dim: int) -> None:
     cfg = make_cfg(wide_embedding_dim=wide_dim, final={"hidden_units": [2]})
-    model, spec = build(cfg, seed=wide_dim)
+    model, spec = build(cfg, seed=wide_dim, spread=True)
     inputs = random_inputs(spec, seed=wide_dim)
     cap = Capture(model.final)
     with torch.no_grad():
@@ -300,9 +306,8 @@ def test_feature_init_fn_sets_only_that_features_deep_part() -> None:
         for s in spec.sparse[: [x.name for x in spec.sparse].index("i")]
         if s.name in table.field_names
     )
-    bound = (1 / 5) ** 0.5  # the wide part keeps the default uniform init
     wide = table.embedding.weight[start : start + 5, table.dim :]
-    assert wide.abs().max() <= bound and wide.abs().max() > 0
+    assert torch.all(wide == 0)  # the wide part keeps its default, zero
     cfg = make_cfg(features=features, wide_init_fn="nn.init.zeros_")
     model, spec = build(cfg)
     table = next(t for t in model.tables if "i" in t.field_names)
@@ -315,7 +320,7 @@ def test_feature_init_fn_sets_only_that_features_deep_part() -> None:
     assert torch.all(rows[:, : table.dim] == 0.25)
     assert torch.all(rows[:, table.dim :] == 0.0)  # the wide part keeps wide_init_fn
     other = table.embedding.weight[:start]
-    assert not torch.all(other[:, : table.dim] == 0.25)  # u keeps torchrec's default init
+    assert not torch.all(other[:, : table.dim] == 0.25)  # u keeps the default init
     with pytest.raises(ConfigError, match=r"features\[1\] \(i\)\.init_fn"):
         features[1]["init_fn"] = "nn.init.kaiming_"
         make_cfg(features=features)
@@ -340,7 +345,7 @@ def test_logits_without_final_parts() -> None:
     """The FM and the deep MLP see the by-hand inputs, and each of the three terms enters
     the logit (none is negligible here, so dropping one would break the sum)."""
     cfg = make_cfg()
-    model, spec = build(cfg, seed=3)
+    model, spec = build(cfg, seed=3, spread=True)
     inputs = random_inputs(spec, seed=3)
     cap_fm, cap_deep = Capture(model.fm), Capture(model.deep)
     with torch.no_grad():
@@ -586,13 +591,13 @@ def test_wide_init_fn_constant_sets_wide_columns() -> None:
     assert 0 < w[:, :4].abs().max() <= 1.0
 
 
-def test_wide_init_default_is_not_constant() -> None:
+def test_default_init_wide_zero_deep_small() -> None:
     model, spec = build(make_cfg(wide_embedding_dim=3))
     (rows,) = table_rows(model, spec)
-    w = model.tables[0].embedding.weight.detach()[:rows, 4:]
-    assert w.std() > 0
-    # torchrec's default: uniform in +-sqrt(1 / num_embeddings) per feature (u has 7 rows)
-    assert w[:7].abs().max() <= (1 / 7) ** 0.5
+    w = model.tables[0].embedding.weight.detach()[:rows]
+    assert torch.all(w[:, 4:] == 0)  # the wide part starts at zero
+    # the deep part: normal with std min(0.01, sqrt(1 / rows)) per feature (u has 7 rows)
+    assert w[:7, :4].std() > 0 and w[:7, :4].abs().max() < 0.06
 
 
 def test_parse_init_fn() -> None:
