@@ -153,6 +153,11 @@ def _id_values(
                 raise ValueError(
                     f"feature {name!r}: value {s[frac].iloc[0]!r} is not an integer id"
                 )
+            huge = np.abs(nums) >= 2.0**63  # past int64: the cast would wrap silently
+            if huge.any():
+                raise ValueError(
+                    f"feature {name!r}: value {s[huge].iloc[0]!r} is out of the int64 range"
+                )
             out = nums.astype("int64")
         return out, missing
     out = s.astype(object).where(~missing, "").astype(str).to_numpy(dtype=object)
@@ -311,7 +316,13 @@ class RawEncoder:
             values = pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
         except (ValueError, TypeError):
             raise ValueError(f"feature {self.feature.name!r}: column is not numeric") from None
-        values = np.where(np.isfinite(values), values, np.nan)
+        infinite = np.isinf(values)
+        if infinite.any():
+            raise ValueError(
+                f"features.{self.feature.name}: column {self.feature.source_column!r} has "
+                f"{int(infinite.sum()):,} infinite values (e.g. {values[infinite][0]}); give a "
+                "finite number, or null for a missing one"
+            )
         if self.feature.normalizer == "log1p_standard" and self.feature.boundaries is None:
             values = np.log1p(np.maximum(values, 0.0))
         return values

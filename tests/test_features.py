@@ -204,8 +204,16 @@ def bucket_encoder(boundaries: list[float]) -> RawEncoder:
 def test_boundaries_bucket_values_and_a_boundary_value_goes_up():
     enc = bucket_encoder([0.05, 0.15, 0.25])
     assert enc.num_embeddings == 3 + 2
-    values = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1e9, -1e9, np.nan, None, np.inf]
-    assert encode(enc, values).tolist() == [0, 1, 1, 2, 2, 3, 3, 3, 0, 4, 4, 4]
+    values = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1e9, -1e9, np.nan, None]
+    assert encode(enc, values).tolist() == [0, 1, 1, 2, 2, 3, 3, 3, 0, 4, 4]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_an_infinite_number_is_an_error_naming_the_column(bad):
+    for enc in (bucket_encoder([0.05, 0.15]), RawEncoder(FeatureConfig(name="x", type="raw"))):
+        column = enc.feature.source_column
+        with pytest.raises(ValueError, match=rf"column '{column}' has 2 infinite values"):
+            encode(enc, [0.1, bad, None, bad])
 
 
 def test_bucketised_values_ignore_the_normalizer():
@@ -220,11 +228,11 @@ def test_standard_normalisation_uses_the_training_mean_and_std():
     enc = RawEncoder(f).fit(pd.DataFrame({"x": train}))
     assert enc.mean == pytest.approx(2.5)
     assert enc.std == pytest.approx(np.std([1.0, 2.0, 3.0, 4.0]))  # population std of non-null
-    out = encode(enc, [2.5, 4.0, 1.0, np.nan, None, np.inf, 100.0])
+    out = encode(enc, [2.5, 4.0, 1.0, np.nan, None, np.nan, 100.0])
     assert out.dtype == np.float32
     expected = (np.array([2.5, 4.0, 1.0]) - 2.5) / np.sqrt(1.25)
     np.testing.assert_allclose(out[:3], expected, rtol=1e-6)
-    # missing (and non-finite) values -> the training mean -> 0 after normalisation
+    # missing values -> the training mean -> 0 after normalisation
     assert out[3:6].tolist() == [0.0, 0.0, 0.0]
     assert out[6] == pytest.approx((100.0 - 2.5) / np.sqrt(1.25), rel=1e-6)
 
