@@ -68,7 +68,7 @@ def _score(model_dir: str | Path, eval_df):
     key = model.cfg.data.group_key
     groups = eval_df[key].to_numpy() if key and key in eval_df.columns else None
     names = [m for m in model.cfg.model.metrics if m != "grouped_auc" or groups is not None]
-    return binary_metrics(labels, scores, names, groups), labels, scores
+    return binary_metrics(labels, scores, names, groups), labels, scores, model.cfg.data.label
 
 
 def evaluate_model(
@@ -85,7 +85,15 @@ def evaluate_model(
     from registry.model_registry import fetch_model, read_current
 
     eval_df = pd.read_parquet(eval_path)
-    metrics, labels, scores = _score(model_dir, eval_df)
+    if eval_df.empty:
+        raise ValueError(f"eval data {eval_path}: no rows; the AUC cannot be computed")
+    metrics, labels, scores, label = _score(model_dir, eval_df)
+    if not np.isfinite(metrics["auc"]):
+        raise ValueError(
+            f"eval data {eval_path}: the AUC is undefined: column {label!r} holds one class only "
+            f"({labels[0]:g}) in {len(labels):,} rows"
+        )
+    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # JSON has no NaN
     baseline_metrics, baseline_scores, baseline_version, note = None, None, None, ""
     current = read_current(destination) if destination else None
     if current is not None:
@@ -93,7 +101,7 @@ def evaluate_model(
         with tempfile.TemporaryDirectory() as tmp:
             local = fetch_model(destination, Path(tmp) / "baseline")
             try:
-                baseline_metrics, _, baseline_scores = _score(local, eval_df)
+                baseline_metrics, _, baseline_scores, _ = _score(local, eval_df)
             except (KeyError, ValueError) as e:  # its features are not in this data
                 note = f" (blessed model {baseline_version} cannot score this data: {e})"
                 baseline_metrics, baseline_scores = None, None

@@ -10,9 +10,16 @@ import math
 def gate(
     auc: float, baseline_auc: float | None, min_auc: float, max_auc_drop: float
 ) -> tuple[bool, str]:
-    """The blessing rule; returns (blessed, a one-line reason)."""
-    if not math.isfinite(auc):
+    """The blessing rule; returns (blessed, a one-line reason). A candidate or blessed AUC
+    that is not a finite number is never blessed; a threshold that is not one is a
+    ValueError naming it (a NaN threshold would bless anything)."""
+    for name, value in (("min_auc", min_auc), ("max_auc_drop", max_auc_drop)):
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if auc is None or not math.isfinite(auc):
         return False, "the candidate's AUC is undefined (one class in the eval data)"
+    if baseline_auc is not None and not math.isfinite(baseline_auc):
+        return False, "the blessed model's AUC is undefined on the eval data; not comparable"
     if auc < min_auc:
         return False, f"AUC {auc:.4f} is below min_auc {min_auc:.4f}"
     if baseline_auc is None:

@@ -210,13 +210,45 @@ def _swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)  # a leftover hidden folder loses nothing
 
 
+def is_valid_file_name(name: object) -> bool:
+    """A file name a manifest may list: a plain name inside the model directory (no
+    folder, no ``..``, not the manifest itself). The registry applies the same rule."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST)
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    """``MANIFEST.json`` of ``model_dir``, its shape checked: ``{"files": {name: {"sha256":
+    hex, ...}}}`` with every name a plain file name (``is_valid_file_name``). ValueError
+    naming the manifest (and the entry) otherwise."""
+    path = Path(model_dir) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{model_dir} is not a model directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the file is damaged") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{path}: expected {{'files': {{name: {{'sha256': ...}}}}}}")
+    for name, meta in files.items():
+        if not is_valid_file_name(name):
+            raise ValueError(f"{path}: lists an invalid file name {name!r} (not a plain name)")
+        digest = meta.get("sha256") if isinstance(meta, dict) else None
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{path}: entry {name!r} has no valid sha256")
+    return manifest
+
+
 def verify_model_dir(model_dir: str | Path) -> dict:
     """Check every file against MANIFEST.json; returns the manifest or raises ValueError."""
     d = Path(model_dir)
-    manifest_path = d / MANIFEST
-    if not manifest_path.is_file():
-        raise ValueError(f"{d} is not a model directory (no {MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(d)
     for name, meta in manifest["files"].items():
         p = d / name
         if not p.is_file():
@@ -257,20 +289,82 @@ def _without_field_indices(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v for k, v in state.items() if not _FIELD_INDICES.fullmatch(k)}
 
 
-def load(model_dir: str | Path, device: str = "cpu", verify: bool = True) -> RankingModel:
+def _read(path: Path, parse):
+    """``parse(text)`` of a model directory's file; ValueError naming the file when it is
+    missing, unreadable or does not parse."""
+    try:
+        return parse(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing from the model directory") from None
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot be read ({first})") from None
+
+
+def _load_weights(path: Path, network: DeepFM, device: str) -> None:
+    """The tensors-only state_dict at ``path`` into ``network``; ValueError naming the
+    file when it is not one (a damaged or tampered file, a pickle of other objects) or
+    does not fit the network the config describes."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing from the model directory") from None
+    except pickle.UnpicklingError:  # objects other than tensors: refused, never run
+        raise ValueError(
+            f"{path}: holds pickled objects other than tensors (tampered or not written by "
+            "deepfm); refusing to load it"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason[:200]
+        raise ValueError(f"{path}: damaged, not a tensors-only state_dict ({reason})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state_dict (a {type(state).__name__})")
+    try:
+        network.load_state_dict(_without_field_indices(state))
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path}: does not fit the network of config.yaml: {reason}") from None
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a state_dict of tensors ({e})") from None
+
+
+def load(
+    model_dir: str | Path, device: str = "cpu", verify: bool = True, what: str = ""
+) -> RankingModel:
     """Read a model directory written by ``save_model_dir`` (no pickled objects: JSON/YAML
-    plus a tensors-only state_dict)."""
+    plus a tensors-only state_dict). Every fault (no such folder, a damaged, tampered or
+    mismatched file) raises ValueError naming the file; ``what`` (a flag such as
+    ``--model``) prefixes the message when the folder itself is wrong."""
     d = Path(model_dir)
+    prefix = f"{what} " if what else ""
+    if not d.exists():
+        raise ValueError(f"{prefix}{d}: no such model directory")
+    if not d.is_dir():
+        raise ValueError(f"{prefix}{d}: is a file; expected a model directory")
     if verify:
         verify_model_dir(d)
-    cfg = config_from_dict(yaml.safe_load((d / "config.yaml").read_text()))
-    encoder = FeatureEncoder(cfg, json.loads((d / "encoders.json").read_text()))
-    spec = InputSpec.from_dict(json.loads((d / "input_spec.json").read_text()))
+    else:
+        read_manifest(d)
+    raw = _read(d / "config.yaml", yaml.safe_load)
+    try:
+        cfg = config_from_dict(raw)
+    except ValueError as e:
+        raise ValueError(f"{d / 'config.yaml'}: {e}") from None
+    try:
+        encoder = FeatureEncoder(cfg, _read(d / "encoders.json", json.loads))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{d / 'encoders.json'}: does not fit config.yaml ({e})") from None
+    try:
+        spec = InputSpec.from_dict(_read(d / "input_spec.json", json.loads))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{d / 'input_spec.json'}: not an input spec ({e})") from None
     if spec != encoder.input_spec():
         raise ValueError(f"{d}: input_spec.json does not match the encoders")
     network = DeepFM(cfg.model, cfg.feature_groups, spec)
-    state = torch.load(d / "weights.pt", map_location=device, weights_only=True)
-    network.load_state_dict(_without_field_indices(state))
+    _load_weights(d / "weights.pt", network, device)
     network.to(device).eval()
-    metrics = json.loads((d / "metrics.json").read_text())
+    metrics = _read(d / "metrics.json", json.loads)
     return RankingModel(cfg, encoder, network, metrics, d)

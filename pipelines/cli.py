@@ -63,6 +63,19 @@ def cmd_data_generate(args: argparse.Namespace) -> None:
     """``sample``: the source files and ``flat.parquet`` into ``--out``. ``retail``: ``--out``
     becomes a whole feature repo (its spec, Feast config, definitions shim and model config)
     with the data under ``--out/data``."""
+    from datetime import datetime
+
+    from common.paths import check_output_dir
+
+    if args.rows < 1:
+        raise UsageError(f"--rows must be >= 1, got {args.rows}")
+    if args.days < 1:
+        raise UsageError(f"--days must be >= 1, got {args.days}")
+    try:
+        datetime.fromisoformat(args.start)
+    except ValueError:
+        raise UsageError(f"--start {args.start!r}: expected a date, e.g. 2026-11-01") from None
+    check_output_dir(args.out or f"data/{args.dataset}", "--out")
     if args.dataset == "sample":
         _generate_sample(args)
     else:
@@ -117,8 +130,11 @@ def _generate_retail(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from common.params import parse_assignments
+    from common.paths import check_output_dir
     from training.run import TrainRequest, run_training
 
+    model_dir = check_output_dir(args.model_dir, "--model-dir")
+    check_output_dir(model_dir.absolute().parent, "--model-dir")  # the swap happens beside it
     if args.eval_data and args.eval_fraction is not None:
         raise UsageError(
             "--eval-fraction: does not apply with --eval-data (that table is the evaluation)"
@@ -155,37 +171,66 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Metrics as JSON; an AUC that cannot be computed (no rows, one class) is an error and
+    nothing is written. Other undefined metrics (grouped AUC with no group holding both
+    classes) are left out with a warning: JSON has no NaN."""
+    import math
+
+    from common.paths import check_output_file
     from model.export import load
     from model.train import encode_dataset, evaluate
     from training.run import read_table
 
-    model = load(args.model)
+    if args.output:
+        check_output_file(args.output, "--output")
+    model = load(args.model, what="--model")
     df = read_table(args.data, "--data")
+    if df.empty:
+        raise UsageError(f"--data {args.data}: the table has no rows to evaluate")
     data = encode_dataset(model.cfg, model.encoder, df, str(args.data))
     metrics, _ = evaluate(model.cfg, model.network, data)
-    text = json.dumps(metrics)
+    if "auc" in metrics and not math.isfinite(metrics["auc"]):
+        label = model.cfg.data.label
+        classes = sorted(set(df[label].dropna().unique().tolist()))
+        raise UsageError(
+            f"--data {args.data}: AUC is undefined: column {label!r} holds one class only "
+            f"({', '.join(map(str, classes))}) in {len(df):,} rows; it needs both 0 and 1"
+        )
+    for name in [k for k, v in metrics.items() if not math.isfinite(v)]:
+        logging.getLogger("deepfm").warning(f"{name} is undefined on {args.data}: left out")
+        del metrics[name]
+    text = json.dumps(metrics, allow_nan=False)
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as e:
+            raise UsageError(f"--output {args.output}: {error_line(e)}") from None
     print(text)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from common.paths import check_output_file
     from model.export import load
     from training.run import read_table
 
-    model = load(args.model)
+    if args.output:
+        check_output_file(args.output, "--output")
+    model = load(args.model, what="--model")
     df = read_table(args.input, "--input")
-    scores = model.predict(df)
     keep = [c for c in args.keep.split(",") if c] if args.keep else []
     missing = [c for c in keep if c not in df.columns]
     if missing:
         raise UsageError(f"--keep: column {missing[0]!r} is not in {args.input}")
+    scores = model.predict(df)
     out = pd.DataFrame({c: df[c] for c in keep})
     out["score"] = scores
     if args.output:
-        out.to_parquet(args.output, index=False)
+        try:
+            out.to_parquet(args.output, index=False)
+        except OSError as e:
+            raise UsageError(f"--output {args.output}: {error_line(e)}") from None
         print(f"wrote {len(out):,} scores to {args.output}", file=sys.stderr)
     else:
         out.to_csv(sys.stdout, index=False)
@@ -297,7 +342,9 @@ def cmd_pipeline_compile(args: argparse.Namespace) -> None:
 def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
     from common.params import parse_assignments
     from pipelines.local_run import run_local
+    from registry.model_registry import check_destination
 
+    check_destination(args.push_destination, "--push-destination")  # before any training
     params = parse_assignments(args.param, "--param", typed=False)  # typed by run_local
     summary = run_local(
         params,
@@ -558,19 +605,60 @@ class _Formatter(logging.Formatter):
         return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an expected failure: an ``OSError`` as ``<file>: <reason>``
+    (the file at fault first), anything else as its message."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def exit_status(exc: BaseException) -> int | None:
+    """The exit status of an exception raised by a command, or None for a bug (its
+    traceback is shown). Status 2: wrong input or an environment the command cannot use
+    (a ValueError from any check: config, spec, data, flags, model files; an OSError on a
+    path; a refusal of the model registry or of the KFP API). Status 1: a run that failed
+    after it started (training diverged, a pipeline step or a TrainJob failed)."""
+    if isinstance(exc, UsageError | ValueError | OSError) or any(
+        _raised(exc, module, name) for module, name in _EXPECTED
+    ):
+        return 2
+    if isinstance(exc, FloatingPointError | RuntimeError) and not type(exc).__module__.startswith(
+        "torch"
+    ):
+        return 1  # incl. TrainJobError and a failed local run; a torch error is a bug
+    return None
+
+
+# expected failures that are not ValueErrors: (module, class), matched only when the module
+# is loaded (an instance implies it is), so classifying an error imports nothing heavy
+_EXPECTED = (
+    ("yaml", "YAMLError"),
+    ("registry.model_registry", "RegistryError"),
+    ("pipelines.kfp_client", "KfpApiError"),
+)
+
+
+def _raised(exc: BaseException, module: str, name: str) -> bool:
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and isinstance(exc, cls)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. An expected failure (``exit_status``) prints one line,
+    ``deepfm <command>: error: <message>``, and returns its status; anything else is a bug
+    and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
         args.func(args)
-    # incl. model.config.ConfigError; FileExistsError: a --model-dir that is not replaced
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, RuntimeError) as e:  # incl. KfpApiError, a failed run
-        print(f"deepfm {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        status = exit_status(e)
+        if status is None:
+            raise
+        print(f"deepfm {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -50,7 +50,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY_IF_GENERATION_SPECIFIED
 
-from model.export import MANIFEST, sha256_file, verify_model_dir
+from model.export import MANIFEST, is_valid_file_name, sha256_file, verify_model_dir
 
 POINTER = "CURRENT.json"
 POINTER_KEYS = ("version", "uri", "manifest_sha256", "files", "metrics", "pushed_at")
@@ -309,6 +309,32 @@ def split_gcs_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
+def check_destination(destination: str | Path, flag: str = "--push-destination") -> str:
+    """Refuse, before any work, a destination a push could never write: another scheme
+    than ``gs://`` (``s3://...``), a ``gs://`` URI without a valid bucket name, or a local
+    path under a file or an unwritable folder. ValueError naming ``flag``; nothing is
+    contacted or created. Returns the destination as a string."""
+    from common.paths import check_output_dir
+
+    d = str(destination)
+    if not d:
+        raise ValueError(f"{flag}: empty; expected a local folder or gs://bucket/prefix")
+    if d.startswith("gs://"):
+        bucket = d.removeprefix("gs://").partition("/")[0]
+        if not _BUCKET.fullmatch(bucket):
+            raise ValueError(f"{flag} {d}: {bucket!r} is not a valid bucket name")
+        return d
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", d):
+        raise ValueError(
+            f"{flag} {d}: unsupported scheme; use a local folder or gs://bucket/prefix"
+        )
+    check_output_dir(d, flag)
+    return d
+
+
 def _open(destination: str | Path) -> _Store:
     d = str(destination)
     if d.startswith("gs://"):
@@ -329,7 +355,7 @@ def _file_names(manifest: dict, where: str) -> list[str]:
     """The manifest's file names, refusing any that could leave the version folder."""
     names = sorted(manifest["files"])
     for name in names:
-        if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+        if not is_valid_file_name(name):  # the model loader's rule
             raise RegistryError(f"{where}: {MANIFEST} lists an invalid file name {name!r}")
     return names
 
