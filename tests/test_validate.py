@@ -29,7 +29,23 @@ from validation.validate import (
 )
 
 START, END = "2026-11-01T00:00:00Z", "2026-11-09T00:00:00Z"  # the sample's 8-day window
-SOURCES = ("impressions", "user_profile", "ad_feature")
+# Names come from the project's spec (the sample's); each is known here by its role.
+SPEC = load_spec()
+SOURCES = tuple(SPEC.sources)
+EVENTS, LABEL = SPEC.entity_rows, SPEC.label.name
+USER, AD_ENTITY = SPEC.entities  # the entity of the first view (profiles), of the second (ads)
+USER_KEY = SPEC.entities[USER].join_key
+(PROFILE_VIEW,) = (v.name for v in SPEC.feature_views.values() if v.entity == USER)
+(AD_VIEW,) = (v.name for v in SPEC.feature_views.values() if v.entity == AD_ENTITY)
+PROFILE, ADS = SPEC.feature_views[PROFILE_VIEW].source, SPEC.feature_views[AD_VIEW].source
+TS = {name: source.timestamp_field for name, source in SPEC.sources.items()}
+PROFILE_FEATURES = SPEC.view_features(PROFILE_VIEW)
+(LIST_COL,) = (f for f in PROFILE_FEATURES if f.dtype.startswith("list"))
+RANGED = next(f for f in PROFILE_FEATURES if f.valid and None not in (f.valid.min, f.valid.max))
+IN_SET = next(f for f in PROFILE_FEATURES if f.dtype == "int64" and f.valid and f.valid.values)
+(CONTEXT,) = (f.name for f in SPEC.context_features())
+(PRICE,) = (f.name for f in SPEC.view_features(AD_VIEW) if f.dtype == "float64")
+DROPPED = [f.name for f in PROFILE_FEATURES if f.dtype == "int64"][-1]
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +107,9 @@ def test_the_clean_sample_passes_every_source(repo):
         assert result.rows > 0, name
         assert result.evaluated == result.successful > 10, name
         assert result.failed == 0, name
-    assert summary.sources["impressions"].rows == 5_000
+    assert summary.sources[EVENTS].rows == 5_000
     assert summary.index.is_file()
-    assert set(summary.pages) == {*SOURCES, "user_profile.interest_cates"}
+    assert set(summary.pages) == {*SOURCES, f"{PROFILE}.{LIST_COL.name}"}
     assert all(page.is_file() for page in summary.pages.values())
 
 
@@ -101,61 +117,67 @@ def test_the_clean_sample_passes_every_source(repo):
 
 
 def test_a_missing_column(repo):
-    edit(repo, "user_profile", lambda df: df.drop(columns="cms_segid"))
-    line = fails(repo, "user_profile", "cms_segid", "expect_table_columns_to_match_set")
-    assert "missing: cms_segid" in line
+    edit(repo, PROFILE, lambda df: df.drop(columns=DROPPED))
+    line = fails(repo, PROFILE, DROPPED, "expect_table_columns_to_match_set")
+    assert f"missing: {DROPPED}" in line
 
 
 def test_an_extra_column(repo):
-    edit(repo, "ad_feature", lambda df: df.assign(discount=0.1))
-    line = fails(repo, "ad_feature", "discount", "expect_table_columns_to_match_set")
+    edit(repo, ADS, lambda df: df.assign(discount=0.1))
+    line = fails(repo, ADS, "discount", "expect_table_columns_to_match_set")
     assert "unexpected: discount" in line
 
 
 def test_a_wrong_type(repo):
-    edit(repo, "ad_feature", lambda df: df.assign(price=df["price"].astype(str)))
-    line = fails(repo, "ad_feature", "price", "expect_column_values_to_be_of_type float")
+    edit(repo, ADS, lambda df: df.assign(**{PRICE: df[PRICE].astype(str)}))
+    line = fails(repo, ADS, PRICE, "expect_column_values_to_be_of_type float")
     assert "values unexpected, e.g. '" in line  # the strings found
 
 
 def test_a_timestamp_without_time_zone(repo):
     edit(
         repo,
-        "impressions",
-        lambda df: df.assign(event_timestamp=df["event_timestamp"].dt.tz_localize(None)),
+        EVENTS,
+        lambda df: df.assign(**{TS[EVENTS]: df[TS[EVENTS]].dt.tz_localize(None)}),
     )
-    line = fails(repo, "impressions", "event_timestamp", "expect_column_values_to_be_of_type")
+    line = fails(repo, EVENTS, TS[EVENTS], "expect_column_values_to_be_of_type")
     assert "observed datetime64" in line
 
 
 def test_a_null_in_a_non_nullable_column(repo):
-    edit(repo, "user_profile", lambda df: df.assign(user_id=df["user_id"].where(df.index != 7)))
-    line = fails(repo, "user_profile", "user_id", "expect_column_values_to_not_be_null")
+    edit(repo, PROFILE, lambda df: df.assign(**{USER_KEY: df[USER_KEY].where(df.index != 7)}))
+    line = fails(repo, PROFILE, USER_KEY, "expect_column_values_to_not_be_null")
     assert "1 of" in line
 
 
 def test_a_null_timestamp(repo):
     edit(
         repo,
-        "ad_feature",
-        lambda df: df.assign(event_timestamp=df["event_timestamp"].where(df.index != 3)),
+        ADS,
+        lambda df: df.assign(**{TS[ADS]: df[TS[ADS]].where(df.index != 3)}),
     )
-    fails(repo, "ad_feature", "event_timestamp", "expect_column_values_to_not_be_null")
+    fails(repo, ADS, TS[ADS], "expect_column_values_to_not_be_null")
 
 
 def test_a_value_out_of_its_range(repo):
+    low, high = RANGED.valid.min, RANGED.valid.max
+    bad = high + 3
     edit(
         repo,
-        "user_profile",
-        lambda df: df.assign(age_level=df["age_level"].where(df.index != 3, 9)),
+        PROFILE,
+        lambda df: df.assign(**{RANGED.name: df[RANGED.name].where(df.index != 3, bad)}),
     )
-    line = fails(repo, "user_profile", "age_level", "expect_column_values_to_be_between [0, 6]")
-    assert "1 of" in line and line.endswith("e.g. 9")
+    between = f"expect_column_values_to_be_between [{low}, {high}]"
+    line = fails(repo, PROFILE, RANGED.name, between)
+    assert "1 of" in line and line.endswith(f"e.g. {bad}")
 
 
 @pytest.mark.parametrize(
     ("source", "column", "bad", "shown"),
-    [("user_profile", "gender", 3, "3"), ("impressions", "pid", "430000_1007", "'430000_1007'")],
+    [
+        (PROFILE, IN_SET.name, max(IN_SET.valid.values) + 1, str(max(IN_SET.valid.values) + 1)),
+        (EVENTS, CONTEXT, "no_such_value", "'no_such_value'"),
+    ],
 )
 def test_a_value_outside_its_set(repo, source, column, bad, shown):
     edit(repo, source, lambda df: df.assign(**{column: df[column].where(df.index != 0, bad)}))
@@ -165,17 +187,19 @@ def test_a_value_outside_its_set(repo, source, column, bad, shown):
 
 def test_a_bad_element_of_a_list(repo):
     def negative(df):
-        df.at[2, "interest_cates"] = np.array([5, -1])
+        df.at[2, LIST_COL.name] = np.array([5, -1])
         return df
 
-    edit(repo, "user_profile", negative)
-    line = fails(repo, "user_profile", "interest_cates", "expect_column_values_to_be_between [1, ]")
+    assert LIST_COL.valid.min > -1
+    edit(repo, PROFILE, negative)
+    between = f"expect_column_values_to_be_between [{LIST_COL.valid.min}, ]"
+    line = fails(repo, PROFILE, LIST_COL.name, between)
     assert "(each element)" in line and "e.g. -1" in line
 
 
 def test_a_label_that_is_not_0_or_1(repo):
-    edit(repo, "impressions", lambda df: df.assign(clk=df["clk"].where(df.index != 0, 2)))
-    line = fails(repo, "impressions", "clk", "expect_column_values_to_be_in_set {0, 1}")
+    edit(repo, EVENTS, lambda df: df.assign(**{LABEL: df[LABEL].where(df.index != 0, 2)}))
+    line = fails(repo, EVENTS, LABEL, "expect_column_values_to_be_in_set {0, 1}")
     assert "e.g. 2" in line
 
 
@@ -183,27 +207,28 @@ def with_copies(df: pd.DataFrame, rows: int, stamp) -> pd.DataFrame:
     """``df`` plus copies of its first ``rows`` rows, their timestamp moved by ``stamp`` (a
     Timedelta) or replaced by it (a Timestamp, or NaT)."""
     copies = df.head(rows).copy()
-    ts = copies["event_timestamp"]
+    column = next(c for c in TS.values() if c in df.columns)
+    ts = copies[column]
     moved = isinstance(stamp, pd.Timedelta)
-    copies["event_timestamp"] = ts + stamp if moved else pd.Series(stamp, ts.index, ts.dtype)
+    copies[column] = ts + stamp if moved else pd.Series(stamp, ts.index, ts.dtype)
     return pd.concat([df, copies], ignore_index=True)
 
 
 def test_the_reader_keeps_what_the_run_can_use(repo):
-    # impressions outside the window are other runs' data; feature versions after the window
-    # end cannot be joined to its impressions; null timestamps are kept (their suites fail)
-    edit(repo, "impressions", lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
-    edit(repo, "user_profile", lambda df: with_copies(df, 1, pd.Timedelta(days=60)))
-    edit(repo, "ad_feature", lambda df: with_copies(df, 1, pd.NaT))
+    # events outside the window are other runs' data; feature versions after the window
+    # end cannot be joined to its events; null timestamps are kept (their suites fail)
+    edit(repo, EVENTS, lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
+    edit(repo, PROFILE, lambda df: with_copies(df, 1, pd.Timedelta(days=60)))
+    edit(repo, ADS, lambda df: with_copies(df, 1, pd.NaT))
     frames = read_sources(load_spec(repo / SPEC_FILE), repo, START, END)
-    dropped = {"impressions": 10, "user_profile": 1, "ad_feature": 0}
+    dropped = {EVENTS: 10, PROFILE: 1, ADS: 0}
     for name in SOURCES:
         original = pd.read_parquet(repo / "data" / f"{name}.parquet")
         assert list(frames[name].columns) == list(original.columns)
         assert len(frames[name]) == len(original) - dropped[name]
-    assert frames["impressions"]["event_timestamp"].between(START, END, inclusive="left").all()
-    assert (frames["user_profile"]["event_timestamp"] <= pd.Timestamp(END)).all()
-    assert frames["ad_feature"]["event_timestamp"].isna().sum() == 1
+    assert frames[EVENTS][TS[EVENTS]].between(START, END, inclusive="left").all()
+    assert (frames[PROFILE][TS[PROFILE]] <= pd.Timestamp(END)).all()
+    assert frames[ADS][TS[ADS]].isna().sum() == 1
 
 
 def unread(repo: Path, source: str, change) -> DataValidationError:
@@ -217,19 +242,19 @@ def unread(repo: Path, source: str, change) -> DataValidationError:
     return info.value
 
 
-def test_impressions_outside_the_window(repo):
-    error = unread(repo, "impressions", lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
-    line = failure_line(error, "impressions", "event_timestamp", "_to_be_between [2026-11-01")
+def test_events_outside_the_window(repo):
+    error = unread(repo, EVENTS, lambda df: with_copies(df, 10, pd.Timedelta(days=9)))
+    line = failure_line(error, EVENTS, TS[EVENTS], "_to_be_between [2026-11-01")
     assert "10 of 5010 values unexpected" in line and "2026-11-1" in line
 
 
 def test_a_feature_row_after_the_window_end(repo):
     error = unread(
         repo,
-        "user_profile",
+        PROFILE,
         lambda df: with_copies(df, 1, pd.Timestamp("2026-11-10", tz="UTC")),
     )
-    line = failure_line(error, "user_profile", "event_timestamp", "_to_be_between [, 2026-11-09")
+    line = failure_line(error, PROFILE, TS[PROFILE], "_to_be_between [, 2026-11-09")
     assert "1 of" in line and "e.g. 2026-11-10" in line
 
 
@@ -241,7 +266,7 @@ def test_a_feature_row_after_the_window_end(repo):
 def test_too_few_rows(repo, window, min_rows, observed):
     line = fails(
         repo,
-        "impressions",
+        EVENTS,
         "(table)",
         "expect_table_row_count_to_be_between",
         start=window[0],
@@ -252,36 +277,41 @@ def test_too_few_rows(repo, window, min_rows, observed):
 
 
 def test_duplicate_profile_versions(repo):
-    edit(repo, "user_profile", lambda df: pd.concat([df, df.iloc[[4]]], ignore_index=True))
+    edit(repo, PROFILE, lambda df: pd.concat([df, df.iloc[[4]]], ignore_index=True))
     line = fails(
-        repo, "user_profile", "user_id, event_timestamp", "expect_compound_columns_to_be_unique"
+        repo, PROFILE, f"{USER_KEY}, {TS[PROFILE]}", "expect_compound_columns_to_be_unique"
     )
     assert "2 of" in line
 
 
 def test_a_missing_source_file(repo, tmp_path):
-    (repo / "data" / "ad_feature.parquet").unlink()
-    with pytest.raises(FileNotFoundError, match="source 'ad_feature'.*ad_feature.parquet"):
+    (repo / "data" / f"{ADS}.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=f"source '{ADS}'.*{ADS}.parquet"):
         run(repo)
     # the component's report says why, too
     report = tmp_path / "report.html"
     with pytest.raises(FileNotFoundError):
         validate_window(str(repo), END, 8.0, report)
-    assert "ad_feature.parquet does not exist" in report.read_text()
+    assert f"{ADS}.parquet does not exist" in report.read_text()
 
 
 # ------------------------------------------------------------- report and the spec
 
 
 def test_data_docs_are_written_on_failure(repo):
-    edit(repo, "user_profile", lambda df: df.assign(gender=df["gender"].where(df.index != 0, 3)))
+    bad = max(IN_SET.valid.values) + 1
+    edit(
+        repo,
+        PROFILE,
+        lambda df: df.assign(**{IN_SET.name: df[IN_SET.name].where(df.index != 0, bad)}),
+    )
     with pytest.raises(DataValidationError) as info:
         run(repo)
     summary = info.value.summary
-    assert not summary.success and summary.sources["user_profile"].failed == 1
+    assert not summary.success and summary.sources[PROFILE].failed == 1
     assert summary.index.is_file()
-    page = summary.pages["user_profile"].read_text()
-    assert "gender" in page and "Failed" in page
+    page = summary.pages[PROFILE].read_text()
+    assert IN_SET.name in page and "Failed" in page
 
 
 def test_the_suites_follow_the_spec(tmp_path):
@@ -298,7 +328,7 @@ def test_the_suites_follow_the_spec(tmp_path):
     # one feature with a range added to the spec -> its expectations appear, nothing else changes
     data = yaml.safe_load((REPO_DIR / SPEC_FILE).read_text())
     data["features"].append(
-        {"name": "rating", "view": "ad_feature", "dtype": "float64", "valid": {"min": 0, "max": 5}}
+        {"name": "rating", "view": AD_VIEW, "dtype": "float64", "valid": {"min": 0, "max": 5}}
     )
     (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(data))
     wider = build_suites(load_spec(tmp_path / SPEC_FILE), pd.Timestamp(START), pd.Timestamp(END))
@@ -306,7 +336,7 @@ def test_the_suites_follow_the_spec(tmp_path):
     def described(suite) -> set:
         return {(e.expectation_type, repr(e.configuration.kwargs)) for e in suite.expectations}
 
-    added = described(wider["ad_feature"]) - described(suites["ad_feature"])
+    added = described(wider[ADS]) - described(suites[ADS])
     assert {t for t, _ in added} == {
         "expect_column_values_to_be_of_type",
         "expect_column_values_to_not_be_null",
@@ -315,11 +345,11 @@ def test_the_suites_follow_the_spec(tmp_path):
     }
     (between,) = (
         e
-        for e in wider["ad_feature"].expectations
+        for e in wider[ADS].expectations
         if "rating" in repr(e.configuration.kwargs) and e.expectation_type.endswith("between")
     )
     assert (between.min_value, between.max_value) == (0, 5)
-    for source in ("impressions", "user_profile"):
+    for source in (EVENTS, PROFILE):
         assert described(wider[source]) == described(suites[source])
 
 
@@ -371,7 +401,7 @@ DATA_DOCS_LIKE = """<!DOCTYPE html><html><head><title>t</title>
 alt="GX"/></a></nav><div style="background-image:url(https://x.example/b.png)">
 <a href="#section-1">Overview</a> <a href="https://greatexpectations.io/news">news</a>
 <label onclick="hide()">Failed Only</label>
-<table><tr><td><i class="fas fa-check-circle text-success"></i></td><td>clk &amp; 1 &#8805; 0</td>
+<table><tr><td><i class="fas fa-check-circle text-success"></i></td><td>label &amp; 1 &#8805; 0</td>
 </tr></table></div></body></html>"""
 
 
@@ -391,7 +421,7 @@ def test_a_data_docs_page_made_self_contained():
     assert "logo" not in page and "../" not in page  # relative paths do not resolve either
     # the content, entities and in-page links stay; an inline stylesheet replaces bootstrap
     assert '<a href="#section-1">Overview</a>' in page and ">news</a>" in page
-    assert "clk &amp; 1 &#8805; 0" in page and "Failed Only" in page
+    assert "label &amp; 1 &#8805; 0" in page and "Failed Only" in page
     assert re.search(r"<style>[^<]*fa-check-circle::before[^<]*</style></head>", page)
 
 
@@ -406,14 +436,14 @@ def test_the_component_passes_a_clean_sample(repo, tmp_path):
     assert out.passed is True and out.failures == ""
     require_valid_data.python_func(passed=out.passed, failures=out.failures)  # no error
     assert metrics.metadata["passed"] == 1.0
-    assert metrics.metadata["impressions_rows"] == 5_000
-    assert metrics.metadata["user_profile_failed"] == 0
+    assert metrics.metadata[f"{EVENTS}_rows"] == 5_000
+    assert metrics.metadata[f"{PROFILE}_failed"] == 0
     # written as report.html, the URI KFP records
     assert report.uri == str(tmp_path / "report.html") and report.path == report.uri
     assert not (tmp_path / "report").exists()
     page = Path(report.path).read_text()
     assert "Data validation passed" in page
-    assert page.count("<iframe") == 4  # the three sources and the interest_cates elements
+    assert page.count("<iframe") == 4  # the three sources and the list column's elements
     # the Data Docs pages inlined load nothing from the network (they did: bootstrap, ...)
     parser = _References()
     parser.feed(page)
@@ -422,7 +452,7 @@ def test_the_component_passes_a_clean_sample(repo, tmp_path):
 
 
 def test_a_failed_validation_keeps_its_report_and_stops_the_run(repo, tmp_path):
-    edit(repo, "impressions", lambda df: df.assign(clk=df["clk"].where(df.index != 0, 2)))
+    edit(repo, EVENTS, lambda df: df.assign(**{LABEL: df[LABEL].where(df.index != 0, 2)}))
     metrics, report = Metrics(uri=str(tmp_path / "metrics")), HTML(uri=str(tmp_path / "report"))
     out = validate.python_func(
         feature_repo=str(repo), window_end=END, window_days=8.0, metrics=metrics, report=report
@@ -430,13 +460,13 @@ def test_a_failed_validation_keeps_its_report_and_stops_the_run(repo, tmp_path):
     assert report.uri.endswith("/report.html")
     # the validate step itself succeeds, so Kubeflow uploads its report and metrics ...
     assert out.passed is False
-    assert "impressions: clk: expect_column_values_to_be_in_set" in out.failures
+    assert f"{EVENTS}: {LABEL}: expect_column_values_to_be_in_set" in out.failures
     page = Path(report.path).read_text()
     assert "Data validation FAILED" in page and external_references(page) == []
-    assert "impressions: clk: expect_column_values_to_be_in_set {0, 1}" in page
-    assert metrics.metadata["passed"] == 0.0 and metrics.metadata["impressions_failed"] == 1
+    assert f"{EVENTS}: {LABEL}: expect_column_values_to_be_in_set {{0, 1}}" in page
+    assert metrics.metadata["passed"] == 0.0 and metrics.metadata[f"{EVENTS}_failed"] == 1
     # ... and the next step fails the run, listing each failed expectation
-    with pytest.raises(RuntimeError, match="(?s)data validation failed.*impressions: clk"):
+    with pytest.raises(RuntimeError, match=f"(?s)data validation failed.*{EVENTS}: {LABEL}"):
         require_valid_data.python_func(passed=out.passed, failures=out.failures)
 
 
