@@ -90,7 +90,6 @@ def make_client(host: str, namespace: str | None = None) -> kfp.Client:
     The token, if any, is taken from ``$KFP_EXISTING_TOKEN`` or the projected service
     account token (see the module docstring); it is kept in memory only.
     """
-    import kfp
     from kfp.client import (
         KF_PIPELINES_SA_TOKEN_ENV,
         KF_PIPELINES_SA_TOKEN_PATH,
@@ -107,7 +106,26 @@ def make_client(host: str, namespace: str | None = None) -> kfp.Client:
     kwargs: dict[str, Any] = {} if namespace is None else {"namespace": namespace}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
-        return kfp.Client(host=host, existing_token=token, credentials=credentials, **kwargs)
+        return _client_class()(host=host, existing_token=token, credentials=credentials, **kwargs)
+
+
+def _client_class() -> type:
+    """``kfp.Client`` whose health check does not retry a refusal: kfp retries any error of
+    ``/healthz`` 5 times, 5 s apart, logging a traceback each time, which for a 401 or 403
+    (no or a wrong token) only delays the same answer by 25 s."""
+    import kfp
+    import kfp_server_api
+
+    class Client(kfp.Client):
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            try:
+                return self._healthz_api.healthz_service_get_healthz()
+            except kfp_server_api.ApiException as e:
+                if e.status in (401, 403):
+                    raise
+            return super().get_kfp_healthz(sleep_duration)
+
+    return Client
 
 
 # -------------------------------------------------------------- the compiled spec
@@ -283,6 +301,55 @@ def _cron_field_ok(index: int, value: str) -> bool:
     return True
 
 
+def load_package_documents(package_path: str | Path) -> list[dict]:
+    """The documents of a compiled package: the pipeline spec, then the platform spec
+    (kfp-kubernetes settings) when there is one."""
+    load_pipeline_spec(package_path)  # names a missing or wrong file
+    return [d for d in yaml.safe_load_all(Path(package_path).read_text()) if d is not None]
+
+
+def _same_spec(server_spec: Any, documents: list[dict]) -> bool:
+    """Whether a pipeline version's ``pipeline_spec`` (as the API returns it: the spec, or
+    ``{"pipeline_spec", "platform_spec"}`` for a package with a platform document) is the
+    package's. JSON numbers are floats on the server: 3 and 3.0 compare equal."""
+    if not isinstance(server_spec, dict):
+        return False
+    if "pipeline_spec" in server_spec:
+        platform = server_spec.get("platform_spec")
+        return (
+            server_spec["pipeline_spec"] == documents[0]
+            and ([platform] if platform else []) == documents[1:]
+        )
+    return server_spec == documents[0] and len(documents) == 1
+
+
+def find_uploaded_version(
+    client: kfp.Client, package_path: str | Path, name: str | None = None
+) -> dict | None:
+    """The newest uploaded version of pipeline ``name`` (default: the spec's name) whose
+    spec is the package's, as ``{"pipeline_id", "version_id", "version_name"}``; None when
+    the pipeline or such a version does not exist."""
+    documents = load_package_documents(package_path)
+    pipeline_id = client.get_pipeline_id(name or documents[0]["pipelineInfo"]["name"])
+    if pipeline_id is None:
+        return None
+    page_token = ""
+    while True:
+        page = client.list_pipeline_versions(
+            pipeline_id, page_token=page_token, page_size=50, sort_by="created_at desc"
+        )
+        for version in page.pipeline_versions or []:
+            if _same_spec(version.pipeline_spec, documents):
+                return {
+                    "pipeline_id": pipeline_id,
+                    "version_id": version.pipeline_version_id,
+                    "version_name": version.display_name,
+                }
+        page_token = page.next_page_token
+        if not page_token:
+            return None
+
+
 # ---------------------------------------------------------------------- actions
 
 
@@ -345,19 +412,27 @@ def run(
     run_name: str | None = None,
     enable_caching: bool | None = None,
     service_account: str | None = None,
+    pipeline_root: str | None = None,
+    pipeline_name: str | None = None,
 ) -> dict:
-    """Start one run of the compiled pipeline in ``experiment`` (created if missing).
+    """Start one run of the compiled pipeline in ``experiment`` (created if missing): of
+    its uploaded version when one holds this very spec (``find_uploaded_version``; the UI
+    then links the run to it), else of the package itself.
 
     Args:
         params: pipeline parameters, strings or values (see ``check_params``); checked
             before any request.
         run_name: default ``"<pipeline name> <UTC yyyy-mm-dd hh-mm-ss>"``.
         enable_caching: ``None`` keeps each task's compiled setting; True/False
-            overrides all tasks.
+            overrides all tasks (the package is then submitted, see ``_version_to_run``).
         service_account: the Kubernetes service account the run's pods use.
+        pipeline_root: where the run's artifacts go (e.g. ``gs://bucket/root``; a
+            TrainJob trainer needs a gs:// root); ``None``: the server's default.
+        pipeline_name: the uploaded pipeline's name (default: the spec's).
 
     Returns:
-        ``{"run_id", "experiment_id", "run_name", "url"}``.
+        ``{"run_id", "experiment_id", "run_name", "pipeline_version_id", "url"}``
+        (``pipeline_version_id`` None: the package was submitted).
     """
     package_path = str(package_path)
     spec = load_pipeline_spec(package_path)
@@ -365,20 +440,40 @@ def run(
     experiment_id = _experiment_id(client, experiment)
     now = datetime.datetime.now(datetime.UTC)
     run_name = run_name or f"{spec['pipelineInfo']['name']} {now:%Y-%m-%d %H-%M-%S}"
-    result = client.create_run_from_pipeline_package(
-        package_path,
-        arguments=arguments,
-        run_name=run_name,
+    version = _version_to_run(client, package_path, pipeline_name, enable_caching)
+    result = client.run_pipeline(
         experiment_id=experiment_id,
+        job_name=run_name,
+        params=arguments,
+        pipeline_root=pipeline_root,
         enable_caching=enable_caching,
         service_account=service_account,
+        **_pipeline_source(package_path, version),
     )
     return {
         "run_id": result.run_id,
         "experiment_id": experiment_id,
         "run_name": run_name,
+        "pipeline_version_id": version["version_id"] if version else None,
         "url": _ui_url(client, f"runs/details/{result.run_id}"),
     }
+
+
+def _version_to_run(
+    client: kfp.Client, package_path: str, pipeline_name: str | None, enable_caching: bool | None
+) -> dict | None:
+    """The uploaded version to run, or None to submit the package: a caching override
+    rewrites each task's setting in the spec (kfp.Client drops it for an uploaded version,
+    and the API has no run-level switch), so it is a spec of its own, submitted as such."""
+    if enable_caching is not None:
+        return None
+    return find_uploaded_version(client, package_path, pipeline_name)
+
+
+def _pipeline_source(package_path: str, version: dict | None) -> dict:
+    if version is None:
+        return {"pipeline_package_path": package_path}
+    return {"pipeline_id": version["pipeline_id"], "version_id": version["version_id"]}
 
 
 def schedule(
@@ -390,8 +485,16 @@ def schedule(
     params: dict[str, Any],
     max_concurrency: int = 1,
     no_catchup: bool = True,
+    enable_caching: bool | None = None,
+    service_account: str | None = None,
+    pipeline_root: str | None = None,
+    pipeline_name: str | None = None,
 ) -> dict:
-    """Create an enabled recurring run of the compiled pipeline on a cron schedule.
+    """Create an enabled recurring run of the compiled pipeline on a cron schedule, of its
+    uploaded version when one holds this spec (as ``run``), else of the package. Each run's
+    window ends at its scheduled time (the pipeline's default), so the runs of a schedule
+    do not share cached steps; ``enable_caching``, ``service_account`` (Workload Identity,
+    TrainJob RBAC) and ``pipeline_root`` are as for ``run``.
 
     Args:
         cron: 5-field crontab (``"0 3 * * *"``: 03:00 every day, in the scheduler's
@@ -401,8 +504,8 @@ def schedule(
             backfills every missed interval.
 
     Returns:
-        ``{"recurring_run_id", "experiment_id", "job_name", "cron", "url"}``, ``cron``
-        being the 6-field expression sent.
+        ``{"recurring_run_id", "experiment_id", "job_name", "cron", "pipeline_version_id",
+        "url"}``, ``cron`` being the 6-field expression sent.
     """
     package_path = str(package_path)
     cron6 = kfp_cron(cron)
@@ -410,6 +513,7 @@ def schedule(
     spec = load_pipeline_spec(package_path)
     arguments = check_params(pipeline_parameters(spec), params)
     experiment_id = _experiment_id(client, experiment)
+    version = _version_to_run(client, package_path, pipeline_name, enable_caching)
     recurring_run = client.create_recurring_run(
         experiment_id=experiment_id,
         job_name=job_name,
@@ -417,13 +521,17 @@ def schedule(
         max_concurrency=max_concurrency,
         no_catchup=no_catchup,
         params=arguments,
-        pipeline_package_path=package_path,
+        pipeline_root=pipeline_root,
+        enable_caching=enable_caching,
+        service_account=service_account,
+        **_pipeline_source(package_path, version),
     )
     return {
         "recurring_run_id": recurring_run.recurring_run_id,
         "experiment_id": experiment_id,
         "job_name": job_name,
         "cron": cron6,
+        "pipeline_version_id": version["version_id"] if version else None,
         "url": _ui_url(client, f"recurringrun/details/{recurring_run.recurring_run_id}"),
     }
 
@@ -484,17 +592,33 @@ def add_pipeline_client_commands(pipeline_subparsers: argparse._SubParsersAction
     up.add_argument("--description")
     up.set_defaults(func=_cmd_upload)
 
+    with_params.add_argument(
+        "--caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override every task's caching (default: as compiled; the window ends at each "
+        "run's scheduled time, so runs over different windows never share a cached step)",
+    )
+    with_params.add_argument(
+        "--service-account",
+        help="Kubernetes service account of the run's pods, e.g. deepfm-pipeline "
+        "(Workload Identity, TrainJob RBAC; default: the server's)",
+    )
+    with_params.add_argument(
+        "--pipeline-root",
+        help="where the run's artifacts go, e.g. gs://BUCKET/pipeline-root (a TrainJob "
+        "trainer needs gs://; default: the server's)",
+    )
+    with_params.add_argument(
+        "--pipeline-name",
+        help="the uploaded pipeline whose version holding this package's spec is run "
+        "(default: the compiled pipelineInfo.name); without one the package is submitted",
+    )
+
     rn = pipeline_subparsers.add_parser(
         "run", parents=[common, with_params], help="start a run of the pipeline", epilog=auth
     )
     rn.add_argument("--run-name", help="default: pipeline name + UTC time")
-    rn.add_argument(
-        "--caching",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="override every task's caching (default: as compiled)",
-    )
-    rn.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     rn.set_defaults(func=_cmd_run)
 
     sc = pipeline_subparsers.add_parser(
@@ -508,7 +632,9 @@ def add_pipeline_client_commands(pipeline_subparsers: argparse._SubParsersAction
         required=True,
         help="'0 3 * * *' (crontab, 5 fields) or KFP's 6 fields with seconds first",
     )
-    sc.add_argument("--job-name", help="recurring run name (default: <pipeline>-recurring)")
+    sc.add_argument(
+        "--job-name", "--run-name", help="recurring run name (default: <pipeline>-recurring)"
+    )
     sc.add_argument("--max-concurrency", type=int, default=1, help="runs at once, 1-10")
     sc.add_argument(
         "--catchup", action="store_true", help="backfill every missed interval after a pause"
@@ -540,6 +666,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
             run_name=args.run_name,
             enable_caching=args.caching,
             service_account=args.service_account,
+            pipeline_root=args.pipeline_root,
+            pipeline_name=args.pipeline_name,
         )
     print(json.dumps(result))
 
@@ -563,6 +691,10 @@ def _cmd_schedule(args: argparse.Namespace) -> None:
             params,
             max_concurrency=args.max_concurrency,
             no_catchup=not args.catchup,
+            enable_caching=args.caching,
+            service_account=args.service_account,
+            pipeline_root=args.pipeline_root,
+            pipeline_name=args.pipeline_name,
         )
     print(json.dumps(result))
 

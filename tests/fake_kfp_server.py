@@ -13,7 +13,10 @@ paths and JSON fields are those of ``kfp_server_api`` 2.17.3) and records every 
     POST /apis/v2beta1/runs
     POST /apis/v2beta1/recurringruns
 
-Like the real server, it refuses a second pipeline or version with the same name (409).
+Like the real server, it refuses a second pipeline or version with the same name (409),
+returns each version's ``pipeline_spec`` (the package's spec, or ``{"pipeline_spec",
+"platform_spec"}`` for a package with a platform document), and answers every request with
+``refuse_with`` (e.g. 401) when that is set.
 
     with FakeKfpServer() as server:
         client = kfp.Client(host=server.url)
@@ -32,6 +35,8 @@ import threading
 import urllib.parse
 import uuid
 from typing import Any
+
+import yaml
 
 API = "/apis/v2beta1"
 CREATED_AT = "2026-11-27T12:00:00Z"
@@ -63,8 +68,9 @@ class Request:
 class FakeKfpServer:
     """The fake API in a background thread; ``url`` is ``http://127.0.0.1:<free port>``."""
 
-    def __init__(self, multi_user: bool = False) -> None:
+    def __init__(self, multi_user: bool = False, refuse_with: int | None = None) -> None:
         self.multi_user = multi_user
+        self.refuse_with = refuse_with
         self.requests: list[Request] = []
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, list[dict]] = {}  # pipeline id -> versions, oldest first
@@ -95,6 +101,8 @@ class FakeKfpServer:
     def answer(self, request: Request) -> tuple[int, dict]:
         route = request.path.removeprefix(API)
         q = {k: v[0] for k, v in request.query.items()}
+        if self.refuse_with is not None:
+            return self.refuse_with, {"code": 16, "message": "Unauthenticated request"}
         if (request.method, route) == ("GET", "/healthz"):
             return 200, {"multi_user": self.multi_user}
         if (request.method, route) == ("GET", "/pipelines"):
@@ -139,10 +147,18 @@ class FakeKfpServer:
             "display_name": name,
             "name": name,
             "created_at": CREATED_AT,
-            "package_size": len(package),
+            "pipeline_spec": _server_spec(package),
         }
         self.versions[pipeline_id].append(version)
-        return 200, {k: v for k, v in version.items() if k != "package_size"}
+        return 200, version
+
+
+def _server_spec(package: bytes) -> dict:
+    """A version's ``pipeline_spec`` as the v2beta1 API returns it."""
+    documents = [d for d in yaml.safe_load_all(package) if d is not None]
+    if len(documents) == 1:
+        return documents[0]
+    return {"pipeline_spec": documents[0], "platform_spec": documents[1]}
 
 
 def _create(table: dict[str, dict], id_field: str, body: dict) -> dict:

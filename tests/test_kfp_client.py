@@ -18,6 +18,7 @@ from fake_kfp_server import FakeKfpServer
 from kfp import compiler, dsl
 from kfp.client import KF_PIPELINES_SA_TOKEN_ENV
 
+from pipelines.cli import exit_status
 from pipelines.kfp_client import (
     TOKEN_ENV,
     KfpApiError,
@@ -450,3 +451,121 @@ def test_toy_spec_declares_every_parameter_type(package):
         "opts": "STRUCT",
     }
     assert yaml.safe_load(package.read_text())["pipelineInfo"]["name"] == "toy-ctr"
+
+
+# ------------------------------------------- the uploaded version, caching, root, 401
+
+
+@pytest.fixture(scope="module")
+def platform_package(tmp_path_factory):
+    """The toy pipeline with a Kubernetes platform document (two YAML documents)."""
+    from kfp import kubernetes
+
+    @dsl.pipeline(name="toy-ctr")
+    def with_settings(day: str, lr: float = 0.01):
+        task = train(day=day, lr=lr, epochs=1, use_bn=True, hidden=[1], opts={})
+        kubernetes.use_config_map_as_env(task, "deepfm-settings", {"A": "A"}, optional=True)
+
+    path = tmp_path_factory.mktemp("platform") / "toy_platform.yaml"
+    compiler.Compiler().compile(with_settings, str(path))
+    assert len(list(yaml.safe_load_all(path.read_text()))) == 2
+    return path
+
+
+def test_run_and_schedule_use_the_uploaded_version_holding_the_package(
+    server, client, package, platform_package
+):
+    upload(client, package, version="plain")  # the pipeline; the server names it toy-ctr
+    with_platform = upload(client, platform_package, version="with-settings")
+    plain_version = server.versions[with_platform["pipeline_id"]][0]["pipeline_version_id"]
+
+    started = run(client, platform_package, GOOD, "exp", service_account="deepfm-pipeline")
+    scheduled = schedule(client, package, "0 3 * * *", "exp", "nightly", GOOD)
+    run_body = server.calls("POST", "/runs")[0].json()
+    job_body = server.calls("POST", "/recurringruns")[0].json()
+    # the newest version is not taken blindly: each request names the version whose spec
+    # (and platform document) is the package's, and carries no spec of its own
+    assert run_body["pipeline_version_reference"] == {
+        "pipeline_id": with_platform["pipeline_id"],
+        "pipeline_version_id": with_platform["version_id"],
+    }
+    assert job_body["pipeline_version_reference"]["pipeline_version_id"] == plain_version
+    assert "pipeline_spec" not in run_body and "pipeline_spec" not in job_body
+    assert started["pipeline_version_id"] == with_platform["version_id"]
+    assert scheduled["pipeline_version_id"] == plain_version
+
+
+def test_without_a_matching_version_the_package_is_submitted(server, client, package, tmp_path):
+    other = tmp_path / "other.yaml"
+    spec = yaml.safe_load(package.read_text())
+    spec["root"]["inputDefinitions"]["parameters"]["lr"]["defaultValue"] = 0.5
+    other.write_text(yaml.safe_dump(spec))
+    upload(client, other)  # same pipeline name, another spec
+    started = run(client, package, GOOD, "exp")
+    body = server.calls("POST", "/runs")[0].json()
+    assert started["pipeline_version_id"] is None and "pipeline_version_reference" not in body
+    assert body["pipeline_spec"]["root"] == load_pipeline_spec(package)["root"] != spec["root"]
+
+
+@pytest.mark.parametrize("command", ["run", "schedule"])
+@pytest.mark.parametrize("caching", [True, False])
+def test_cli_caching_service_account_and_pipeline_root_reach_the_server(
+    server, token, package, capsys, command, caching
+):
+    target = ["--host", server.url, "--package", str(package), "--param", "day=x"]
+    _cli(["upload", "--host", server.url, "--package", str(package)])
+    capsys.readouterr()
+    extra = ["--cron", "0 3 * * *"] if command == "schedule" else []
+    flags = [
+        "--caching" if caching else "--no-caching",
+        "--service-account",
+        "deepfm-pipeline",
+        "--pipeline-root",
+        "gs://deepfm-models/pipeline-root",
+        "--run-name",
+        "nightly-ctr",
+    ]
+    _cli([command, *target, *extra, *flags])
+    result = json.loads(capsys.readouterr().out)
+    path = "/runs" if command == "run" else "/recurringruns"
+    (request,) = server.calls("POST", path)
+    body = request.json()
+    assert body["service_account"] == "deepfm-pipeline"
+    assert body["runtime_config"]["pipeline_root"] == "gs://deepfm-models/pipeline-root"
+    assert body["display_name"] == "nightly-ctr"
+    # a caching override is a spec of its own: the package goes, every task set as asked
+    assert "pipeline_version_reference" not in body and result["pipeline_version_id"] is None
+    task = body["pipeline_spec"]["root"]["dag"]["tasks"]["train"]
+    assert task["cachingOptions"].get("enableCache", False) is caching
+
+
+def test_cli_run_without_flags_runs_the_uploaded_version_with_its_caching(
+    server, token, package, capsys
+):
+    _cli(["upload", "--host", server.url, "--package", str(package)])
+    uploaded = json.loads(capsys.readouterr().out)
+    _cli(["run", "--host", server.url, "--package", str(package), "--param", "day=x"])
+    body = server.calls("POST", "/runs")[0].json()
+    assert body["pipeline_version_reference"]["pipeline_version_id"] == uploaded["version_id"]
+    assert "service_account" not in body or not body["service_account"]
+    assert not body["runtime_config"].get("pipeline_root")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_is_one_line_naming_the_status_and_host_at_once(
+    token, package, caplog, status
+):
+    import time
+
+    with FakeKfpServer(refuse_with=status) as refusing:
+        t0 = time.perf_counter()
+        with pytest.raises(KfpApiError) as e:
+            _cli(["run", "--host", refusing.url, "--package", str(package), "--param", "day=x"])
+        elapsed = time.perf_counter() - t0
+        assert len(refusing.calls("GET", "/healthz")) == 1  # no retries
+    message = str(e.value)
+    assert message.startswith(f"KFP API at {refusing.url} answered {status} ")
+    assert "Unauthenticated request" in message and "\n" not in message
+    assert exit_status(e.value) == 2
+    assert elapsed < 3  # kfp's own health check retries for 25 s
+    assert not [r for r in caplog.records if r.exc_info]  # no retry tracebacks logged
