@@ -51,7 +51,19 @@ from training.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 START = pd.Timestamp("2026-11-01", tz="UTC")
 REPO_FILES = ("feature_store.yaml", "features.yaml", "definitions.py", "spec.py", ".feastignore")
-SOURCES = ("impressions", "user_profile", "ad_feature")
+# Names come from the project's spec (the sample's), each known here by its role.
+SPEC = load_spec()
+SOURCES = tuple(SPEC.sources)
+EVENTS = SPEC.entity_rows
+USER_KEY, AD_KEY = SPEC.join_keys()  # the profiles' entity key, the ads' entity key
+(CONTEXT,) = (f.name for f in SPEC.context_features())
+(PROFILE_VIEW,) = (
+    v.name for v in SPEC.feature_views.values() if SPEC.entities[v.entity].join_key == USER_KEY
+)
+PROFILE_FEATURES = SPEC.view_features(PROFILE_VIEW)
+(LIST_COL,) = (f.name for f in PROFILE_FEATURES if f.dtype.startswith("list"))
+FIRST_PROFILE = PROFILE_FEATURES[0].name  # null until a user's first profile
+(PRICE,) = (f.name for f in SPEC.features if f.dtype == "float64")
 CLEAN_ENV = ("DEEPFM_DATA_DIR", "FEAST_FS_YAML_FILE_PATH")
 COLUMNS = [f.name for f in load_spec().features]  # what an instance may carry
 MAX_CANDIDATES = 64
@@ -175,8 +187,9 @@ def predict(url: str, instances: list[dict]) -> dict:
 
 def test_scores_equal_offline_predict_for_given_feature_values(service, flat, models):
     # rows with and without a profile (users with none yet have null profile features)
-    rows = pd.concat([flat[flat["age_level"].isna()].head(8), flat.head(40)], ignore_index=True)
-    assert rows["age_level"].isna().any() and rows["interest_cates"].isna().any()
+    no_profile = flat[flat[FIRST_PROFILE].isna()].head(8)
+    rows = pd.concat([no_profile, flat.head(40)], ignore_index=True)
+    assert rows[FIRST_PROFILE].isna().any() and rows[LIST_COL].isna().any()
 
     got = predict(service, to_instances(rows))
 
@@ -185,27 +198,27 @@ def test_scores_equal_offline_predict_for_given_feature_values(service, flat, mo
 
 
 def test_entity_ids_are_scored_with_the_online_features(service, repo, sample, models):
-    impressions = pd.read_parquet(sample / "impressions.parquet").tail(20)
+    events = pd.read_parquet(sample / f"{EVENTS}.parquet").tail(20)
     ids = [
-        {"user_id": int(u), "adgroup_id": int(a), "pid": p}
-        for u, a, p in impressions[["user_id", "adgroup_id", "pid"]].itertuples(index=False)
+        {USER_KEY: int(u), AD_KEY: int(a), CONTEXT: p}
+        for u, a, p in events[[USER_KEY, AD_KEY, CONTEXT]].itertuples(index=False)
     ]
-    ids.append({"user_id": 10**9, "adgroup_id": ids[0]["adgroup_id"]})  # unknown user, no pid
-    overridden = dict(ids[1], price=12345.0, interest_cates=None)  # given values win
+    ids.append({USER_KEY: 10**9, AD_KEY: ids[0][AD_KEY]})  # unknown user, no context
+    overridden = dict(ids[1]) | {PRICE: 12345.0, LIST_COL: None}  # given values win
     instances = [*ids, overridden]
 
     got = predict(service, instances)
 
     online = [
         store.online_features(
-            {"user_id": i["user_id"], "adgroup_id": i["adgroup_id"]},
-            {"pid": i["pid"]} if "pid" in i else None,
+            {USER_KEY: i[USER_KEY], AD_KEY: i[AD_KEY]},
+            {CONTEXT: i[CONTEXT]} if CONTEXT in i else None,
             repo_path=repo,
         ).vector
         for i in ids
     ]
-    assert all(online[-1][f.name] is None for f in load_spec().view_features("user_profile"))
-    online.append(online[1] | {"price": 12345.0, "interest_cates": None})
+    assert all(online[-1][f.name] is None for f in PROFILE_FEATURES)
+    online.append(online[1] | {PRICE: 12345.0, LIST_COL: None})
     rows = pd.DataFrame(online, columns=COLUMNS)
     assert got["predictions"] == load(models["v1"]).predict(rows).tolist()
     assert got["predictions"][-1] != got["predictions"][1]
@@ -213,14 +226,15 @@ def test_entity_ids_are_scored_with_the_online_features(service, repo, sample, m
 
 def test_a_batch_of_unknown_users_is_scored(service):
     # every list feature is null: the column must keep its list type
-    got = predict(service, [{"user_id": 10**9 + i, "adgroup_id": 1} for i in range(3)])
+    got = predict(service, [{USER_KEY: 10**9 + i, AD_KEY: 1} for i in range(3)])
     assert len(got["predictions"]) == 3
     assert all(0 < p < 1 for p in got["predictions"])
 
 
 # --- bad requests -------------------------------------------------------------------------------
 
-OK_ROW = {"user_id": 1, "adgroup_id": 2}
+OK_ROW = {USER_KEY: 1, AD_KEY: 2}
+U, A = re.escape(USER_KEY), re.escape(AD_KEY)
 
 
 def body(*instances, **top) -> bytes:
@@ -232,25 +246,37 @@ def body(*instances, **top) -> bytes:
     [
         (b'{"instances": [', 400, r"^the body is not valid JSON: Expecting value"),
         (b"\xff\xfe\xfa", 400, r"^the body is not valid JSON"),
-        (b'{"instances": [{"user_id": 1, "adgroup_id": NaN}]}', 400, r"NaN is not valid JSON"),
+        (
+            f'{{"instances": [{{"{USER_KEY}": 1, "{AD_KEY}": NaN}}]}}'.encode(),
+            400,
+            r"NaN is not valid JSON",
+        ),
         (b"[1, 2]", 422, r'^expected a JSON object \{"instances"'),
         (b'{"inputs": []}', 422, r'^expected a JSON object \{"instances"'),
         (body(), 422, r"^instances: empty"),
-        (b'{"instances": {"user_id": 1}}', 422, r"^instances: expected a list, got an object"),
-        (body(7), 422, r"^instances\[0\]: expected an object of features, got a number"),
-        (body(OK_ROW, {"user_id": 1}), 422, r"^instances\[1\]\.adgroup_id: required"),
-        (body({"user_id": None, "adgroup_id": 2}), 422, r"^instances\[0\]\.user_id: required"),
         (
-            body({"user_id": "1", "adgroup_id": 2}),
+            json.dumps({"instances": {USER_KEY: 1}}).encode(),
             422,
-            r"^instances\[0\]\.user_id: expected an integer, got \"1\"$",
+            r"^instances: expected a list, got an object",
         ),
-        (body({"user_id": True, "adgroup_id": 2}), 422, r"^instances\[0\]\.user_id: expected an "),
-        (body({"user_id": 2**63, "adgroup_id": 2}), 422, r"^instances\[0\]\.user_id: expected"),
-        (body(OK_ROW | {"price": "cheap"}), 422, r"^instances\[0\]\.price: expected a finite "),
-        (b'{"instances": [{"user_id": 1, "adgroup_id": 2, "price": 1e400}]}', 422, r"price: exp"),
-        (body(OK_ROW | {"pid": 430548}), 422, r"^instances\[0\]\.pid: expected a string"),
-        (body(OK_ROW | {"interest_cates": [1, 2.5]}), 422, r"interest_cates: expected a list of"),
+        (body(7), 422, r"^instances\[0\]: expected an object of features, got a number"),
+        (body(OK_ROW, {USER_KEY: 1}), 422, rf"^instances\[1\]\.{A}: required"),
+        (body({USER_KEY: None, AD_KEY: 2}), 422, rf"^instances\[0\]\.{U}: required"),
+        (
+            body({USER_KEY: "1", AD_KEY: 2}),
+            422,
+            rf"^instances\[0\]\.{U}: expected an integer, got \"1\"$",
+        ),
+        (body({USER_KEY: True, AD_KEY: 2}), 422, rf"^instances\[0\]\.{U}: expected an "),
+        (body({USER_KEY: 2**63, AD_KEY: 2}), 422, rf"^instances\[0\]\.{U}: expected"),
+        (body(OK_ROW | {PRICE: "cheap"}), 422, rf"^instances\[0\]\.{PRICE}: expected a finite "),
+        (
+            body(OK_ROW).replace(b"}]", f', "{PRICE}": 1e400}}]'.encode()),
+            422,
+            rf"{PRICE}: exp",
+        ),
+        (body(OK_ROW | {CONTEXT: 430548}), 422, rf"^instances\[0\]\.{CONTEXT}: expected a string"),
+        (body(OK_ROW | {LIST_COL: [1, 2.5]}), 422, rf"{LIST_COL}: expected a list of"),
         (body(OK_ROW | {"colour": "red"}), 422, r"^instances\[0\]: unknown field 'colour'"),
         (body(*[OK_ROW] * (MAX_CANDIDATES + 1)), 413, r"^instances: 65 candidates, more than "),
         (body(OK_ROW, pad="x" * MAX_BODY_BYTES), 413, r"^the body is larger than the limit"),
@@ -388,7 +414,7 @@ def tiny_model_dir(path: Path, column: str) -> Path:
             "model": {"deep": {"hidden_units": [4]}},
         }
     )
-    encoder = FeatureEncoder(cfg).fit(pd.DataFrame({column: [1, 2, 3], "clk": [0, 1, 0]}))
+    encoder = FeatureEncoder(cfg).fit(pd.DataFrame({column: [1, 2, 3], "label": [0, 1, 0]}))
     network = DeepFM(cfg.model, cfg.feature_groups, encoder.input_spec())
     return save_model_dir(path, cfg, encoder, network, export_program=False)
 
