@@ -19,6 +19,7 @@ import torch
 
 import model.train as train_module
 from feature_repo.sample_data import generate
+from feature_repo.spec import load_spec
 from model.deepfm import DeepFM
 from model.export import PROGRAM, load, save_model_dir, verify_model_dir
 from model.features import OOV_ROW, FeatureEncoder
@@ -34,6 +35,16 @@ from model.train import (
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# Column names come from the project's spec (the sample's, which configs/deepfm.yaml reads).
+SPEC = load_spec()
+LABEL, TS, GROUP_KEY = SPEC.label.name, SPEC.timestamp, SPEC.group_key
+KEYS = list(SPEC.join_keys())
+CONTEXT = [f.name for f in SPEC.context_features()]
+(LIST_COL,) = (f.name for f in SPEC.features if f.dtype.startswith("list"))
+(PRICE,) = (f.name for f in SPEC.features if f.dtype == "float64")
+PROFILE_VIEW, AD_VIEW = SPEC.feature(LIST_COL).view, SPEC.feature(PRICE).view
+PROFILE_INTS = [f.name for f in SPEC.view_features(PROFILE_VIEW) if f.dtype == "int64"]
+AD_INTS = [f.name for f in SPEC.view_features(AD_VIEW) if f.dtype == "int64"]
 CONFIG = ROOT / "configs" / "deepfm.yaml"
 SMALL = {"model.deep.hidden_units": [32, 16], "train.batch_size": 512, "train.num_threads": 1}
 # Resume tests leave out normalized_entropy: see test_resume_after_an_evaluated_epoch.
@@ -63,7 +74,7 @@ def _split(rows: int, seed: int, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     # click_prob is aligned with flat; time_split sorts stably, so carrying the column
     # along keeps each row's true probability
     flat["p_click"] = pd.read_parquet(paths["click_prob"])["p_click"].to_numpy()
-    return time_split(flat, "event_timestamp", 0.2)
+    return time_split(flat, TS, 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +109,8 @@ def model_dir(trained, tmp_path_factory) -> Path:
 def test_time_split_sorts_by_time_and_keeps_rows(small):
     train_df, eval_df = small
     assert (len(train_df), len(eval_df)) == (16_000, 4_000)
-    assert train_df["event_timestamp"].max() <= eval_df["event_timestamp"].min()
-    assert train_df["event_timestamp"].is_monotonic_increasing
+    assert train_df[TS].max() <= eval_df[TS].min()
+    assert train_df[TS].is_monotonic_increasing
     df = pd.DataFrame({"t": [3, 1, 2, 1, 3], "i": range(5)})
     a, b = time_split(df, "t", 0.4)
     assert a["i"].tolist() == [1, 3, 2]  # stable: equal times keep their order
@@ -117,18 +128,20 @@ def test_encode_dataset_checks_labels_and_weights(small):
     cfg = config()
     enc = FeatureEncoder(cfg).fit(train_df)
     data = encode_dataset(cfg, enc, train_df, "x")
-    assert data.labels.tolist() == train_df["clk"].astype(float).tolist()
-    assert np.array_equal(data.groups, train_df["user_id"].to_numpy())
-    with pytest.raises(ValueError, match="data.label: column 'clk' has missing values in x"):
-        encode_dataset(cfg, enc, train_df.assign(clk=np.where(train_df.index == 3, np.nan, 0)), "x")
+    assert data.labels.tolist() == train_df[LABEL].astype(float).tolist()
+    assert np.array_equal(data.groups, train_df[GROUP_KEY].to_numpy())
+    with pytest.raises(ValueError, match=f"data.label: column '{LABEL}' has missing values in x"):
+        encode_dataset(
+            cfg, enc, train_df.assign(**{LABEL: np.where(train_df.index == 3, np.nan, 0)}), "x"
+        )
     # labels are checked against the loss: binary cross-entropy takes 0 and 1 only
     for bad, shown in (([2, -1], "2, -1"), ([0.5], "0.5")):
         labels = np.resize(np.array(bad, dtype=np.float64), len(train_df))
-        with pytest.raises(ValueError, match=f"column 'clk' in x holds {shown}; each label"):
-            encode_dataset(cfg, enc, train_df.assign(clk=labels), "x")
-    words = np.where(train_df["clk"].to_numpy() == 1, "yes", "no")
-    with pytest.raises(ValueError, match="column 'clk' in x is not numeric, e.g. 'no', 'yes'"):
-        encode_dataset(cfg, enc, train_df.assign(clk=words), "x")
+        with pytest.raises(ValueError, match=f"column '{LABEL}' in x holds {shown}; each label"):
+            encode_dataset(cfg, enc, train_df.assign(**{LABEL: labels}), "x")
+    words = np.where(train_df[LABEL].to_numpy() == 1, "yes", "no")
+    with pytest.raises(ValueError, match=f"column '{LABEL}' in x is not numeric, e.g. 'no', 'yes'"):
+        encode_dataset(cfg, enc, train_df.assign(**{LABEL: words}), "x")
     weighted = config(**{"data.sample_weight": "w"})
     with pytest.raises(ValueError, match="data.sample_weight: 'w' needs finite values"):
         encode_dataset(weighted, enc, train_df.assign(w=-1.0), "x")
@@ -142,7 +155,7 @@ def test_encode_dataset_checks_labels_and_weights(small):
 def test_learns_the_sample_close_to_the_bayes_auc(trained, learnable):
     _, result = trained
     eval_df = learnable[1]
-    bayes = auc(eval_df["clk"].to_numpy(), eval_df["p_click"].to_numpy())
+    bayes = auc(eval_df[LABEL].to_numpy(), eval_df["p_click"].to_numpy())
     m = result.metrics
     assert m["count"] == len(eval_df) == 12_000
     assert m["auc"] > 0.62
@@ -319,27 +332,29 @@ def test_predict_with_unseen_ids_and_missing_values_uses_oov_rows(model_dir, lea
     loaded = load(model_dir)
     rows = learnable[1].head(40).copy()
     n = len(rows)
-    rows["user_id"] = np.arange(n) + 10**9  # never seen
-    rows["adgroup_id"] = np.arange(n) + 2 * 10**9
-    for col in ("cate_id", "campaign_id", "customer_id", "brand"):
+    for j, key in enumerate(KEYS):
+        rows[key] = np.arange(n) + (j + 1) * 10**9  # never seen
+    for col in AD_INTS:
         rows[col] = -7
-    rows["pid"] = "new_slot"
-    for col in ("age_level", "gender", "shopping_level", "occupation", "city_level", "cms_segid"):
+    for col in CONTEXT:
+        rows[col] = "new_slot"
+    for col in PROFILE_INTS:
         rows[col] = pd.array([None] * n, dtype="Int64")
-    rows["interest_cates"] = [None if i % 2 else [10**9, -3] for i in range(n)]
-    rows["price"] = np.where(np.arange(n) % 3 == 0, np.nan, rows["price"])
-    probs = loaded.predict(rows.drop(columns=["clk", "event_timestamp"]))
+    rows[LIST_COL] = [None if i % 2 else [10**9, -3] for i in range(n)]
+    rows[PRICE] = np.where(np.arange(n) % 3 == 0, np.nan, rows[PRICE])
+    probs = loaded.predict(rows.drop(columns=[LABEL, TS]))
     assert probs.shape == (n,)
     assert np.isfinite(probs).all() and ((probs > 0) & (probs < 1)).all()
     x = loaded.encoder.transform(rows)
     spec = [s.name for s in loaded.encoder.input_spec().sparse]
-    for name in ("user_id", "adgroup_id", "cate_id", "brand", "pid"):
+    for name in (*KEYS, *AD_INTS, *CONTEXT):
         assert (x.sparse[:, spec.index(name)] == OOV_ROW).all(), name
-    assert (x.sparse[:, spec.index("age_level")] == 0).all()  # missing row
+    for name in PROFILE_INTS:
+        assert (x.sparse[:, spec.index(name)] == 0).all(), name  # the missing row
     assert (x.multi[1::2] == -1).all()  # null lists: all padding
     assert (x.multi[0::2, 0, :2] == OOV_ROW).all()
     # rows with only unseen ids, no profile, no interests and no price look the same
-    same = rows["price"].isna().to_numpy() & (np.arange(n) % 2 == 1)
+    same = rows[PRICE].isna().to_numpy() & (np.arange(n) % 2 == 1)
     assert same.sum() == 7
     assert np.ptp(probs[same]) < 1e-6  # equal inputs, equal scores (up to matmul blocking)
     assert np.ptp(probs) > 0  # while the known prices still move the score
@@ -537,9 +552,9 @@ def test_a_non_finite_loss_stops_at_the_first_step(small):
     # an infinite label is refused before training; a finite one whose square overflows
     # float32 (an L2 loss) makes the loss infinite at the first step
     with pytest.raises(ValueError, match="holds inf; each label must be 0 or 1"):
-        train(config(), small[0].head(1000).assign(clk=np.inf), None, progress=False)
+        train(config(), small[0].head(1000).assign(**{LABEL: np.inf}), None, progress=False)
     l2 = config(**{"model.losses": [{"l2_loss": {}}], "model.metrics": []})
-    rows = small[0].head(1000).assign(clk=1e30)
+    rows = small[0].head(1000).assign(**{LABEL: 1e30})
     with pytest.raises(FloatingPointError, match=r"at step 1 \(epoch 1\)"):
         train(l2, rows, None, progress=False)
 
@@ -551,7 +566,7 @@ def test_a_non_finite_loss_stops_at_the_first_step(small):
 def test_more_data_comes_within_0_1_of_the_bayes_auc(tmp_path):
     train_df, eval_df = _split(300_000, 0, tmp_path)
     result = train(config(), train_df, eval_df, progress=False)
-    bayes = auc(eval_df["clk"].to_numpy(), eval_df["p_click"].to_numpy())
+    bayes = auc(eval_df[LABEL].to_numpy(), eval_df["p_click"].to_numpy())
     assert result.metrics["auc"] > 0.65
     assert bayes - result.metrics["auc"] < 0.1, (bayes, result.metrics["auc"])
 
@@ -627,7 +642,7 @@ def test_two_process_gloo_ddp_matches_a_single_process_run(learnable, tmp_path):
     eval_df = learnable[1]
     probs = model.predict(eval_df)
     assert np.isfinite(probs).all()
-    assert auc(eval_df["clk"].to_numpy(), probs) == pytest.approx(ddp_out["auc"], abs=1e-6)
+    assert auc(eval_df[LABEL].to_numpy(), probs) == pytest.approx(ddp_out["auc"], abs=1e-6)
 
 
 @pytest.mark.slow  # compiling takes seconds
@@ -669,7 +684,9 @@ def test_labels_are_checked_against_the_loss(small, loss, labels, message):
     enc = FeatureEncoder(cfg).fit(train_df)
     column = np.resize(np.array(labels, dtype=np.float64), len(train_df))
     with pytest.raises(ValueError, match=message):
-        encode_dataset(cfg, enc, train_df.assign(clk=column), "x")
+        encode_dataset(cfg, enc, train_df.assign(**{LABEL: column}), "x")
     fine = np.resize(np.array(labels[:2], dtype=np.float64), len(train_df))
     if np.isfinite(fine).all() and (num_class == 1 or (fine == np.floor(fine)).all()):
-        assert encode_dataset(cfg, enc, train_df.assign(clk=fine), "x").labels.shape[0] == 200
+        assert (
+            encode_dataset(cfg, enc, train_df.assign(**{LABEL: fine}), "x").labels.shape[0] == 200
+        )
