@@ -14,9 +14,15 @@ def features(
     eval_fraction: float,
     train_data: Output[Dataset],
     eval_data: Output[Dataset],
+    scheduled_at: str = "",
 ) -> int:
-    """Retrieve the training data from Feast; returns the number of training rows."""
+    """Retrieve the training data of the window (ending at ``window_end``, else at the
+    run's ``scheduled_at``) from Feast; returns the number of training rows."""
+    from components.settings import check_cluster_settings, window_end_of_run
     from training.data import retrieve_features
+
+    check_cluster_settings(needs_feast=True)
+    window_end = window_end_of_run(window_end, scheduled_at)
 
     info = retrieve_features(
         feature_repo, window_end, window_days, eval_fraction, train_data.path, eval_data.path

@@ -20,15 +20,20 @@ def validate(
     window_days: float,
     metrics: Output[Metrics],
     report: Output[HTML],
+    scheduled_at: str = "",
 ) -> NamedTuple("Outputs", [("passed", bool), ("failures", str)]):
-    """Validate the raw sources of the window: the report and the metrics are outputs
-    either way. The step itself succeeds so that Kubeflow keeps them (a failed task's
-    output artifacts are not uploaded); ``require_valid_data`` then stops the run."""
+    """Validate the raw sources of the window (ending at ``window_end``, else at the run's
+    ``scheduled_at``): the report and the metrics are outputs either way. The step itself
+    succeeds so that Kubeflow keeps them (a failed task's output artifacts are not
+    uploaded); ``require_valid_data`` then stops the run."""
     from collections import namedtuple
 
+    from components.settings import check_cluster_settings, window_end_of_run
     from validation.results import DataValidationError
     from validation.validate import validate_window
 
+    check_cluster_settings(needs_feast=False)
+    window_end = window_end_of_run(window_end, scheduled_at)
     outputs = namedtuple("Outputs", ["passed", "failures"])
     if not report.uri.endswith(".html"):
         report.uri += ".html"

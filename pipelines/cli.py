@@ -274,6 +274,9 @@ def _pipeline_options(args: argparse.Namespace):
         feature_repo=args.feature_repo,
         trainer=args.trainer,
         num_nodes=args.num_nodes,
+        overlay=args.overlay or "",
+        data_mount=args.data_mount or "",
+        feast_config_mount=args.feast_config_mount,
     )
 
 
@@ -555,6 +558,25 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
     )
     comp.add_argument(
         "--num-nodes", type=int, default=defaults.DEFAULT_NUM_NODES, help="TrainJob nodes"
+    )
+    comp.add_argument(
+        "--overlay",
+        choices=defaults.OVERLAYS,
+        help="the manifests/ overlay whose ConfigMaps (deepfm-settings, feast-config) and "
+        "data volume claim the feature-store steps mount (default: gcp on kubeflow; none: "
+        "no cluster settings, on vertex always)",
+    )
+    comp.add_argument(
+        "--data-mount",
+        metavar="PATH",
+        help="where the overlay's data claim is mounted; it must hold the overlay's "
+        "DEEPFM_DATA_DIR (default: the overlay's, /var/lib/deepfm/...)",
+    )
+    comp.add_argument(
+        "--feast-config-mount",
+        metavar="PATH",
+        default=defaults.FEAST_CONFIG_MOUNT,
+        help=f"where feast-config is mounted (default {defaults.FEAST_CONFIG_MOUNT})",
     )
     comp.set_defaults(func=cmd_pipeline_compile)
 

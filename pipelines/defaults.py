@@ -10,6 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from components import BASE_IMAGE
+from components.settings import (  # noqa: F401 (the names the pipeline mounts)
+    FEAST_CONFIG_FILE,
+    FEAST_CONFIG_MOUNT,
+    FEAST_CONFIGMAP,
+    OVERLAY_ENV,
+    OVERLAY_VOLUMES,
+    SETTINGS_CONFIGMAP,
+    STORE_SETTINGS,
+)
 
 PIPELINE_NAME = "deepfm-ctr"
 # Where the cluster keeps models (manifests/ set this bucket up); override per run or at
@@ -80,6 +89,15 @@ STEP_RETRIES = {
     "push": (3, "30s", 2.0),
 }
 RETRY_MAX_DURATION = "3600s"
+
+# What a cluster gives the steps (manifests/): the overlay whose ConfigMaps and volume claim
+# the compiled spec mounts by name (kfp-kubernetes), or "none" (no cluster settings: a
+# kfp.local run, Vertex AI). The names are the manifests' own; tests/test_manifests.py and
+# tests/test_pipeline.py check that they agree.
+OVERLAYS = ("gcp", "local", "none")
+DEFAULT_OVERLAY = "gcp"
+# The local overlay's model registry (its DEEPFM_MODEL_URI), on the deepfm-local volume.
+LOCAL_OVERLAY_DESTINATION = "/var/lib/deepfm/models/deepfm"
 
 # ``deepfm pipeline run-local``: this checkout's folders.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -67,10 +67,10 @@ def repo_model_config(feature_repo: Path) -> dict:
 def local_options():
     """The pipeline's options for a local run: no retries (kfp.local honours them, so a
     failing step would first wait out its backoff, minutes; a cluster's transient failures
-    do not happen here)."""
+    do not happen here) and no cluster settings (the feature repo's own Feast config)."""
     from pipelines.pipeline import PipelineOptions
 
-    return PipelineOptions(image="python:3.11", retries=dict.fromkeys(STEPS, 0))
+    return PipelineOptions(image="python:3.11", retries=dict.fromkeys(STEPS, 0), overlay="none")
 
 
 def run_local(

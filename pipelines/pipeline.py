@@ -17,6 +17,7 @@ from kfp import compiler, dsl, kubernetes
 from components.evaluate import evaluate
 from components.features import features
 from components.push import push, record_not_pushed
+from components.settings import FEAST_CONFIG_ENV
 from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
 from pipelines.defaults import (
@@ -25,17 +26,27 @@ from pipelines.defaults import (
     DEFAULT_FEATURE_REPO,
     DEFAULT_IMAGE,
     DEFAULT_NUM_NODES,
+    DEFAULT_OVERLAY,
     DEFAULT_PLATFORM,
     DEFAULT_TRAIN_CPU,
     DEFAULT_TRAIN_MEMORY,
     DEFAULT_TRAINER,
+    FEAST_CONFIG_FILE,
+    FEAST_CONFIG_MOUNT,
+    FEAST_CONFIGMAP,
     KUBEFLOW_ACCELERATOR_EXAMPLES,
+    LOCAL_OVERLAY_DESTINATION,
+    OVERLAY_ENV,
+    OVERLAY_VOLUMES,
+    OVERLAYS,
     PIPELINE_NAME,
     PLATFORMS,
     RETRY_MAX_DURATION,
+    SETTINGS_CONFIGMAP,
     STEP_RESOURCES,
     STEP_RETRIES,
     STEPS,
+    STORE_SETTINGS,
     VERTEX_ACCELERATOR_TYPES,
 )
 
@@ -91,8 +102,23 @@ class PipelineOptions:
     resources: dict[str, Resources] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)
     timeouts: dict[str, int] = field(default_factory=dict)
+    # The cluster the steps get their feature store settings and sources from: the
+    # overlay of manifests/ whose ConfigMaps (deepfm-settings, feast-config) and volume
+    # claim the spec mounts by name; "none": no cluster settings (kfp.local, Vertex AI).
+    # "": gcp on kubeflow, none on vertex.
+    overlay: str = ""
+    # Where the overlay's data claim and feast-config are mounted ("": the manifests'
+    # /var/lib/deepfm/... and /etc/feast); the data mount must hold DEEPFM_DATA_DIR.
+    data_mount: str = ""
+    feast_config_mount: str = FEAST_CONFIG_MOUNT
 
     def __post_init__(self) -> None:
+        if self.overlay and self.overlay not in OVERLAYS:
+            raise ValueError(f"overlay must be one of {', '.join(OVERLAYS)}, got {self.overlay!r}")
+        for name in ("data_mount", "feast_config_mount"):
+            value = getattr(self, name)
+            if value and not value.startswith("/"):
+                raise ValueError(f"{name} must be an absolute path, got {value!r}")
         if self.platform not in PLATFORMS:
             raise ValueError(
                 f"platform must be one of {', '.join(PLATFORMS)}, got {self.platform!r}"
@@ -126,6 +152,8 @@ class PipelineOptions:
                 "tolerations": self.tolerations,
                 "timeouts": self.timeouts,
                 "the trainjob trainer": self.trainer == "trainjob",
+                f"the {self.overlay} overlay's ConfigMaps and volumes": self.overlay
+                not in ("", "none"),
             }
             used = [name for name, value in kubernetes_only.items() if value]
             if used:
@@ -134,6 +162,22 @@ class PipelineOptions:
                     "not read (a step's machine comes from its CPU/memory limits and "
                     "accelerator type): leave them out or compile for kubeflow"
                 )
+
+    @property
+    def cluster_overlay(self) -> str:
+        """The overlay the steps mount settings from: the given one, else the platform's
+        default (gcp on kubeflow, none on vertex)."""
+        if self.overlay:
+            return self.overlay
+        return DEFAULT_OVERLAY if self.platform == "kubeflow" else "none"
+
+    @property
+    def destination(self) -> str:
+        """The default push destination: the given one; with the local overlay and the
+        (gs://) default, the overlay's model registry on its volume."""
+        if self.cluster_overlay == "local" and self.push_destination == DEFAULT_DESTINATION:
+            return LOCAL_OVERLAY_DESTINATION
+        return self.push_destination
 
     @property
     def accelerator(self) -> str:
@@ -189,7 +233,38 @@ def _configure(task, step: str, opts: PipelineOptions):
         )
     if step in opts.timeouts:
         kubernetes.set_timeout(task, opts.timeouts[step])
+    _cluster_inputs(task, step, opts)
     return task
+
+
+def _cluster_inputs(task, step: str, opts: PipelineOptions) -> None:
+    """What the step reads from the cluster, declared in the spec (kfp-kubernetes) under
+    the names of manifests/: the deepfm-settings keys as variables and feast-config as a
+    volume (features), the overlay's data claim and its pod annotations. The ConfigMaps are
+    optional in the pod spec: a missing one fails the step at once, naming the setting
+    (components/settings.py), instead of leaving the pod pending."""
+    overlay = opts.cluster_overlay
+    if overlay == "none":
+        return
+    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "deepfm-pipeline")
+    if step in ("validate", "features"):
+        task.set_env_variable(OVERLAY_ENV, overlay)
+        kubernetes.use_config_map_as_env(
+            task,
+            SETTINGS_CONFIGMAP,
+            config_map_key_to_env={k: k for k in STORE_SETTINGS},
+            optional=True,
+        )
+    if step == "features":
+        kubernetes.use_config_map_as_volume(
+            task, FEAST_CONFIGMAP, mount_path=opts.feast_config_mount, optional=True
+        )
+        task.set_env_variable(FEAST_CONFIG_ENV, f"{opts.feast_config_mount}/{FEAST_CONFIG_FILE}")
+    volume = OVERLAY_VOLUMES[overlay]
+    if step in volume["steps"]:
+        kubernetes.mount_pvc(task, volume["claim"], opts.data_mount or volume["mount"])
+        for key, value in volume["annotations"].items():
+            kubernetes.add_pod_annotation(task, key, value)
 
 
 def build_pipeline(options: PipelineOptions | None = None):
@@ -209,13 +284,19 @@ def build_pipeline(options: PipelineOptions | None = None):
         model_config: str = "configs/deepfm.yaml",
         min_auc: float = 0.70,
         max_auc_drop: float = 0.005,
-        push_destination: str = opts.push_destination,
+        push_destination: str = opts.destination,
         model_version: str = "",
         epochs: int = 0,
         batch_size: int = 0,
     ):
+        # window_end "" = the run's scheduled time, resolved by KFP per run: runs over
+        # different windows never share a cache entry, a re-run of one window may
+        scheduled_at = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER
         validated = validate(
-            feature_repo=feature_repo, window_end=window_end, window_days=window_days
+            feature_repo=feature_repo,
+            window_end=window_end,
+            window_days=window_days,
+            scheduled_at=scheduled_at,
         ).set_display_name("validate raw data")
         _configure(validated, "validate", opts)
         checked = require_valid_data(
@@ -228,6 +309,7 @@ def build_pipeline(options: PipelineOptions | None = None):
                 window_end=window_end,
                 window_days=window_days,
                 eval_fraction=eval_fraction,
+                scheduled_at=scheduled_at,
             )
             .after(checked)
             .set_display_name("features from Feast")

@@ -372,3 +372,107 @@ def test_the_evaluate_component_logs_metrics_roc_and_report(trained, datasets, t
     page = Path(report.path).read_text()
     assert "BLESSED" in page and "<svg" in page and "grouped_auc" in page
     assert set(figures(page)) == {"roc", "calibration", "training"}
+
+
+# ------------------------------------------- a cluster step's settings (components/settings)
+
+
+def _cluster_env(tmp_path, **changes):
+    """A cluster step's environment as the gcp overlay gives it, with ``changes``."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    config = tmp_path / "feast" / "feature_store.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(
+        "registry: gs://${DEEPFM_GCS_BUCKET}/feast/registry.db\n"
+        "online_store: {type: redis, connection_string: ${DEEPFM_REDIS_ADDRESS}}\n"
+    )
+    env = {
+        "DEEPFM_OVERLAY": "gcp",
+        "DEEPFM_DATA_DIR": str(data),
+        "FEAST_FS_YAML_FILE_PATH": str(config),
+        "DEEPFM_GCS_BUCKET": "deepfm-models",
+        "DEEPFM_REDIS_ADDRESS": "deepfm-redis:6379",
+    }
+    env.update(changes)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def test_cluster_settings_pass_when_the_overlay_gives_them(tmp_path):
+    from components.settings import check_cluster_settings
+
+    assert check_cluster_settings(True, _cluster_env(tmp_path)) == "gcp"
+    # outside a cluster (kfp.local, run-local) nothing is required
+    assert check_cluster_settings(True, {}) is None
+
+
+@pytest.mark.parametrize(
+    "changes, needs_feast, message",
+    [
+        (
+            {"DEEPFM_DATA_DIR": None},
+            False,
+            "DEEPFM_DATA_DIR is not set: the ConfigMap deepfm-settings key DEEPFM_DATA_DIR "
+            "(manifests/overlays/gcp/settings.env)",
+        ),
+        (
+            {"DEEPFM_DATA_DIR": "/nonexistent/deepfm/data"},
+            False,
+            "DEEPFM_DATA_DIR=/nonexistent/deepfm/data is not a folder: the volume claim "
+            "deepfm-data mounted there (manifests/overlays/gcp/data-bucket.yaml)",
+        ),
+        (
+            {"FEAST_FS_YAML_FILE_PATH": None},
+            True,
+            "FEAST_FS_YAML_FILE_PATH is not set: the pipeline spec sets it to the ConfigMap "
+            "feast-config key feature_store.yaml (manifests/overlays/gcp/feature_store.yaml)",
+        ),
+        (
+            {"FEAST_FS_YAML_FILE_PATH": "/nonexistent/feast/feature_store.yaml"},
+            True,
+            "FEAST_FS_YAML_FILE_PATH=/nonexistent/feast/feature_store.yaml does not exist: the "
+            "ConfigMap feast-config key feature_store.yaml (manifests/overlays/gcp/"
+            "feature_store.yaml), mounted at /nonexistent/feast",
+        ),
+        (
+            {"DEEPFM_REDIS_ADDRESS": ""},
+            True,
+            "DEEPFM_REDIS_ADDRESS is not set: the ConfigMap deepfm-settings key "
+            "DEEPFM_REDIS_ADDRESS, which ",
+        ),
+    ],
+)
+def test_a_missing_cluster_setting_is_one_line_naming_it_and_where_it_is_set(
+    tmp_path, changes, needs_feast, message
+):
+    from components.settings import ClusterSettingError, check_cluster_settings
+
+    with pytest.raises(ClusterSettingError) as e:
+        check_cluster_settings(needs_feast, _cluster_env(tmp_path, **changes))
+    text = str(e.value)
+    assert text.startswith(message) and "\n" not in text
+    assert isinstance(e.value, SystemExit)  # the step exits with the line, no traceback
+
+
+def test_validation_does_not_need_the_feast_config(tmp_path):
+    from components.settings import check_cluster_settings
+
+    env = _cluster_env(tmp_path, FEAST_FS_YAML_FILE_PATH=None, DEEPFM_REDIS_ADDRESS=None)
+    assert check_cluster_settings(False, env) == "gcp"
+
+
+@pytest.mark.parametrize(
+    "window_end, scheduled_at, expected",
+    [
+        ("2026-11-09T00:00:00Z", "2026-12-01T03:00:00Z", "2026-11-09T00:00:00Z"),
+        ("", "2026-12-01T03:00:00Z", "2026-12-01T03:00:00Z"),
+        ("", "{{$.pipeline_job_schedule_time_utc}}", ""),  # kfp.local leaves it: now
+        ("", "", ""),
+    ],
+)
+def test_the_window_ends_at_the_given_end_else_the_scheduled_time(
+    window_end, scheduled_at, expected
+):
+    from components.settings import window_end_of_run
+
+    assert window_end_of_run(window_end, scheduled_at) == expected

@@ -123,7 +123,12 @@ def test_no_gpu_by_default(tmp_path):
     _, docs = _compile(tmp_path)
     train = docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert "accelerator" not in train.get("resources", {})
-    assert len(docs) == 1  # no platform document without node selectors or tolerations
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert "nodeSelector" not in platform and "tolerations" not in platform
+    # without cluster settings (kfp.local) and without node selectors or tolerations: no
+    # platform document at all
+    _, docs = _compile(tmp_path, overlay="none")
+    assert len(docs) == 1
 
 
 def test_no_secret_values_in_the_compiled_spec(tmp_path, monkeypatch):
@@ -283,10 +288,10 @@ def test_options_override_resources_retries_and_add_pod_timeouts(tmp_path):
     assert retries["push"]["maxRetryCount"] == STEP_RETRIES["push"][0]
     # kfp 2.17's PipelineTask has no timeout; kfp-kubernetes sets the pod's deadline
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert platform == {
-        "exec-train": {"activeDeadlineSeconds": "7200"},
-        "exec-push": {"activeDeadlineSeconds": "600"},
+    deadlines = {
+        n: e["activeDeadlineSeconds"] for n, e in platform.items() if "activeDeadlineSeconds" in e
     }
+    assert deadlines == {"exec-train": "7200", "exec-push": "600"}
 
 
 @pytest.mark.parametrize(
@@ -344,7 +349,7 @@ def test_cli_compile_task_settings(tmp_path, capsys):
     retries = _retries(docs[0])
     assert retries["push"]["maxRetryCount"] == 5 and retries["features"] is None
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert platform["exec-train"] == {"activeDeadlineSeconds": "86400"}
+    assert platform["exec-train"]["activeDeadlineSeconds"] == "86400"
 
 
 @pytest.mark.parametrize(
@@ -374,3 +379,125 @@ def test_a_local_run_does_not_retry(tmp_path):
     text = Path(path).read_text()
     assert "retryPolicy" not in text
     assert "retryPolicy" in Path(compile_pipeline(str(tmp_path / "c.yaml"))).read_text()
+
+
+# ------------------------------------------------- what each step gets from the cluster
+
+
+def _platform(docs: list[dict]) -> dict:
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _env(docs: list[dict], step: str) -> dict:
+    container = docs[0]["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def test_feature_store_steps_get_settings_config_and_sources_from_the_gcp_overlay(tmp_path):
+    from pipelines.defaults import STORE_SETTINGS
+
+    _, docs = _compile(tmp_path)  # kubeflow: the gcp overlay by default
+    platform = _platform(docs)
+    settings_env = [
+        {
+            "configMapName": "deepfm-settings",
+            "configMapNameParameter": {"runtimeValue": {"constant": "deepfm-settings"}},
+            "keyToEnv": [{"configMapKey": k, "envVar": k} for k in STORE_SETTINGS],
+            "optional": True,
+        }
+    ]
+    data = [
+        {
+            "constant": "deepfm-data",
+            "mountPath": "/var/lib/deepfm/data",
+            "pvcNameParameter": {"runtimeValue": {"constant": "deepfm-data"}},
+        }
+    ]
+    for step in ("validate", "features"):
+        assert platform[f"exec-{step}"]["configMapAsEnv"] == settings_env, step
+        assert platform[f"exec-{step}"]["pvcMount"] == data, step
+        assert platform[f"exec-{step}"]["podMetadata"]["annotations"] == {
+            "gke-gcsfuse/volumes": "true"  # GKE injects the Cloud Storage FUSE sidecar
+        }
+        assert _env(docs, step)["DEEPFM_OVERLAY"] == "gcp"
+    assert platform["exec-features"]["configMapAsVolume"] == [
+        {
+            "configMapName": "feast-config",
+            "configMapNameParameter": {"runtimeValue": {"constant": "feast-config"}},
+            "mountPath": "/etc/feast",
+            "optional": True,
+        }
+    ]
+    assert _env(docs, "features")["FEAST_FS_YAML_FILE_PATH"] == "/etc/feast/feature_store.yaml"
+    assert "configMapAsVolume" not in platform["exec-validate"]  # validation reads files only
+    assert "FEAST_FS_YAML_FILE_PATH" not in _env(docs, "validate")
+    for step in ("train", "evaluate", "push", "require-valid-data", "record-not-pushed"):
+        executor = platform[f"exec-{step}"]
+        assert not {"configMapAsEnv", "configMapAsVolume", "pvcMount"} & set(executor), step
+        assert _env(docs, step) == {}, step
+    for executor in platform.values():
+        assert executor["podMetadata"]["labels"] == {"app.kubernetes.io/part-of": "deepfm-pipeline"}
+    # the push destination is the gcp overlay's bucket (its DEEPFM_MODEL_URI)
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert params["push_destination"]["defaultValue"] == "gs://deepfm-models/deepfm"
+
+
+def test_the_local_overlay_mounts_its_one_volume_where_data_and_models_live(tmp_path):
+    _, docs = _compile(tmp_path, overlay="local")
+    platform = _platform(docs)
+    for step in ("validate", "features", "evaluate", "push"):
+        (mount,) = platform[f"exec-{step}"]["pvcMount"]
+        assert (mount["constant"], mount["mountPath"]) == ("deepfm-local", "/var/lib/deepfm")
+        assert "annotations" not in platform[f"exec-{step}"]["podMetadata"]
+    assert "pvcMount" not in platform["exec-train"]
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert params["push_destination"]["defaultValue"] == "/var/lib/deepfm/models/deepfm"
+    assert _env(docs, "features")["DEEPFM_OVERLAY"] == "local"
+
+
+def test_mount_paths_are_compile_options(tmp_path):
+    _, docs = _compile(tmp_path, data_mount="/mnt/sources", feast_config_mount="/config/feast")
+    platform = _platform(docs)
+    assert platform["exec-features"]["pvcMount"][0]["mountPath"] == "/mnt/sources"
+    assert platform["exec-features"]["configMapAsVolume"][0]["mountPath"] == "/config/feast"
+    assert _env(docs, "features")["FEAST_FS_YAML_FILE_PATH"] == "/config/feast/feature_store.yaml"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"overlay": "aws"}, "overlay must be one of gcp, local, none, got 'aws'"),
+        ({"data_mount": "data"}, "data_mount must be an absolute path, got 'data'"),
+        ({"platform": "vertex", "overlay": "gcp"}, "the gcp overlay's ConfigMaps and volumes"),
+    ],
+)
+def test_bad_cluster_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PipelineOptions(**options)
+
+
+def test_the_window_ends_at_the_runs_scheduled_time_unless_given(tmp_path):
+    """window_end "" (the default) -> each run's schedule time, which KFP resolves per run:
+    two scheduled runs have different task inputs (cache keys), a re-run of one window the
+    same; the tasks stay cacheable."""
+    _, docs = _compile(tmp_path)
+    tasks = docs[0]["root"]["dag"]["tasks"]
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert params["window_end"]["defaultValue"] == ""
+    for step in ("validate", "features"):
+        inputs = tasks[step]["inputs"]["parameters"]
+        assert inputs["scheduled_at"] == {
+            "runtimeValue": {"constant": "{{$.pipeline_job_schedule_time_utc}}"}
+        }
+        assert inputs["window_end"] == {"componentInputParameter": "window_end"}
+        assert tasks[step]["cachingOptions"]["enableCache"] is True
+
+
+def test_cli_compile_cluster_options(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    main(["pipeline", "compile", "-o", str(out), "--overlay", "local", "--data-mount", "/srv"])
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert _platform(docs)["exec-validate"]["pvcMount"][0]["mountPath"] == "/srv"
+    assert _platform(docs)["exec-validate"]["pvcMount"][0]["constant"] == "deepfm-local"
+    assert main(["pipeline", "compile", "-o", str(out), "--data-mount", "srv"]) == 2
+    assert "data_mount must be an absolute path" in capsys.readouterr().err
