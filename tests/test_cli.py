@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from feature_repo.spec import load_spec
 from model.export import load
 from model.metrics import auc
 from model.train import time_split
@@ -26,7 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "deepfm.yaml"
 SETS = {"model.deep.hidden_units": "[32,16]", "train.batch_size": 512, "train.num_threads": 1}
 SMALL = [*(a for k, v in SETS.items() for a in ("--set", f"{k}={v}")), "--device", "cpu"]
-FILES = {"impressions", "user_profile", "ad_feature", "click_prob", "flat"}
+# Column names come from the project's spec (the sample's, which `data generate` writes).
+SPEC = load_spec()
+FILES = {*SPEC.sources, "click_prob", "flat"}  # one file per source, and the generator's own
+LABEL, TS = SPEC.label.name, SPEC.timestamp
+USER_KEY, AD_KEY = SPEC.join_keys()
+(LIST_COL,) = (f.name for f in SPEC.features if f.dtype.startswith("list"))
+VIEW_INT = [f.name for f in SPEC.features if f.view and f.dtype == "int64"][-1]
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -67,7 +74,7 @@ def generated(tmp_path_factory) -> tuple[Path, str, str]:
 def split(generated, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """The eval rows the train command's default time split (10%) holds out, as a file."""
     flat = pd.read_parquet(generated[0] / "flat.parquet")
-    _, eval_df = time_split(flat, "event_timestamp", 0.1)
+    _, eval_df = time_split(flat, TS, 0.1)
     path = tmp_path_factory.mktemp("eval") / "eval.parquet"
     eval_df.to_parquet(path)
     return path, eval_df
@@ -92,7 +99,7 @@ def test_data_generate_writes_the_files(generated):
     assert set(listed) == FILES
     assert all(Path(p) == out / f"{name}.parquet" for name, p in listed.items())
     assert len(pd.read_parquet(out / "flat.parquet")) == 20_000
-    assert "generating 20,000 impressions (seed 3)" in stderr and "done in" in stderr
+    assert f"generating 20,000 {SPEC.entity_rows} (seed 3)" in stderr and "done in" in stderr
 
 
 def test_data_generate_is_deterministic_for_a_seed(generated, tmp_path):
@@ -126,7 +133,7 @@ def test_the_train_component_and_the_cli_write_the_same_metrics(generated, train
 
     flat = pd.read_parquet(generated[0] / "flat.parquet")
     paths = {"train": tmp_path / "train.parquet", "eval": tmp_path / "eval.parquet"}
-    for path, rows in zip(paths.values(), time_split(flat, "event_timestamp", 0.1), strict=True):
+    for path, rows in zip(paths.values(), time_split(flat, TS, 0.1), strict=True):
         rows.to_parquet(path)
     config = read_config_dict(CONFIG)
     config["model"]["deep"]["hidden_units"] = yaml.safe_load(SETS["model.deep.hidden_units"])
@@ -186,27 +193,27 @@ def test_train_evaluate_predict_round_trip(trained, split, tmp_path):
             "--output",
             scores_path,
             "--keep",
-            "user_id",
+            USER_KEY,
         ]
     )
     assert code == 0, stderr
     assert f"wrote 2,000 scores to {scores_path}" in stderr
     scores = pd.read_parquet(scores_path)
-    assert list(scores.columns) == ["user_id", "score"]
-    assert scores["user_id"].tolist() == eval_df["user_id"].tolist()
+    assert list(scores.columns) == [USER_KEY, "score"]
+    assert scores[USER_KEY].tolist() == eval_df[USER_KEY].tolist()
     assert np.array_equal(scores["score"].to_numpy(), load(model_dir).predict(eval_df))
-    assert auc(eval_df["clk"].to_numpy(), scores["score"].to_numpy()) == saved["auc"]
+    assert auc(eval_df[LABEL].to_numpy(), scores["score"].to_numpy()) == saved["auc"]
 
 
 def test_predict_writes_csv_to_stdout_without_output(trained, split):
     model_dir, _ = trained
     eval_path, eval_df = split
     code, stdout, stderr = run(
-        ["predict", "--model", model_dir, "--input", eval_path, "--keep", "user_id,adgroup_id"]
+        ["predict", "--model", model_dir, "--input", eval_path, "--keep", f"{USER_KEY},{AD_KEY}"]
     )
     assert code == 0, stderr
     table = pd.read_csv(io.StringIO(stdout))
-    assert list(table.columns) == ["user_id", "adgroup_id", "score"]
+    assert list(table.columns) == [USER_KEY, AD_KEY, "score"]
     assert len(table) == len(eval_df)
     np.testing.assert_allclose(table["score"], load(model_dir).predict(eval_df), rtol=1e-12)
 
@@ -355,42 +362,42 @@ def test_set_accepts_a_float_in_exponent_notation(generated, tmp_path):
 
 
 def test_data_without_a_feature_column(generated, tmp_path):
-    rows = pd.read_parquet(generated[0] / "flat.parquet").drop(columns=["brand"])
+    rows = pd.read_parquet(generated[0] / "flat.parquet").drop(columns=[VIEW_INT])
     path = tmp_path / "rows.parquet"
     rows.to_parquet(path)
     message = usage_error([*_train(path), "--model-dir", tmp_path / "m"], "train")
-    assert "features.brand: column 'brand'" in message
+    assert f"features.{VIEW_INT}: column '{VIEW_INT}'" in message
     assert not (tmp_path / "m").exists()
 
 
 def test_eval_data_without_the_label(generated, tmp_path):
     rows = pd.read_parquet(generated[0] / "flat.parquet")
     path = tmp_path / "eval.parquet"
-    rows.tail(500).drop(columns=["clk"]).to_parquet(path)
+    rows.tail(500).drop(columns=[LABEL]).to_parquet(path)
     message = usage_error(
         [*_train(generated[0] / "flat.parquet"), "--eval-data", path, "--model-dir", tmp_path],
         "train",
     )
-    assert message == "data.label: column 'clk' is not in the evaluation data"
+    assert message == f"data.label: column '{LABEL}' is not in the evaluation data"
 
 
 def test_evaluate_data_without_the_label(trained, split, tmp_path):
     path = tmp_path / "rows.parquet"
-    split[1].drop(columns=["clk"]).to_parquet(path)
+    split[1].drop(columns=[LABEL]).to_parquet(path)
     message = usage_error(["evaluate", "--model", trained[0], "--data", path], "evaluate")
-    assert message == f"data.label: column 'clk' is not in {path}"
+    assert message == f"data.label: column '{LABEL}' is not in {path}"
 
 
 def test_predict_input_without_a_feature_column(trained, split, tmp_path):
     path = tmp_path / "rows.parquet"
-    split[1].drop(columns=["interest_cates"]).to_parquet(path)
+    split[1].drop(columns=[LIST_COL]).to_parquet(path)
     message = usage_error(["predict", "--model", trained[0], "--input", path], "predict")
-    assert "features.interest_cates: column 'interest_cates'" in message
+    assert f"features.{LIST_COL}: column '{LIST_COL}'" in message
 
 
 def test_predict_keep_of_a_missing_column(trained, split):
     message = usage_error(
-        ["predict", "--model", trained[0], "--input", split[0], "--keep", "user_id,nope"],
+        ["predict", "--model", trained[0], "--input", split[0], "--keep", f"{USER_KEY},nope"],
         "predict",
     )
     assert message == f"--keep: column 'nope' is not in {split[0]}"
