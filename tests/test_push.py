@@ -53,9 +53,9 @@ def rows(n: int = 64, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
         {
-            "user_id": rng.integers(0, 20, n),
-            "price": rng.random(n),
-            "clk": rng.integers(0, 2, n),
+            "account_id": rng.integers(0, 20, n),
+            "amount": rng.random(n),
+            "label": rng.integers(0, 2, n),
         }
     )
 
@@ -64,13 +64,13 @@ def make_model_dir(path: Path, seed: int) -> Path:
     cfg = config_from_dict(
         {
             "features": [
-                {"name": "user_id", "type": "id", "hash_bucket_size": 50, "embedding_dim": 4},
-                {"name": "price", "type": "raw"},
+                {"name": "account_id", "type": "id", "hash_bucket_size": 50, "embedding_dim": 4},
+                {"name": "amount", "type": "raw"},
             ],
             "feature_groups": {
-                "wide": ["user_id"],
-                "fm": ["user_id"],
-                "deep": ["user_id", "price"],
+                "wide": ["account_id"],
+                "fm": ["account_id"],
+                "deep": ["account_id", "amount"],
             },
             "model": {"deep": {"hidden_units": [8]}},
         }
