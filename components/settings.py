@@ -129,7 +129,8 @@ def check_cluster_settings(
             raise ClusterSettingError(
                 f"{FEAST_CONFIG_ENV}={config} does not exist: {where}, mounted at {path.parent}"
             )
-        for name in dict.fromkeys(_VARIABLE.findall(path.read_text())):
+        text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+        for name in dict.fromkeys(_VARIABLE.findall(text)):  # comments left out
             setting(name, referenced_by=str(path))
     return overlay
 

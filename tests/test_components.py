@@ -384,6 +384,7 @@ def _cluster_env(tmp_path, **changes):
     config = tmp_path / "feast" / "feature_store.yaml"
     config.parent.mkdir(exist_ok=True)
     config.write_text(
+        "# Feast fills ${VAR} from the environment (a comment: not a setting)\n"
         "registry: gs://${DEEPFM_GCS_BUCKET}/feast/registry.db\n"
         "online_store: {type: redis, connection_string: ${DEEPFM_REDIS_ADDRESS}}\n"
     )

@@ -609,3 +609,51 @@ def test_local_feast_config_keeps_its_files_on_the_volume(rendered):
     config = feast_config(rendered["local"])
     assert config["registry"]["path"].startswith("/var/lib/deepfm/")
     assert config["offline_store"] == {"type": "duckdb"}
+
+
+# ------------------------------------------------ the compiled pipeline against the overlays
+
+
+@pytest.mark.parametrize("overlay", ["gcp", "local"])
+def test_the_compiled_pipeline_mounts_what_the_overlay_defines(rendered, overlay, tmp_path):
+    """Every ConfigMap, key and claim the spec's steps read exists in the rendered overlay,
+    the claim's mount holds DEEPFM_DATA_DIR, each ${VAR} of the overlay's Feast config is a
+    key the steps get, and the default push destination is the overlay's model URI."""
+    from pipelines.defaults import STORE_SETTINGS
+    from pipelines.pipeline import PipelineOptions, compile_pipeline
+
+    path = compile_pipeline(str(tmp_path / "p.yaml"), PipelineOptions(overlay=overlay))
+    spec, platform = yaml.safe_load_all(Path(path).read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    objs = rendered[overlay]
+    data = settings(objs)
+    mounted = set()
+    for name, executor in executors.items():
+        for source in executor.get("configMapAsEnv", []):
+            cm = one(objs, "ConfigMap", source["configMapName"])
+            keys = {k["configMapKey"] for k in source["keyToEnv"]}
+            assert keys == set(STORE_SETTINGS), name
+            mounted.add(cm["metadata"]["name"])
+        for volume in executor.get("configMapAsVolume", []):
+            cm = one(objs, "ConfigMap", volume["configMapName"])
+            assert "feature_store.yaml" in cm["data"], name
+            mounted.add(cm["metadata"]["name"])
+        for claim in executor.get("pvcMount", []):
+            one(objs, "PersistentVolumeClaim", claim["constant"])
+            data_dir = Path(data["DEEPFM_DATA_DIR"])
+            assert data_dir == Path(claim["mountPath"]) or Path(claim["mountPath"]) in (
+                data_dir.parents
+            ), name
+    assert mounted == {"deepfm-settings", "feast-config"}
+    feast_config = one(objs, "ConfigMap", "feast-config")["data"]["feature_store.yaml"]
+    uncommented = "\n".join(line.split("#", 1)[0] for line in feast_config.splitlines())
+    for variable in re.findall(r"\$\{(\w+)\}", uncommented):
+        assert variable in STORE_SETTINGS and variable in data, variable
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["push_destination"]["defaultValue"] == data["DEEPFM_MODEL_URI"]
+    if overlay == "gcp":  # the claim is the Cloud Storage FUSE volume: pods need the sidecar
+        pv = one(objs, "PersistentVolume", "deepfm-data")
+        assert pv["spec"]["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+        for name in ("exec-validate", "exec-features"):
+            annotations = executors[name]["podMetadata"]["annotations"]
+            assert annotations == {"gke-gcsfuse/volumes": "true"}
