@@ -100,7 +100,9 @@ def build(spec: FeatureSpec, repo_dir: str | Path) -> Definitions:
 
     # Sources: parquet files with an event-time column. The entity rows' source is no
     # view's source; it is registered so the registry knows where the events live.
-    sources = {name: _file_source(spec, name, repo_dir) for name in spec.sources}
+    # A Spark offline store (feature_store.spark.yaml) reads the same files as SparkSources.
+    spark = offline_store_type(repo_dir) == "spark"
+    sources = {name: _file_source(spec, name, repo_dir, spark=spark) for name in spec.sources}
 
     # Feature views: the features of one entity, read from one source, valid for a TTL.
     views = {
@@ -160,8 +162,62 @@ def _entity(entity: SpecEntity) -> Entity:
     )
 
 
-def _file_source(spec: FeatureSpec, name: str, repo_dir: str | Path) -> FileSource:
+def offline_store_type(repo_dir: str | Path) -> str:
+    """The ``offline_store.type`` of the repo's Feast config (``$FEAST_FS_YAML_FILE_PATH``
+    when set, as Feast reads it, else ``<repo>/feature_store.yaml``); ``"duckdb"`` if it
+    names none."""
+    import os
+
+    import yaml
+
+    config = os.environ.get("FEAST_FS_YAML_FILE_PATH") or Path(repo_dir) / "feature_store.yaml"
+    try:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+    except OSError:
+        return "duckdb"
+    offline = loaded.get("offline_store") or {}
+    return str(offline.get("type", "duckdb") if isinstance(offline, dict) else offline)
+
+
+def spark_select(path: str | Path) -> str | None:
+    """A Spark SQL query reading the parquet file ``path`` with its nanosecond timestamps
+    as microsecond ones (Spark has none finer; it reads them as longs with
+    ``spark.sql.legacy.parquet.nanosAsLong``, which the Spark profile sets); None when the
+    file has no nanosecond column (Spark reads it as it is) or cannot be read here."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return None
+    nanos = {f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"}
+    if not nanos:
+        return None
+    columns = ", ".join(
+        f"timestamp_micros(div(`{f.name}`, 1000)) AS `{f.name}`"
+        if f.name in nanos
+        else f"`{f.name}`"
+        for f in schema
+    )
+    return f"SELECT {columns} FROM parquet.`{path}`"
+
+
+def _file_source(
+    spec: FeatureSpec, name: str, repo_dir: str | Path, *, spark: bool = False
+) -> FileSource:
     source = spec.sources[name]
+    if spark:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+
+        path = str(spec.source_path(name, repo_dir))
+        return SparkSource(
+            name=name,
+            path=path,
+            query=spark_select(path),
+            file_format="parquet",
+            timestamp_field=source.timestamp_field,
+            description=source.description,
+        )
     return FileSource(
         name=name,
         path=str(spec.source_path(name, repo_dir)),

@@ -52,6 +52,7 @@ from feast import FeatureStore
 from feast.repo_operations import apply_total_with_repo_instance
 from feast.utils import get_default_yaml_file_path
 
+from feature_repo import shards, spark_engine
 from feature_repo.definitions import (
     ARROW_TYPES,
     Definitions,
@@ -252,6 +253,11 @@ def get_training_data(
         raise FeatureStoreError(f"window_start {start} is not before window_end {end}")
     repo = _open(repo_path)
     spec = repo.spec
+    if spark_engine.is_spark(repo.store):
+        table = _spark_training_data(repo, start, end)
+        if out is not None:
+            _write_parquet(table, Path(out))
+        return table
     path = spec.source_path(spec.entity_rows, repo.dir)
     timestamp = spec.timestamp
     columns = [*(f.name for f in spec.entity_row_features()), timestamp, spec.label.name]
@@ -272,6 +278,77 @@ def get_training_data(
     if out is not None:
         _write_parquet(table, Path(out))
     return table
+
+
+def write_training_shards(
+    window_start: datetime | str,
+    window_end: datetime | str,
+    folder: str | Path,
+    *,
+    repo_path: str | Path | None = None,
+    rows_per_file: int = shards.ROWS_PER_FILE,
+    overwrite: bool = False,
+) -> shards.Manifest:
+    """The training table of ``get_training_data`` written as a shard folder
+    (``feature_repo.shards``: one subfolder per UTC day, at most ``rows_per_file`` rows a
+    file, rows in time order, ``_manifest.json`` with the row counts, schema and time range).
+
+    On the Spark engine the table is computed and written by Spark and never held in this
+    process; on duckdb it is retrieved in memory (as ``get_training_data``), then written.
+
+    Raises:
+        as ``get_training_data``; ShardError: ``folder`` exists and is not empty (without
+        ``overwrite``).
+    """
+    start, end = to_utc(window_start, "window_start"), to_utc(window_end, "window_end")
+    if start >= end:
+        raise FeatureStoreError(f"window_start {start} is not before window_end {end}")
+    repo = _open(repo_path)
+    spec = repo.spec
+    if spark_engine.is_spark(repo.store):
+        table = spark_engine.training_table(
+            repo.store, spec, repo.dir, start.to_pydatetime(), end.to_pydatetime()
+        )
+        if table is None:
+            path = spec.source_path(spec.entity_rows, repo.dir)
+            raise FeatureStoreError(f"no entity rows in [{start}, {end}) in {path}")
+        with _quiet_warnings(), _feast_output():
+            return spark_engine.write_shards(
+                table, folder, spec.timestamp, rows_per_file=rows_per_file, overwrite=overwrite
+            )
+    table = get_training_data(start, end, repo_path=repo.dir)
+    return shards.write_table(
+        table, folder, spec.timestamp, rows_per_file=rows_per_file, overwrite=overwrite
+    )
+
+
+def _spark_training_data(repo: _Repo, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """``get_training_data`` on the Spark offline store: Spark reads, filters and joins, and
+    the result is collected here in the entity rows' order (the in-memory path)."""
+    spec = repo.spec
+    t0 = time.perf_counter()
+    with _quiet_warnings(), _feast_output():
+        sdf = spark_engine.training_table(
+            repo.store, spec, repo.dir, start.to_pydatetime(), end.to_pydatetime()
+        )
+        table = None if sdf is None else sdf.orderBy(spark_engine.ROW).toArrow()
+    path = spec.source_path(spec.entity_rows, repo.dir)
+    if table is None or not table.num_rows:
+        raise FeatureStoreError(f"no entity rows in [{start}, {end}) in {path}")
+    log.debug(
+        "spark joined %s entity rows in %.1fs", f"{table.num_rows:,}", time.perf_counter() - t0
+    )
+    ts_type = pq.read_schema(path).field(spec.timestamp).type
+    columns: dict[str, pd.Series] = {}
+    for f in spec.entity_row_features():
+        mapper = _NULLABLE.get if f.nullable and f.dtype in ("int64", "bool") else None
+        columns[f.name] = table[f.name].to_pandas(types_mapper=mapper)
+    columns[spec.timestamp] = pc.cast(table[spec.timestamp], ts_type).to_pandas()
+    columns[spec.label.name] = table[spec.label.name].to_pandas()
+    for view in spec.feature_views:
+        for f in spec.view_features(view):
+            columns[f.name] = _to_pandas(table[f.name], f.dtype)
+    return pd.DataFrame(columns)
 
 
 def get_features(entity_df: pd.DataFrame, *, repo_path: str | Path | None = None) -> pd.DataFrame:

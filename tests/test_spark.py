@@ -1,0 +1,143 @@
+"""Retrieval on the Spark engine (Feast's Spark offline store, local mode): the same
+point-in-time checks as the duckdb path (tests/test_datasets.py) on both example datasets,
+the engine chosen by the repo's Feast config alone, and the training table written as shards
+by Spark without collecting it. One SparkSession serves the whole module (the JVM starts
+once, ~10 s); nothing here names a dataset's column.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from test_datasets import DATASETS, as_of_join, cell, events, make_repo, window
+
+from feature_repo import shards, spark_engine, store
+from feature_repo.repo import FEATURE_STORE_FILE
+from feature_repo.spec import REPO_DIR, SPEC_FILE, load_spec
+
+SPARK_CONFIG = REPO_DIR / "feature_store.spark.yaml"
+ROWS = 3_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_spark_session():
+    """Stop the module's SparkSession (and its JVM's work) when the module is done."""
+    yield
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+
+
+def spark_repo(name: str, folder: Path) -> Path:
+    """A repo of dataset ``name`` whose Feast config is the project's Spark profile."""
+    repo = make_repo(name, folder, rows=ROWS)
+    shutil.copy(SPARK_CONFIG, repo / FEATURE_STORE_FILE)
+    return repo
+
+
+@pytest.fixture(scope="module", params=DATASETS)
+def repo(request, tmp_path_factory) -> Path:
+    folder = spark_repo(request.param, tmp_path_factory.mktemp(f"spark_{request.param}"))
+    store.apply(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spec(repo):
+    return load_spec(repo / SPEC_FILE)
+
+
+def features_of(spec) -> list[str]:
+    return [f.name for view in spec.feature_views for f in spec.view_features(view)]
+
+
+def test_the_config_chooses_spark_and_the_registry_holds_spark_sources(repo, spec):
+    feast_store = store.get_store(repo)
+    assert spark_engine.is_spark(feast_store)
+    sources = feast_store.list_data_sources()
+    assert {s.name for s in sources} == set(spec.sources)
+    assert {type(s).__name__ for s in sources} == {"SparkSource"}
+    # the project's default profile stays duckdb
+    assert not spark_engine.is_spark(store.get_store(REPO_DIR))
+
+
+def test_spark_retrieval_equals_an_as_of_join_and_keeps_every_row_in_order(repo, spec):
+    start, end = window(spec, repo)
+    table = store.get_training_data(start, end, repo_path=repo)
+    rows = events(spec, repo)
+    rows = rows[(rows[spec.timestamp] >= start) & (rows[spec.timestamp] < end)]
+    rows = rows.reset_index(drop=True)
+    assert len(table) == len(rows)
+    assert list(table.columns) == spec.columns()
+    # the entity rows come back in the file's order, with their own values
+    for column in [spec.timestamp, spec.label.name, *spec.join_keys()]:
+        assert [cell(v) for v in table[column]] == [cell(v) for v in rows[column]], column
+    expected = as_of_join(spec, repo, rows)
+    for column in features_of(spec):
+        got = [cell(v) for v in table[column]]
+        want = [cell(v) for v in expected[column]]
+        mismatches = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
+        assert not mismatches, (column, mismatches[:3], got[mismatches[0]], want[mismatches[0]])
+    features = features_of(spec)
+    assert any(cell(v) is not None for v in table[features[0]])
+    # some rows have no valid version (before the first or past the TTL): kept, with nulls
+    assert any(cell(v) is None for c in features for v in table[c])
+
+
+def test_spark_and_duckdb_return_the_same_table(repo, spec, tmp_path):
+    duck = tmp_path / "duck"
+    shutil.copytree(repo, duck, ignore=shutil.ignore_patterns("registry*.db", "online*.db"))
+    (duck / FEATURE_STORE_FILE).write_text((REPO_DIR / FEATURE_STORE_FILE).read_text())
+    store.apply(duck)
+    start, end = window(spec, repo)
+    on_spark = store.get_training_data(start, end, repo_path=repo)
+    on_duckdb = store.get_training_data(start, end, repo_path=duck)
+    pd.testing.assert_frame_equal(on_spark, on_duckdb)
+
+
+def test_spark_writes_the_window_as_shards_in_time_order(repo, spec, tmp_path):
+    start, end = window(spec, repo)
+    out = tmp_path / "shards"
+    manifest = store.write_training_shards(start, end, out, repo_path=repo, rows_per_file=700)
+    table = store.get_training_data(start, end, repo_path=repo)
+    assert manifest.rows == len(table)
+    assert manifest == shards.read_manifest(out)
+    assert all(0 < f.rows <= 700 for f in manifest.files)
+    days = {f.path.split("/")[0] for f in manifest.files}
+    assert len(days) > 1 and all(f.path.endswith(".parquet") for f in manifest.files)
+    # every file holds one day's rows
+    for f in manifest.files:
+        times = pq.read_table(out / f.path, columns=[spec.timestamp])[spec.timestamp]
+        assert {t.strftime("%Y-%m-%d") for t in times.to_pandas()} == {f.path.split("/")[0]}
+    # the shards hold the same rows as the in-memory table, sorted by time (stable)
+    loaded = shards.load_frame(out, nullable=features_of(spec))
+    order = np.argsort(table[spec.timestamp].to_numpy(), kind="stable")
+    expected = table.iloc[order].reset_index(drop=True)
+    assert list(loaded.columns) == spec.columns()
+    for column in spec.columns():
+        got = [cell(v) for v in loaded[column]]
+        want = [cell(v) for v in expected[column]]
+        if column == spec.timestamp:
+            got = [pd.Timestamp(v) for v in got]
+            want = [pd.Timestamp(v) for v in want]
+        assert got == want, column
+    assert manifest.min_time == expected[spec.timestamp].min().isoformat()
+    assert manifest.max_time == expected[spec.timestamp].max().isoformat()
+
+
+def test_an_empty_window_on_spark_is_one_line_naming_the_file(repo, spec, tmp_path):
+    start, _ = window(spec, repo)
+    before = start - pd.Timedelta(days=30)
+    with pytest.raises(store.FeatureStoreError, match="no entity rows in") as info:
+        store.get_training_data(before, before + pd.Timedelta(days=1), repo_path=repo)
+    assert str(spec.source_path(spec.entity_rows, repo)) in str(info.value)
+    with pytest.raises(store.FeatureStoreError, match="no entity rows in"):
+        store.write_training_shards(
+            before, before + pd.Timedelta(days=1), tmp_path / "none", repo_path=repo
+        )
+    assert not (tmp_path / "none").exists()
