@@ -178,14 +178,14 @@ def test_a_failed_task_shows_its_whole_log():
     failing = KFP_TASK.split("20:26:14.079")[0] + (
         "    Traceback (most recent call last):\n"
         '      File "x.py", line 1, in <module>\n'
-        "    ValueError: no impressions in the window\n"
+        "    ValueError: no events in the window\n"
         "20:26:14.079 - ERROR - Task 'features' finished with status FAILURE\n"
     )
     lines = _concise(failing)
     text = "\n".join(lines)
     assert "---- the full log of task features ----" in text
     assert "Skipping registering function" in text  # the full log, INFO records included
-    assert "ValueError: no impressions in the window" in text
+    assert "ValueError: no events in the window" in text
     assert lines[-1].startswith("features: FAILURE in ")
 
 

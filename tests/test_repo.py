@@ -283,8 +283,8 @@ def test_the_online_command_types_entities_and_notes_the_unstored(repo, capsys):
 
     with pytest.raises(ValueError, match=r"^unknown entity key: user \(valid: shopper_id, "):
         run_cli("online", *flag, "--entity", "user=1")
-    with pytest.raises(ValueError, match=r"^unknown context feature: pid \(valid: device\)"):
-        run_cli("online", *flag, *keys, "--context", "pid=1")
+    with pytest.raises(ValueError, match=r"^unknown context feature: slot \(valid: device\)"):
+        run_cli("online", *flag, *keys, "--context", "slot=1")
 
 
 @pytest.mark.slow  # a subprocess importing Feast: ~7 s
