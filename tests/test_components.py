@@ -20,7 +20,7 @@ from evaluation.gate import gate
 from evaluation.report import render_report
 from feature_repo import store
 from feature_repo.sample_data import generate
-from feature_repo.spec import REPO_DIR
+from feature_repo.spec import REPO_DIR, load_spec
 from feature_repo.window import resolve_window
 from model.export import load, sha256_file
 from model.metrics import auc
@@ -29,6 +29,8 @@ from training.data import retrieve_features
 from training.run import TrainRequest, resolve_config_path, run_training
 
 ROWS = 12_000
+SPEC = load_spec()  # the sample's: names come from it
+LABEL, TS = SPEC.label.name, SPEC.timestamp
 
 
 # ------------------------------------------------------------------------- gate
@@ -255,8 +257,8 @@ def trained(datasets, small_config, tmp_path_factory) -> tuple[Path, dict]:
 def test_features_split_by_time(datasets):
     train_df, eval_df = (pd.read_parquet(p) for p in datasets)
     assert len(eval_df) == pytest.approx(0.2 * ROWS, abs=1)
-    assert train_df["event_timestamp"].max() <= eval_df["event_timestamp"].min()
-    assert "clk" in eval_df and "interest_cates" in eval_df
+    assert train_df[TS].max() <= eval_df[TS].min()
+    assert list(eval_df.columns) == list(train_df.columns) == SPEC.columns()
 
 
 @pytest.mark.parametrize(
@@ -281,7 +283,7 @@ def test_run_training_writes_a_loadable_model(trained, datasets):
     model_dir, result = trained
     model = load(model_dir)
     eval_df = pd.read_parquet(datasets[1])
-    assert auc(eval_df["clk"].to_numpy(), model.predict(eval_df)) == result["auc"]
+    assert auc(eval_df[LABEL].to_numpy(), model.predict(eval_df)) == result["auc"]
     assert result["epochs_run"] == 1 and result["rows_eval"] == len(eval_df)
     assert result["rows_train"] + result["rows_eval"] == ROWS
     assert 0.55 < result["auc"] < 0.95
