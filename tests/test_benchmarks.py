@@ -11,14 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from feature_repo.spec import load_spec
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+# The columns of the generated sample, from its spec: every single-valued id, every float.
+SPEC = load_spec()
+CATEGORICAL = [f.name for f in SPEC.features if f.dtype in ("int64", "string")]
+NUMERIC = [f.name for f in SPEC.features if f.dtype == "float64"]
 COLUMNS = [
-    "--label", "clk", "--categorical",
-    "user_id,adgroup_id,pid,age_level,gender,shopping_level,occupation,city_level,cms_segid,"
-    "cate_id,campaign_id,customer_id,brand",
-    "--numeric", "price", "--hidden", "32,16", "--batch-size", "512", "--threads", "1",
+    "--label", SPEC.label.name, "--categorical", ",".join(CATEGORICAL),
+    "--numeric", ",".join(NUMERIC), "--hidden", "32,16", "--batch-size", "512", "--threads", "1",
 ]  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -54,7 +57,9 @@ def test_train_throughput_prints_consistent_figures(flat):
     assert 0.5 < out["test_auc"] < 1.0  # the generator's clicks are learnable
     assert out["test_logloss"] > 0
     assert out["cpu_kernels"] is True
-    assert out["deep_input_width"] == 13 * 16 + 1  # 13 embedded ids (dim 16) + price
+    # each id embedded (dim 16), each number as it is
+    assert len(CATEGORICAL) == 13 and len(NUMERIC) == 1
+    assert out["deep_input_width"] == len(CATEGORICAL) * 16 + len(NUMERIC)
 
 
 def test_step_vs_bound_prints_per_pair_ratios(flat):
