@@ -36,7 +36,10 @@ def one_spark_session():
 def spark_repo(name: str, folder: Path) -> Path:
     """A repo of dataset ``name`` whose Feast config is the project's Spark profile."""
     repo = make_repo(name, folder, rows=ROWS)
-    shutil.copy(SPARK_CONFIG, repo / FEATURE_STORE_FILE)
+    # two shuffle partitions: the test tables are tiny, each partition costs a task
+    config = SPARK_CONFIG.read_text().replace('shuffle.partitions: "8"', 'shuffle.partitions: "2"')
+    assert config != SPARK_CONFIG.read_text()
+    (repo / FEATURE_STORE_FILE).write_text(config)
     return repo
 
 
@@ -50,6 +53,13 @@ def repo(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def spec(repo):
     return load_spec(repo / SPEC_FILE)
+
+
+@pytest.fixture(scope="module")
+def retrieved(repo, spec) -> pd.DataFrame:
+    """The window's training table retrieved on Spark (once per dataset)."""
+    start, end = window(spec, repo)
+    return store.get_training_data(start, end, repo_path=repo)
 
 
 def features_of(spec) -> list[str]:
@@ -66,9 +76,9 @@ def test_the_config_chooses_spark_and_the_registry_holds_spark_sources(repo, spe
     assert not spark_engine.is_spark(store.get_store(REPO_DIR))
 
 
-def test_spark_retrieval_equals_an_as_of_join_and_keeps_every_row_in_order(repo, spec):
+def test_spark_retrieval_equals_an_as_of_join_and_keeps_every_row_in_order(repo, spec, retrieved):
     start, end = window(spec, repo)
-    table = store.get_training_data(start, end, repo_path=repo)
+    table = retrieved
     rows = events(spec, repo)
     rows = rows[(rows[spec.timestamp] >= start) & (rows[spec.timestamp] < end)]
     rows = rows.reset_index(drop=True)
@@ -89,22 +99,21 @@ def test_spark_retrieval_equals_an_as_of_join_and_keeps_every_row_in_order(repo,
     assert any(cell(v) is None for c in features for v in table[c])
 
 
-def test_spark_and_duckdb_return_the_same_table(repo, spec, tmp_path):
+def test_spark_and_duckdb_return_the_same_table(repo, spec, retrieved, tmp_path):
     duck = tmp_path / "duck"
     shutil.copytree(repo, duck, ignore=shutil.ignore_patterns("registry*.db", "online*.db"))
     (duck / FEATURE_STORE_FILE).write_text((REPO_DIR / FEATURE_STORE_FILE).read_text())
     store.apply(duck)
     start, end = window(spec, repo)
-    on_spark = store.get_training_data(start, end, repo_path=repo)
     on_duckdb = store.get_training_data(start, end, repo_path=duck)
-    pd.testing.assert_frame_equal(on_spark, on_duckdb)
+    pd.testing.assert_frame_equal(retrieved, on_duckdb)
 
 
-def test_spark_writes_the_window_as_shards_in_time_order(repo, spec, tmp_path):
+def test_spark_writes_the_window_as_shards_in_time_order(repo, spec, retrieved, tmp_path):
     start, end = window(spec, repo)
     out = tmp_path / "shards"
     manifest = store.write_training_shards(start, end, out, repo_path=repo, rows_per_file=700)
-    table = store.get_training_data(start, end, repo_path=repo)
+    table = retrieved
     assert manifest.rows == len(table)
     assert manifest == shards.read_manifest(out)
     assert all(0 < f.rows <= 700 for f in manifest.files)
