@@ -114,16 +114,40 @@ def cmd_online(args: argparse.Namespace) -> None:
     # typed by the spec, not by YAML: "007" stays a string id
     entities = parse_assignments(args.entity, "--entity", typed=False)
     context = parse_assignments(args.context, "--context", typed=False)
+    _check_int64_range(args.repo, entities, "--entity")
+    _check_int64_range(args.repo, context, "--context")
     result = online_features(entities, context, repo_path=args.repo)
     for entity in result.unstored:
         print(entity.note(), file=sys.stderr)
     print(json.dumps(result.vector))
 
 
+def _check_int64_range(repo: str | None, given: dict, flag: str) -> None:
+    """A value given for an int64 key or context feature past int64's range is refused
+    naming the flag and the key (Feast's typing would fail without naming either)."""
+    from pathlib import Path
+
+    from feature_repo.spec import SPEC_FILE, load_spec
+
+    spec = load_spec(Path(repo) / SPEC_FILE if repo else None)
+    dtypes = {**spec.join_keys(), **{f.name: f.dtype for f in spec.context_features()}}
+    for name, value in given.items():
+        if dtypes.get(name) != "int64" or value is None:
+            continue
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            continue  # not an integer: the store names it
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(f"{flag} {name}={value}: out of the int64 range of {name}")
+
+
 def cmd_training_data(args: argparse.Namespace) -> None:
+    from common.paths import check_output_file
     from feature_repo.store import get_training_data, to_utc
 
     start, end = to_utc(args.start, "--start"), to_utc(args.end, "--end")
+    check_output_file(args.out, "--out")
     t0 = time.perf_counter()
     table = get_training_data(start, end, repo_path=args.repo, out=args.out)
     print(

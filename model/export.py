@@ -316,7 +316,7 @@ def _load_weights(path: Path, network: DeepFM, device: str) -> None:
             f"{path}: holds pickled objects other than tensors (tampered or not written by "
             "deepfm); refusing to load it"
         ) from None
-    except (RuntimeError, EOFError, ValueError, TypeError) as e:
+    except (RuntimeError, EOFError, ValueError, TypeError, OSError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         reason = reason[:200]
         raise ValueError(f"{path}: damaged, not a tensors-only state_dict ({reason})") from None

@@ -632,7 +632,8 @@ def error_line(exc: BaseException) -> str:
     (the file at fault first), anything else as its message."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    return str(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__  # a multi-line message (YAML's) on one line
 
 
 def exit_status(exc: BaseException) -> int | None:
