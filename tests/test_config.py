@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feature_repo.sample_data import AD_FEATURES, PROFILE_FEATURES
+from feature_repo.spec import load_spec
 from model.config import (
     Config,
     ConfigError,
@@ -20,6 +20,25 @@ from training.config import load_config, read_config_dict
 ROOT = Path(__file__).resolve().parents[1]
 DEEPFM = ROOT / "configs" / "deepfm.yaml"
 CRITEO = ROOT / "configs" / "deepfm_criteo.yaml"
+
+# Names come from the example config (the sample's spec, resolved) and the spec itself.
+SPEC = load_spec()
+BASE = read_config_dict(DEEPFM)
+NAMES = [f["name"] for f in BASE["features"]]
+
+
+def _index(test) -> int:
+    return next(i for i, f in enumerate(BASE["features"]) if test(f))
+
+
+I_ID = _index(lambda f: f["type"] == "id" and "vocab" in f)
+I_ID2 = _index(lambda f: f["type"] == "id" and "vocab" in f and f["name"] != NAMES[I_ID])
+I_MULTI = _index(lambda f: f["type"] == "multi_id")
+I_BUCKETS = _index(lambda f: f["type"] == "raw" and "boundaries" in f)
+I_DENSE = _index(lambda f: f["type"] == "raw" and "boundaries" not in f)
+ID, ID2, MULTI, BUCKETS, DENSE = (NAMES[i] for i in (I_ID, I_ID2, I_MULTI, I_BUCKETS, I_DENSE))
+LABEL = BASE["data"]["label"]
+WIDE, FM, DEEP = (BASE["feature_groups"][g] for g in ("wide", "fm", "deep"))
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +73,27 @@ def test_example_config_loads_with_its_values():
     assert isinstance(cfg, Config)
     assert len(cfg.features) == 16
     assert (cfg.data.label, cfg.data.timestamp, cfg.data.group_key) == (
-        "clk",
-        "event_timestamp",
-        "user_id",
+        SPEC.label.name,
+        SPEC.timestamp,
+        SPEC.group_key,
     )
-    price = cfg.feature("price_bucket")
-    assert price.type == "raw" and price.source_column == "price" and price.is_sparse
-    assert price.boundaries == [5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000]
-    log_price = cfg.feature("log_price")
-    assert log_price.normalizer == "log1p_standard" and not log_price.is_sparse
-    cates = cfg.feature("interest_cates")
+    (float_column,) = (f for f in SPEC.features if f.dtype == "float64")
+    bucketed, dense = (m.name for m in float_column.model_features)  # two features of one column
+    assert (bucketed, dense) == (BUCKETS, DENSE)
+    buckets = cfg.feature(bucketed)
+    assert buckets.type == "raw" and buckets.source_column == float_column.name
+    assert buckets.is_sparse
+    assert buckets.boundaries == [5, 10, 20, 30, 50, 75, 100, 150, 250, 500, 1000]
+    normalized = cfg.feature(dense)
+    assert normalized.normalizer == "log1p_standard" and not normalized.is_sparse
+    cates = cfg.feature(MULTI)
     assert (cates.type, cates.pooling, cates.max_length) == ("multi_id", "mean", 8)
-    assert cfg.feature("user_id").vocab.min_count == 2
-    assert cfg.feature("pid").vocab.min_count == 1
-    assert len(cfg.feature_groups.wide) == 14 and "log_price" not in cfg.feature_groups.wide
+    assert cfg.feature(SPEC.group_key).vocab.min_count == 2
+    (context,) = SPEC.context_features()
+    assert cfg.feature(context.name).vocab.min_count == 1
+    assert len(cfg.feature_groups.wide) == 14 and dense not in cfg.feature_groups.wide
     assert len(cfg.feature_groups.fm) == 15
-    assert cfg.feature_groups.deep[-1] == "log_price" and len(cfg.feature_groups.deep) == 16
+    assert cfg.feature_groups.deep[-1] == dense and len(cfg.feature_groups.deep) == 16
     assert cfg.model.deep.hidden_units == [256, 128, 64]
     assert cfg.model.final is None
     assert cfg.model.wide_embedding_dim == 4
@@ -79,8 +103,9 @@ def test_example_config_loads_with_its_values():
     assert (t.sparse_optimizer.type, t.sparse_optimizer.lr) == ("adagrad", 0.02)
     assert (t.dense_optimizer.type, t.dense_optimizer.lr) == ("adam", 0.001)
     # every column of the sample's flat table except the label and the time
-    sample_columns = {"user_id", "adgroup_id", "pid", *PROFILE_FEATURES, *AD_FEATURES}
+    sample_columns = set(SPEC.columns()) - {SPEC.label.name, SPEC.timestamp}
     assert cfg.input_columns() == sorted(sample_columns)
+    assert len(sample_columns) == 15
 
 
 def test_criteo_config_mirrors_torcheasyrec():
@@ -140,8 +165,8 @@ def test_to_dict_round_trips_explicit_nulls(overrides):
             lambda d: d["train"]["sparse_optimizer"].update(learning_rate=0.1),
             "train.sparse_optimizer.learning_rate",
         ),
-        (lambda d: d["feature_groups"].update(dep=["pid"]), "feature_groups.dep"),
-        (lambda d: d["data"].update(labels="clk"), "data.labels"),
+        (lambda d: d["feature_groups"].update(dep=[ID]), "feature_groups.dep"),
+        (lambda d: d["data"].update(labels=LABEL), "data.labels"),
         (
             lambda d: d["model"]["losses"][0]["binary_cross_entropy"].update(smoothing=0.1),
             "model.losses[0].binary_cross_entropy.smoothing",
@@ -223,73 +248,73 @@ def _feature(d: dict, name: str) -> dict:
             r"^train\.save_checkpoints_steps: must be >= 0",
         ),
         (
-            lambda d: _feature(d, "price_bucket").update(boundaries=[5, 10, 10, 20]),
-            r"^features\[14\] \(price_bucket\)\.boundaries: must be strictly increasing",
+            lambda d: _feature(d, BUCKETS).update(boundaries=[5, 10, 10, 20]),
+            rf"^features\[{I_BUCKETS}\] \({BUCKETS}\)\.boundaries: must be strictly increasing",
         ),
         (
-            lambda d: _feature(d, "price_bucket").update(boundaries=[50, 10]),
-            r"^features\[14\] \(price_bucket\)\.boundaries: must be strictly increasing",
+            lambda d: _feature(d, BUCKETS).update(boundaries=[50, 10]),
+            rf"^features\[{I_BUCKETS}\] \({BUCKETS}\)\.boundaries: must be strictly increasing",
         ),
         (
-            lambda d: _feature(d, "price_bucket").update(boundaries=[]),
-            r"^features\[14\] \(price_bucket\)\.boundaries: must not be empty",
+            lambda d: _feature(d, BUCKETS).update(boundaries=[]),
+            rf"^features\[{I_BUCKETS}\] \({BUCKETS}\)\.boundaries: must not be empty",
         ),
         (
-            lambda d: _feature(d, "user_id").update(hash_bucket_size=1000),
-            r"^features\[0\] \(user_id\): an id feature needs exactly one of vocab, "
+            lambda d: _feature(d, ID).update(hash_bucket_size=1000),
+            rf"^features\[{I_ID}\] \({ID}\): an id feature needs exactly one of vocab, "
             r"hash_bucket_size, num_buckets \(got vocab, hash_bucket_size\)",
         ),
         (
-            lambda d: _feature(d, "user_id").pop("vocab"),
-            r"^features\[0\] \(user_id\): an id feature needs exactly one of .*\(got none\)",
+            lambda d: _feature(d, ID).pop("vocab"),
+            rf"^features\[{I_ID}\] \({ID}\): an id feature needs exactly one of .*\(got none\)",
         ),
         (
-            lambda d: _feature(d, "interest_cates").update(num_buckets=10),
-            r"^features\[9\] \(interest_cates\): an? multi_id feature needs exactly one",
+            lambda d: _feature(d, MULTI).update(num_buckets=10),
+            rf"^features\[{I_MULTI}\] \({MULTI}\): an? multi_id feature needs exactly one",
         ),
         (
-            lambda d: _feature(d, "log_price").update(hash_bucket_size=10),
-            r"^features\[15\] \(log_price\)\.hash_bucket_size: raw features take",
+            lambda d: _feature(d, DENSE).update(hash_bucket_size=10),
+            rf"^features\[{I_DENSE}\] \({DENSE}\)\.hash_bucket_size: raw features take",
         ),
         (
-            lambda d: _feature(d, "pid").update(boundaries=[1.0]),
-            r"^features\[2\] \(pid\)\.boundaries: only raw features",
+            lambda d: _feature(d, ID2).update(boundaries=[1.0]),
+            rf"^features\[{I_ID2}\] \({ID2}\)\.boundaries: only raw features",
         ),
         (
-            lambda d: _feature(d, "pid").update(embedding_dim=0),
-            r"^features\[2\] \(pid\)\.embedding_dim: must be > 0",
+            lambda d: _feature(d, ID2).update(embedding_dim=0),
+            rf"^features\[{I_ID2}\] \({ID2}\)\.embedding_dim: must be > 0",
         ),
         (
-            lambda d: _feature(d, "user_id")["vocab"].update(min_count=0),
-            r"^features\[0\] \(user_id\)\.vocab\.min_count: must be > 0",
+            lambda d: _feature(d, ID)["vocab"].update(min_count=0),
+            rf"^features\[{I_ID}\] \({ID}\)\.vocab\.min_count: must be > 0",
         ),
         (
             lambda d: d["features"].append(dict(d["features"][0])),
-            r"^features: duplicate feature name 'user_id'",
+            rf"^features: duplicate feature name '{NAMES[0]}'",
         ),
         (
             lambda d: d["feature_groups"]["deep"].append("nope"),
-            r"^feature_groups\.deep\[16\]: unknown feature 'nope'",
+            rf"^feature_groups\.deep\[{len(DEEP)}\]: unknown feature 'nope'",
         ),
         (
-            lambda d: d["feature_groups"]["wide"].append("log_price"),
-            r"^feature_groups\.wide\[14\]: dense feature 'log_price' is not allowed",
+            lambda d: d["feature_groups"]["wide"].append(DENSE),
+            rf"^feature_groups\.wide\[{len(WIDE)}\]: dense feature '{DENSE}' is not allowed",
         ),
         (
-            lambda d: d["feature_groups"]["fm"].append("log_price"),
-            r"^feature_groups\.fm: dense feature 'log_price' cannot enter the FM",
+            lambda d: d["feature_groups"]["fm"].append(DENSE),
+            rf"^feature_groups\.fm: dense feature '{DENSE}' cannot enter the FM",
         ),
         (
-            lambda d: d["feature_groups"].pop("fm"),  # deep (with log_price) becomes the fm group
-            r"^feature_groups\.deep \(used as the fm group\): dense feature 'log_price'",
+            lambda d: d["feature_groups"].pop("fm"),  # deep (with the dense one) becomes fm
+            rf"^feature_groups\.deep \(used as the fm group\): dense feature '{DENSE}'",
         ),
         (
-            lambda d: _feature(d, "brand").update(embedding_dim=8),
-            r"^feature_groups\.fm: all FM features need the same embedding_dim \(.*brand=8",
+            lambda d: _feature(d, FM[-1]).update(embedding_dim=8),
+            rf"^feature_groups\.fm: all FM features need the same embedding_dim \(.*{FM[-1]}=8",
         ),
         (lambda d: d["feature_groups"].update(wide=[]), r"^feature_groups\.wide: must list"),
         (
-            lambda d: d["feature_groups"]["wide"].append("pid"),
+            lambda d: d["feature_groups"]["wide"].append(WIDE[0]),
             r"^feature_groups\.wide: a feature is listed twice",
         ),
         (
@@ -349,15 +374,15 @@ def test_impossible_value_names_the_key(base, edit, pattern):
 
 def test_a_valid_edit_of_each_kind_is_accepted(base):
     def edit(d: dict) -> None:
-        _feature(d, "user_id").update(vocab=None, hash_bucket_size=1000)
-        _feature(d, "age_level").update(vocab=None, num_buckets=7)
+        _feature(d, ID).update(vocab=None, hash_bucket_size=1000)
+        _feature(d, ID2).update(vocab=None, num_buckets=7)
         d["model"]["deep"].update(dropout_ratio=[0.1], use_bn=True)
         d["model"]["final"] = {"hidden_units": [16]}
         d["model"]["wide_init_fn"] = "nn.init.uniform_,a=-0.01,b=0.01"
 
     cfg = config_from_dict(edited(base, edit))
-    assert cfg.feature("user_id").hash_bucket_size == 1000
-    assert cfg.feature("age_level").num_buckets == 7
+    assert cfg.feature(ID).hash_bucket_size == 1000
+    assert cfg.feature(ID2).num_buckets == 7
     assert cfg.model.final.hidden_units == [16]
     assert cfg.model.deep.dropout_ratio == [0.1]
 
@@ -424,16 +449,18 @@ def test_overrides_are_validated_and_named():
 
 def test_check_columns_names_the_missing_column():
     cfg = load_config(DEEPFM)
-    columns = set(cfg.input_columns()) | {"clk"}
+    columns = set(cfg.input_columns()) | {LABEL}
     check_columns(cfg, columns, "rows.parquet")  # all there: no error
     with pytest.raises(
-        ConfigError, match=r"^features\.cate_id: column 'cate_id' is not in rows\.parquet"
+        ConfigError, match=rf"^features\.{ID2}: column '{ID2}' is not in rows\.parquet"
     ):
-        check_columns(cfg, columns - {"cate_id"}, "rows.parquet")
-    with pytest.raises(ConfigError, match=r"column 'price' is not in the data"):
-        check_columns(cfg, columns - {"price"}, "the data")
-    with pytest.raises(ConfigError, match=r"^data\.label: column 'clk' is not in x"):
-        check_columns(cfg, columns - {"clk"}, "x")
+        check_columns(cfg, columns - {ID2}, "rows.parquet")
+    shared = cfg.feature(BUCKETS).source_column  # the column of two features
+    assert shared != BUCKETS
+    with pytest.raises(ConfigError, match=rf"column '{shared}' is not in the data"):
+        check_columns(cfg, columns - {shared}, "the data")
+    with pytest.raises(ConfigError, match=rf"^data\.label: column '{LABEL}' is not in x"):
+        check_columns(cfg, columns - {LABEL}, "x")
     weighted = load_config(DEEPFM, overrides={"data.sample_weight": "w"})
     with pytest.raises(ConfigError, match=r"^data\.sample_weight: column 'w' is not in x"):
         check_columns(weighted, columns, "x")
