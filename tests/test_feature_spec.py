@@ -21,6 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = ROOT / "configs" / "deepfm.yaml"
 SPEC = load_spec()
 RAW = yaml.safe_load((REPO_DIR / "features.yaml").read_text())
+# Tests of what the sample's spec says are named test_the_sample_spec_*; the others take the
+# names they need from the spec, by the role a column or object plays.
+NAMES = [f["name"] for f in RAW["features"]]
+I_KEY = 0  # the first entity's join key
+(KEY_ENTITY,) = (n for n, e in SPEC.entities.items() if e.join_key == NAMES[I_KEY])
+(I_CONTEXT,) = (i for i, n in enumerate(NAMES) if n in {f.name for f in SPEC.context_features()})
+I_RANGED = next(
+    i for i, f in enumerate(SPEC.features) if f.view and f.valid and f.valid.max is not None
+)
+I_SET = next(
+    i for i, f in enumerate(SPEC.features) if f.view and f.dtype == "int64" and f.valid.values
+)
+(I_LIST,) = (i for i, f in enumerate(SPEC.features) if f.dtype.startswith("list"))
+(I_TWO,) = (i for i, f in enumerate(SPEC.features) if len(f.model_features) == 2)
+RANGED, LIST_COL, TWO = NAMES[I_RANGED], NAMES[I_LIST], NAMES[I_TWO]
+VIEW = SPEC.feature(RANGED).view
+(OTHER_VIEW,) = (v for v in SPEC.feature_views if v != VIEW)
+EVENTS = SPEC.entity_rows
+(DENSE,) = (m.name for m in SPEC.model_features() if m.normalizer)
 
 
 def test_default_spec_is_the_file_beside_spec_py():
@@ -28,7 +47,7 @@ def test_default_spec_is_the_file_beside_spec_py():
     assert load_spec(REPO_DIR / "features.yaml") == SPEC
 
 
-def test_columns_are_the_sample_generators_flat_table():
+def test_the_sample_spec_columns_are_the_generators_flat_table():
     assert SPEC.columns() == SCHEMAS["flat"].names
     assert SPEC.timestamp == "event_timestamp"
     assert SPEC.label.name == "clk"
@@ -40,7 +59,7 @@ def test_sources_hold_the_columns_of_the_generators_files():
         assert sorted(columns) == sorted(SCHEMAS[name].names), name
 
 
-def test_views_entities_and_ttls():
+def test_the_sample_spec_views_entities_and_ttls():
     assert [f.name for f in SPEC.view_features("user_profile")] == [
         "age_level",
         "gender",
@@ -74,7 +93,7 @@ def test_views_entities_and_ttls():
         SPEC.view_features("users")
 
 
-def test_key_types_context_features_and_group_key():
+def test_the_sample_spec_key_types_context_features_and_group_key():
     assert {name: e.dtype for name, e in SPEC.entities.items()} == {
         "user": "int64",
         "adgroup": "int64",
@@ -88,21 +107,25 @@ def test_key_types_context_features_and_group_key():
 def test_new_dtypes_string_keys_and_offline_views(tmp_path):
     raw = copy.deepcopy(RAW)
     del raw["group_key"]
-    raw["features"][0]["dtype"] = "string"
-    raw["features"][0]["valid"] = {"values": ["u1", "u2"]}
-    raw["features"][3].update(dtype="bool", valid={"values": [True, False]}, nullable=True)
-    raw["features"][9]["dtype"] = "list<string>"
-    del raw["features"][9]["valid"]
-    raw["feature_views"]["ad_feature"]["online"] = False
+    raw["features"][I_KEY]["dtype"] = "string"
+    raw["features"][I_KEY]["valid"] = {"values": ["u1", "u2"]}
+    raw["features"][I_RANGED].update(dtype="bool", valid={"values": [True, False]}, nullable=True)
+    raw["features"][I_LIST]["dtype"] = "list<string>"
+    del raw["features"][I_LIST]["valid"]
+    raw["feature_views"][OTHER_VIEW]["online"] = False
     path = tmp_path / "features.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = load_spec(path)
-    assert spec.entities["user"].dtype == "string"
-    assert spec.join_keys() == {"user_id": "string", "adgroup_id": "int64"}
-    assert spec.feature("age_level").dtype == "bool"
-    assert spec.feature("interest_cates").dtype == "list<string>"
+    assert spec.entities[KEY_ENTITY].dtype == "string"
+    assert spec.join_keys() == {
+        k: "string" if k == NAMES[I_KEY] else "int64" for k in SPEC.join_keys()
+    }
+    assert len(spec.join_keys()) == 2
+    assert spec.feature(RANGED).dtype == "bool"
+    assert spec.feature(LIST_COL).dtype == "list<string>"
     assert spec.group_key is None
-    assert not spec.feature_views["ad_feature"].online
+    assert not spec.feature_views[OTHER_VIEW].online
+    assert spec.feature_views[VIEW].online
 
 
 def test_configs_deepfm_yaml_derives_its_features_from_the_spec():
@@ -114,23 +137,22 @@ def test_configs_deepfm_yaml_derives_its_features_from_the_spec():
     assert cfg.feature_groups.wide == section["feature_groups"]["wide"]
     assert cfg.feature_groups.fm == section["feature_groups"]["fm"]
     assert cfg.feature_groups.deep == section["feature_groups"]["deep"]
-    assert (
-        cfg.feature("price_bucket").boundaries
-        == SPEC.feature("price").model_features[0].encoding["boundaries"]
-    )
+    bucketed, dense = SPEC.feature(TWO).model_features  # one column, two model features
+    assert cfg.feature(bucketed.name).boundaries == bucketed.encoding["boundaries"]
+    assert cfg.feature(bucketed.name).source_column == cfg.feature(dense.name).source_column
+    assert cfg.feature(dense.name).source_column == TWO != dense.name
     assert (cfg.data.label, cfg.data.timestamp) == (section["label"], section["timestamp"])
-    price = [m.name for m in SPEC.feature("price").model_features]
-    assert price == ["price_bucket", "log_price"]
 
 
 def test_the_spec_group_key_is_the_configs_unless_it_sets_one(tmp_path):
-    assert load_config(MODEL_CONFIG).data.group_key == "user_id"  # from the spec
+    assert load_config(MODEL_CONFIG).data.group_key == SPEC.group_key  # from the spec
+    other = next(k for k in SPEC.join_keys() if k != SPEC.group_key)
     path = tmp_path / "deepfm.yaml"
     raw = yaml.safe_load(MODEL_CONFIG.read_text())
     raw["feature_spec"] = str(REPO_DIR / "features.yaml")
-    raw["data"] = {"group_key": "adgroup_id"}
+    raw["data"] = {"group_key": other}
     path.write_text(yaml.safe_dump(raw))
-    assert load_config(path).data.group_key == "adgroup_id"
+    assert load_config(path).data.group_key == other
 
 
 def test_a_config_cannot_both_derive_and_list_features(tmp_path):
@@ -173,17 +195,17 @@ def _add_feature(config):
     config["features"].append({"name": "hour", "type": "id", "num_buckets": 24})
 
 
-def _drop_log_price(config):
-    config["features"] = [f for f in config["features"] if f["name"] != "log_price"]
-    config["feature_groups"]["deep"].remove("log_price")
+def _drop_dense(config):
+    config["features"] = [f for f in config["features"] if f["name"] != DENSE]
+    config["feature_groups"]["deep"].remove(DENSE)
 
 
-def _narrow_user_id(config):
+def _narrow_the_first(config):
     config["features"][0]["embedding_dim"] = 8
 
 
 def _drop_from_fm(config):
-    config["feature_groups"]["fm"].remove("interest_cates")
+    config["feature_groups"]["fm"].remove(LIST_COL)
 
 
 def _reorder_wide(config):
@@ -195,9 +217,9 @@ def _reorder_wide(config):
     ("change", "message"),
     [
         (_add_feature, "feature 'hour' is not in features.yaml"),
-        (_drop_log_price, "feature 'log_price' of features.yaml is missing"),
-        (_narrow_user_id, "feature 'user_id'.embedding_dim is 8, features.yaml says 16"),
-        (_drop_from_fm, "feature 'interest_cates' is missing from feature_groups.fm"),
+        (_drop_dense, f"feature '{DENSE}' of features.yaml is missing"),
+        (_narrow_the_first, f"feature '{NAMES[0]}'.embedding_dim is 8, features.yaml says 16"),
+        (_drop_from_fm, f"feature '{LIST_COL}' is missing from feature_groups.fm"),
         (_reorder_wide, "feature_groups.wide is ordered"),
     ],
 )
@@ -223,7 +245,8 @@ def test_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("DEEPFM_DATA_DIR", raising=False)
     assert data_dir() == REPO_DIR / "data"
     assert data_dir(tmp_path) == tmp_path.resolve() / "data"
-    assert SPEC.source_path("user_profile", tmp_path) == tmp_path / "data" / "user_profile.parquet"
+    source = SPEC.feature_views[VIEW].source
+    assert SPEC.source_path(source, tmp_path) == tmp_path / "data" / SPEC.sources[source].path
     monkeypatch.setenv("DEEPFM_DATA_DIR", str(tmp_path / "elsewhere"))
     assert data_dir() == tmp_path / "elsewhere"
     monkeypatch.setenv("DEEPFM_DATA_DIR", "../sources")  # relative to the repo, not the cwd
@@ -261,24 +284,24 @@ def _delete(path: str):
 
 
 def _duplicate_feature(raw):
-    raw["features"].append(copy.deepcopy(raw["features"][3]))
+    raw["features"].append(copy.deepcopy(raw["features"][I_RANGED]))
 
 
 def _view_and_source(raw):
-    raw["features"][3]["source"] = "impressions"
+    raw["features"][I_RANGED]["source"] = EVENTS
 
 
 def _feature_from_a_view_source(raw):
-    del raw["features"][3]["view"]
-    raw["features"][3]["source"] = "user_profile"
+    del raw["features"][I_RANGED]["view"]
+    raw["features"][I_RANGED]["source"] = SPEC.feature_views[VIEW].source
 
 
 def _bool_join_key(raw):
-    raw["features"][0].update(dtype="bool", valid={"values": [True, False]})
+    raw["features"][I_KEY].update(dtype="bool", valid={"values": [True, False]})
 
 
 def _unused_source(raw):
-    raw["sources"]["clicks"] = {"path": "clicks.parquet", "timestamp_field": "event_timestamp"}
+    raw["sources"]["clicks"] = {"path": "clicks.parquet", "timestamp_field": "ts"}
 
 
 @pytest.mark.parametrize(
@@ -286,78 +309,86 @@ def _unused_source(raw):
     [
         (_set("owner", "ads-team"), "owner: unknown key"),
         (_delete("label"), "label: required key is missing"),
-        (_set("features.3.kind", "x"), r"features\[3\] \(age_level\).kind: unknown key"),
         (
-            _set("features.3.view", "user_profil"),
-            r"features\[3\] \(age_level\).view: unknown feature view 'user_profil' "
-            r"\(known: user_profile, ad_feature\)",
+            _set(f"features.{I_RANGED}.kind", "x"),
+            rf"features\[{I_RANGED}\] \({RANGED}\).kind: unknown key",
         ),
         (
-            _set("feature_views.user_profile.entity", "shopper"),
-            "feature_views.user_profile.entity: unknown entity 'shopper'",
+            _set(f"features.{I_RANGED}.view", "no_such_view"),
+            rf"features\[{I_RANGED}\] \({RANGED}\).view: unknown feature view 'no_such_view' "
+            rf"\(known: {', '.join(SPEC.feature_views)}\)",
         ),
         (
-            _set("feature_views.user_profile.source", "users"),
-            "feature_views.user_profile.source: unknown source 'users'",
+            _set(f"feature_views.{VIEW}.entity", "shopper"),
+            f"feature_views.{VIEW}.entity: unknown entity 'shopper'",
         ),
         (
-            _set("feature_views.ad_feature.ttl_days", 0),
-            "feature_views.ad_feature.ttl_days: must be > 0, got 0",
+            _set(f"feature_views.{VIEW}.source", "users"),
+            f"feature_views.{VIEW}.source: unknown source 'users'",
         ),
         (
-            _set("features.3.dtype", "int"),
-            r"features\[3\] \(age_level\).dtype: expected one of 'int64', .* got 'int'",
+            _set(f"feature_views.{OTHER_VIEW}.ttl_days", 0),
+            f"feature_views.{OTHER_VIEW}.ttl_days: must be > 0, got 0",
         ),
-        (_duplicate_feature, r"features\[15\]: duplicate column name 'age_level'"),
         (
-            _set("features.14.model_features.1.name", "price_bucket"),
-            r"model_features\[1\].name: duplicate model feature name 'price_bucket'",
+            _set(f"features.{I_RANGED}.dtype", "int"),
+            rf"features\[{I_RANGED}\] \({RANGED}\).dtype: expected one of 'int64', .* got 'int'",
         ),
-        (_view_and_source, r"\(age_level\): give exactly one of source"),
-        (_feature_from_a_view_source, r"\(age_level\).source: must be the entity rows"),
+        (_duplicate_feature, rf"features\[{len(NAMES)}\]: duplicate column name '{RANGED}'"),
         (
-            _set("features.3.model_features.0.groups", ["wide", "dense"]),
+            _set(
+                f"features.{I_TWO}.model_features.1.name",
+                SPEC.feature(TWO).model_features[0].name,
+            ),
+            r"model_features\[1\].name: duplicate model feature name "
+            f"'{SPEC.feature(TWO).model_features[0].name}'",
+        ),
+        (_view_and_source, rf"\({RANGED}\): give exactly one of source"),
+        (_feature_from_a_view_source, rf"\({RANGED}\).source: must be the entity rows"),
+        (
+            _set(f"features.{I_RANGED}.model_features.0.groups", ["wide", "dense"]),
             r"model_features\[0\].groups\[1\]: expected one of 'wide', 'fm' or 'deep', got 'dense'",
         ),
         (
-            _set("features.3.model_features.0.vocabulary", {"min_count": 1}),
+            _set(f"features.{I_RANGED}.model_features.0.vocabulary", {"min_count": 1}),
             r"model_features\[0\].vocabulary: unknown key",
         ),
         (
-            _set("features.9.model_features.0.type", "id"),
-            r"\(interest_cates\).model_features\[0\].type: type id needs dtype int64, "
+            _set(f"features.{I_LIST}.model_features.0.type", "id"),
+            rf"\({LIST_COL}\).model_features\[0\].type: type id needs dtype int64, "
             r"string or bool, the column is list<int64>",
         ),
-        (_set("features.3.valid", {"min": 6, "max": 0}), "min 6 is greater than max 0"),
+        (_set(f"features.{I_RANGED}.valid", {"min": 6, "max": 0}), "min 6 is greater than max 0"),
         (
-            _set("features.2.valid", {"values": [430548_1007]}),
-            r"\(pid\).valid.values\[0\]: 4305481007 is not a string value",
+            _set(f"features.{I_CONTEXT}.valid", {"values": [430548_1007]}),
+            rf"\({NAMES[I_CONTEXT]}\).valid.values\[0\]: 4305481007 is not a string value",
         ),
         (
-            _set("features.4.valid", {"values": [1, 2], "min": 1}),
-            r"\(gender\).valid: give min and/or max, or values",
+            _set(f"features.{I_SET}.valid", {"values": [1, 2], "min": 1}),
+            rf"\({NAMES[I_SET]}\).valid: give min and/or max, or values",
         ),
         (
-            _set("entities.user.join_key", "uid"),
-            "entities.user.join_key: 'uid' must be a feature with source 'impressions'",
+            _set(f"entities.{KEY_ENTITY}.join_key", "uid"),
+            f"entities.{KEY_ENTITY}.join_key: 'uid' must be a feature with source '{EVENTS}'",
         ),
         (_unused_source, r"sources.clicks: read by 0 feature views"),
         (_set("entity_rows", "clicks"), "entity_rows: unknown source 'clicks'"),
         (
-            _set("group_key", "age_level"),
-            "group_key: 'age_level' is not a column of the entity rows 'impressions'",
+            _set("group_key", RANGED),
+            f"group_key: '{RANGED}' is not a column of the entity rows '{EVENTS}'",
         ),
         (
             _bool_join_key,
-            "entities.user.join_key: 'user_id' has dtype bool; a join key is int64 or string",
+            f"entities.{KEY_ENTITY}.join_key: '{NAMES[I_KEY]}' has dtype bool; a join key is "
+            "int64 or string",
         ),
         (
-            _set("features.3.dtype", "bool"),
-            r"\(age_level\).valid: a bool column takes values, not min/max",
+            _set(f"features.{I_RANGED}.dtype", "bool"),
+            rf"\({RANGED}\).valid: a bool column takes values, not min/max",
         ),
         (
-            _set("feature_views.user_profile.online", "yes"),
-            "feature_views.user_profile.online: expected true or false, got 'yes'",
+            _set(f"feature_views.{VIEW}.online", "yes"),
+            f"feature_views.{VIEW}.online: expected true or false, got 'yes'",
         ),
     ],
 )
@@ -408,15 +439,17 @@ def test_sample_data_is_valid_under_the_spec(sample):
 
 
 def test_view_ttls_cover_the_sample_data(sample):
-    """Every impression's valid version is younger than the view's TTL, so the TTLs turn no
+    """Every event's valid version is younger than the view's TTL, so the TTLs turn no
     sample feature into a null."""
-    impressions = sample["impressions"].sort_values("event_timestamp")
+    ts = SPEC.timestamp
+    events = sample[EVENTS].sort_values(ts)
     for name, view in SPEC.feature_views.items():
         key = SPEC.entities[view.entity].join_key
-        versions = sample[view.source][[key, "event_timestamp"]].sort_values("event_timestamp")
-        versions["version_time"] = versions["event_timestamp"]
-        joined = pd.merge_asof(impressions, versions, on="event_timestamp", by=key)
-        age = (joined["event_timestamp"] - joined["version_time"]).max()
+        version_ts = SPEC.sources[view.source].timestamp_field
+        versions = sample[view.source][[key, version_ts]].sort_values(version_ts)
+        versions = versions.rename(columns={version_ts: "version_time"})
+        joined = pd.merge_asof(events, versions, left_on=ts, right_on="version_time", by=key)
+        age = (joined[ts] - joined["version_time"]).max()
         assert age < view.ttl, (name, age)
 
 
