@@ -300,7 +300,7 @@ def mixed_config() -> dict:
     """Every encoding kind, each in a group (the wide/fm groups take the embedded ones)."""
     features = [
         {"name": "user", "type": "id", "vocab": {"min_count": 2}, "embedding_dim": 8},
-        {"name": "pid", "type": "id", "vocab": {"min_count": 1}, "embedding_dim": 8},
+        {"name": "slot", "type": "id", "vocab": {"min_count": 1}, "embedding_dim": 8},
         {"name": "brand", "type": "id", "hash_bucket_size": 64, "embedding_dim": 8},
         {"name": "level", "type": "id", "num_buckets": 4, "embedding_dim": 8},
         {
@@ -328,9 +328,9 @@ def mixed_config() -> dict:
             "max_length": 2,
         },
     ]
-    sparse = ["user", "pid", "brand", "level", "price_bucket", "tags", "cats"]
+    sparse = ["user", "slot", "brand", "level", "price_bucket", "tags", "cats"]
     return {
-        "data": {"label": "clk", "group_key": None, "timestamp": None},
+        "data": {"label": "label", "group_key": None, "timestamp": None},
         "features": features,
         "feature_groups": {"wide": sparse[:5], "fm": sparse, "deep": sparse + ["log_price", "age"]},
         "model": {"deep": {"hidden_units": [8]}, "metrics": ["auc"]},
@@ -341,14 +341,14 @@ def mixed_frame() -> pd.DataFrame:
     return pd.DataFrame(
         {
             "user": [1, 1, 2, 3, 3, 3],
-            "pid": ["a", "b", "a", "a", None, "b"],
+            "slot": ["a", "b", "a", "a", None, "b"],
             "brand": [11, 12, 13, 11, 12, 13],
             "level": [0, 1, 2, 3, 0, 1],
             "price": [1.0, 10.0, 100.0, np.nan, 5.0, 50.0],
             "age": [20.0, 30.0, np.nan, 40.0, 50.0, 60.0],
             "tags": [[1, 2], [2], None, [3, 1, 2, 4], [], [1]],
             "cats": [["x"], ["y", "z", "w"], None, ["x"], ["z"], []],
-            "clk": [0, 1, 0, 1, 0, 0],
+            "label": [0, 1, 0, 1, 0, 0],
         }
     )
 
@@ -357,7 +357,7 @@ def test_feature_encoder_layout_and_input_spec():
     cfg = config_from_dict(mixed_config())
     enc = FeatureEncoder(cfg).fit(mixed_frame())
     spec = enc.input_spec()
-    assert [s.name for s in spec.sparse] == ["user", "pid", "brand", "level", "price_bucket"]
+    assert [s.name for s in spec.sparse] == ["user", "slot", "brand", "level", "price_bucket"]
     assert [s.num_embeddings for s in spec.sparse] == [2 + 2, 2 + 2, 64, 4, 2 + 2]
     assert [(m.name, m.num_embeddings, m.pooling) for m in spec.multi] == [
         ("tags", 4 + 2, "mean"),
@@ -369,7 +369,7 @@ def test_feature_encoder_layout_and_input_spec():
     new = pd.DataFrame(
         {
             "user": [3, 99],
-            "pid": ["b", "never"],
+            "slot": ["b", "never"],
             "brand": [11, 11],
             "level": [3, 0],
             "price": [50.0, np.nan],
@@ -384,9 +384,9 @@ def test_feature_encoder_layout_and_input_spec():
     assert tuple(out.sparse.shape) == (2, 5)
     assert tuple(out.multi.shape) == (2, 2, 3)
     assert tuple(out.dense.shape) == (2, 2)
-    user, pid, brand, level, price = out.sparse.T.tolist()
+    user, slot, brand, level, price = out.sparse.T.tolist()
     assert user == [2, OOV_ROW]  # 3 is the most frequent user; 99 unseen
-    assert pid[1] == OOV_ROW
+    assert slot[1] == OOV_ROW
     assert brand[0] == brand[1]
     assert level == [3, 0]
     assert price == [2, 3]  # 50 >= 50 -> bucket 2; missing -> len(boundaries) + 1
@@ -403,7 +403,7 @@ def test_state_round_trip_through_json_transforms_identically():
     restored = FeatureEncoder(cfg, state)
     assert restored.fitted
     assert restored.input_spec() == enc.input_spec()
-    probe = pd.concat([df, df.assign(user=[7, 8, 9, 1, 2, 3], pid="zzz")], ignore_index=True)
+    probe = pd.concat([df, df.assign(user=[7, 8, 9, 1, 2, 3], slot="zzz")], ignore_index=True)
     a, b = enc.transform(probe), restored.transform(probe)
     assert torch.equal(a.sparse, b.sparse)
     assert torch.equal(a.multi, b.multi)
