@@ -14,7 +14,7 @@ import yaml
 
 from feature_repo import store
 from feature_repo.sample_data import generate
-from feature_repo.spec import REPO_DIR
+from feature_repo.spec import REPO_DIR, load_spec
 from model.export import load
 from model.metrics import auc
 from pipelines.local_run import run_local
@@ -24,7 +24,13 @@ pytestmark = pytest.mark.slow
 
 ROWS = 40_000
 REPO_FILES = ["features.yaml", "feature_store.yaml", ".feastignore"]
-SOURCES = ["impressions", "user_profile", "ad_feature"]
+# Names come from the project's spec (the sample's).
+SPEC = load_spec()
+SOURCES = list(SPEC.sources)
+LABEL = SPEC.label.name
+# the weak model's inputs: the request context and a view's feature with a small value set
+(CONTEXT,) = (f.name for f in SPEC.context_features())
+FEW_VALUES = next(f.name for f in SPEC.features if f.view and f.valid and f.valid.values)
 
 
 @pytest.fixture
@@ -56,14 +62,16 @@ def _config(tmp_path: Path, name: str, **overrides) -> str:
 
 
 def _weak_config(tmp_path: Path) -> str:
-    """A model that sees only the placement and gender: clearly worse."""
+    """A model that sees only the request context and one feature of a few values: clearly
+    worse."""
+    weak = [CONTEXT, FEW_VALUES]
     raw = {
-        "data": {"label": "clk", "timestamp": "event_timestamp", "group_key": "user_id"},
+        "data": {"label": LABEL, "timestamp": SPEC.timestamp, "group_key": SPEC.group_key},
         "features": [
-            {"name": "pid", "type": "id", "vocab": {"min_count": 1}, "embedding_dim": 8},
-            {"name": "gender", "type": "id", "vocab": {"min_count": 1}, "embedding_dim": 8},
+            {"name": name, "type": "id", "vocab": {"min_count": 1}, "embedding_dim": 8}
+            for name in weak
         ],
-        "feature_groups": {"wide": ["pid", "gender"], "deep": ["pid", "gender"]},
+        "feature_groups": {"wide": weak, "deep": weak},
         "model": {"deep": {"hidden_units": [8]}},
         "train": {"batch_size": 512},
     }
@@ -101,7 +109,7 @@ def test_a_blessed_model_is_pushed_then_a_worse_one_is_not(tmp_path, repo):
     eval_df = pd.read_parquet(run_dir / "features" / "eval_data")
     model = load(current["uri"])
     scores = model.predict(eval_df)
-    assert auc(eval_df["clk"].to_numpy(), scores) == first["auc"]
+    assert auc(eval_df[LABEL].to_numpy(), scores) == first["auc"]
     assert np.isfinite(scores).all()
     assert first["report"].endswith("report.html")
     assert first["validation_report"].endswith("report.html")
@@ -127,16 +135,16 @@ def test_a_blessed_model_is_pushed_then_a_worse_one_is_not(tmp_path, repo):
 
 
 def test_corrupted_data_stops_at_validation_with_the_report(tmp_path, repo):
-    path = repo / "data" / "impressions.parquet"
+    path = SPEC.source_path(SPEC.entity_rows, repo)
     df = pd.read_parquet(path)
-    df.loc[df.index[:5], "clk"] = 2
+    df.loc[df.index[:5], LABEL] = 2
     df.to_parquet(path, index=False)
     registry = tmp_path / "registry"
     with pytest.raises(RuntimeError, match="require-valid-data"):
         _run(tmp_path, repo, registry, model_config=_config(tmp_path, "good"))
     (run_dir,) = (tmp_path / "runs").glob("deepfm-ctr-*")
     report = (run_dir / "validate" / "report.html").read_text()
-    assert "expect_column_values_to_be_in_set" in report and "clk" in report
+    assert "expect_column_values_to_be_in_set" in report and LABEL in report
     for step in ("features", "train", "evaluate", "push"):
         assert not (run_dir / step).exists(), step
     assert read_current(str(registry)) is None
