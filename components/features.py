@@ -14,6 +14,8 @@ def features(
     eval_fraction: float,
     train_data: Output[Dataset],
     eval_data: Output[Dataset],
+    train_shards: Output[Dataset],
+    eval_shards: Output[Dataset],
     scheduled_at: str = "",
 ) -> int:
     """Retrieve the training data of the window (ending at ``window_end``, else at the
@@ -30,6 +32,16 @@ def features(
     for artifact, rows in ((train_data, info["rows_train"]), (eval_data, info["rows_eval"])):
         artifact.metadata.update(
             {"rows": rows, "window_start": info["window_start"], "window_end": info["window_end"]}
+        )
+    # each split also as shards (feature_repo.shards: day folders and a manifest)
+    from feature_repo.shards import shard_split_files
+
+    splits = {train_data.path: train_shards.path, eval_data.path: eval_shards.path}
+    manifests = shard_split_files(feature_repo, splits)
+    for artifact in (train_shards, eval_shards):
+        m = manifests[artifact.path]
+        artifact.metadata.update(
+            {"rows": m.rows, "files": len(m.files), "min_time": m.min_time, "max_time": m.max_time}
         )
     print(info)
     return info["rows_train"]

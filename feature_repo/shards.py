@@ -413,3 +413,23 @@ def _replace(tmp: Path, folder: Path) -> None:
     os.replace(tmp, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def shard_split_files(
+    feature_repo: str | Path | None,
+    splits: dict[str | Path, str | Path],
+    *,
+    rows_per_file: int = ROWS_PER_FILE,
+) -> dict[str, Manifest]:
+    """Shard each time-ordered parquet file of ``splits`` (file -> shard folder; the
+    features step's train and eval files) by the spec's timestamp, streamed in batches;
+    returns each folder's manifest."""
+    from feature_repo.spec import SPEC_FILE, load_spec
+
+    spec = load_spec(Path(feature_repo) / SPEC_FILE if feature_repo else None)
+    return {
+        str(folder): write_parquet_file(
+            path, folder, spec.timestamp, rows_per_file=rows_per_file, overwrite=True
+        )
+        for path, folder in splits.items()
+    }

@@ -156,3 +156,34 @@ def test_the_duckdb_store_writes_the_window_as_shards(repo, tmp_path):
     pd.testing.assert_frame_equal(loaded.drop(columns=lists), expected.drop(columns=lists))
     for column in lists:
         assert [cell(v) for v in loaded[column]] == [cell(v) for v in expected[column]]
+
+
+def test_the_features_step_writes_each_split_as_shards_beside_its_file(repo, tmp_path):
+    from kfp.dsl import Dataset
+
+    from components.features import features
+
+    spec = load_spec(repo / SPEC_FILE)
+    start, end = window(spec, repo)
+    out = {n: Dataset(uri=str(tmp_path / n)) for n in ("train", "eval", "train_s", "eval_s")}
+    rows = features.python_func(
+        feature_repo=str(repo),
+        window_end=end.isoformat(),
+        window_days=(end - start).total_seconds() / 86_400,
+        eval_fraction=0.25,
+        train_data=out["train"],
+        eval_data=out["eval"],
+        train_shards=out["train_s"],
+        eval_shards=out["eval_s"],
+    )
+    for split, folder in (("train", "train_s"), ("eval", "eval_s")):
+        file = pd.read_parquet(out[split].path)
+        manifest = shards.read_manifest(out[folder].path)
+        assert manifest.rows == len(file) == out[folder].metadata["rows"]
+        assert out[folder].metadata["files"] == len(manifest.files) > 1  # several days
+        loaded = shards.load_frame(out[folder].path)
+        lists = [f.name for f in spec.features if f.dtype.startswith("list<")]
+        pd.testing.assert_frame_equal(loaded.drop(columns=lists), file.drop(columns=lists))
+    assert rows == shards.read_manifest(out["train_s"].path).rows
+    train_end = shards.read_manifest(out["train_s"].path).max_time
+    assert train_end <= shards.read_manifest(out["eval_s"].path).min_time
