@@ -1,53 +1,47 @@
-"""``deepfm serve``: online scoring over HTTP (KServe V1 protocol) with the blessed model and
-the Feast online store.
+"""``deepfm serve``: online scoring over HTTP with the blessed model and the Feast online
+store, on the ``kserve`` SDK's model server parts (KServe V1 and Open Inference Protocol V2,
+Prometheus ``/metrics``; routes in serving/kserve_app.py).
 
     deepfm serve --model gs://BUCKET/deepfm [--feature-repo feature_repo/] [--port 8080]
-
-Endpoints (``<name>`` is ``--name``, default ``deepfm``)::
 
     POST /v1/models/<name>:predict  {"instances": [{"shopper_id": "s000123",
                                                     "item_id": "i00042",
                                                     "channel": "web"}, ...]}
                                     -> {"predictions": [0.031, ...], "model_name": "deepfm",
                                         "model_version": "20261127-213217-4c97a2e5"}
-    GET  /v1/models/<name>          {"name": "deepfm", "ready": true, "model_version": ...}
-    GET  /v1/models                 {"models": ["deepfm"]}
-    GET  /healthz                   liveness: 200 while the process serves
-    GET  /readyz                    readiness: 200 once a model is loaded, else 503
+    POST /v2/models/<name>/infer    {"inputs": [{"name": "shopper_id", "shape": [2],
+                                                 "datatype": "BYTES", "data": [...]}, ...]}
 
-**Instances.** Each names one candidate by the spec's entity join keys (every one required,
-typed as the spec says: int64 or string) and may carry request-context features
-(``spec.context_features()``) and any feature of the spec. Features an instance lacks are
-read from the online store (the views marked online): one
-``get_online_features`` call per request, for all candidates that lack any. A value in the
-instance wins over the store's (``null`` = missing, encoded as in training), so the
-predictions are exactly ``RankingModel.predict`` of the same rows: probabilities in [0, 1],
-one per instance, in order.
+**Candidates.** Each names one candidate by the spec's entity join keys (every one required)
+and may carry request-context features (``spec.context_features()``) and any feature of the
+spec, each checked against the spec (serving/checks.py: type, range, value set). Features a
+candidate lacks are read from the online store (the views marked online): one
+``get_online_features`` call per request, for all candidates that lack any. A value sent
+wins over the store's (``null`` = missing, encoded as in training), so the predictions are
+exactly ``RankingModel.predict`` of the same rows: probabilities in [0, 1], one per
+candidate, in order.
 
 **Models.** ``--model`` is a registry destination (a folder or ``gs://bucket/prefix`` with
 CURRENT.json, see ``registry/model_registry.py``) or a plain model directory (with
-MANIFEST.json). Every ``--reload-interval`` seconds the server checks which model is current
-(the pointer, or the directory's manifest); a new one is copied to a private cache, checked
-against its manifest, loaded, checked against the feature spec (the store can feed every
-column it reads) and scored on a canary row, and only then replaces the serving model, in
-one reference swap: a request scores with the model it started with, none is dropped. A
-model that fails any step is not served; the old one stays, and the error shows in
-``GET /v1/models/<name>`` until a later model loads.
+MANIFEST.json; under KServe, the ``storageUri`` it downloaded to ``/mnt/models``). Every
+``--reload-interval`` seconds the server checks which model is current (the pointer, or the
+directory's manifest); a new one is copied to a private cache, checked against its
+manifest, loaded, checked against the feature spec (the store can feed every column it
+reads) and scored on a canary row, and only then replaces the serving model, in one
+reference swap: a request scores with the model it started with, none is dropped. A model
+that fails any step is not served; the old one stays, and the error shows in
+``GET /v1/models/<name>`` until a later model loads. Under KServe, new models are rolled
+out by patching the InferenceService instead (serving/rollout.py).
 
-**Errors** are JSON ``{"error": "..."}`` naming the problem, never a stack trace: 400 the
-body is not JSON; 404 unknown model or path; 405 wrong method; 413 a body over
-``--max-body-bytes`` or more than ``--max-candidates`` instances; 422 an instance without
-an entity key, with an unknown field or a value of the wrong type; 503 no model loaded or
-the feature store failed; 500 anything else (logged with its traceback).
+**Errors** are JSON ``{"error": "..."}`` naming the problem: 400 for any invalid input
+(one rule, KServe's), 413 too large; the full list is in serving/kserve_app.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
-import math
 import re
 import shutil
 import signal
@@ -62,29 +56,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.checks import RequestChecks, RequestError
+
 if TYPE_CHECKING:
-    # numpy, pandas, pyarrow, starlette and uvicorn load when the server starts, torch,
+    # numpy, pandas, pyarrow, kserve and uvicorn load when the server starts, torch,
     # Feast and google-cloud-storage on first use: `deepfm --help` imports none of them.
     import numpy as np
     import pandas as pd
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from fastapi import FastAPI
 
     from model.export import RankingModel
+    from serving.checks import Batch
 
 log = logging.getLogger("deepfm.serve")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
-_INT64 = (-(2**63), 2**63 - 1)
-_EXPECTED = {
-    "int64": "an integer",
-    "float64": "a finite number",
-    "string": "a string",
-    "bool": "true or false",
-    "list<int64>": "a list of integers",
-    "list<string>": "a list of strings",
-}
 
 
 @dataclass(frozen=True)
@@ -115,14 +101,6 @@ class ServeOptions:
             raise ValueError(f"--max-candidates must be >= 1, got {self.max_candidates}")
         if self.max_body_bytes < 1:
             raise ValueError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP ``status`` and a message naming the problem."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -200,34 +178,53 @@ class OnlineFeatures:
             response = self.store.get_online_features(features=self._refs, entity_rows=rows)
             return response.to_dict()
 
-    def frame(self, instances: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-        """``[N]`` checked instances -> ``[N]`` model input rows with ``columns`` (typed by
-        ``_typed``). A column an instance lacks: the online store's value for a served
+    def frame(self, batch: Batch, columns: list[str]) -> pd.DataFrame:
+        """``[N]`` checked candidates -> ``[N]`` model input rows with ``columns`` (typed
+        by ``_typed``). A value the request did not send: the online store's for a served
         column, else null."""
+        import numpy as np
+        import pandas as pd
+
         lookup = [c for c in columns if c in self.served]
-        rows = [i for i, row in enumerate(instances) if any(c not in row for c in lookup)]
-        online: dict[str, list] = {}
-        if rows:
-            keys = [{k: instances[i][k] for k in self.join_keys} for i in rows]
+        absent = {c: np.array(batch.absent(c), dtype=bool) for c in lookup}
+        rows = np.flatnonzero(np.logical_or.reduce(list(absent.values()))) if lookup else []
+        online: dict[str, np.ndarray] = {}
+        if len(rows):
+            keys = {k: _objects(batch.values(k))[rows] for k in self.join_keys}
+            names = list(keys)
+            entity_rows = [
+                dict(zip(names, row, strict=True)) for row in zip(*keys.values(), strict=True)
+            ]
             try:
-                online_rows = self.read(keys)
+                online_rows = self.read(entity_rows)
             except Exception as e:
                 log.exception("online feature read failed")
                 raise FeatureStoreUnavailable(
                     f"the online feature store failed ({type(e).__name__})"
                 ) from None
-            online = {c: online_rows[c] for c in lookup}
+            for c in lookup:
+                full = np.full(batch.n, None, dtype=object)
+                full[rows] = _objects(online_rows[c])
+                online[c] = full
         data = {}
         for column in columns:
-            values = [row.get(column) for row in instances]
+            values = batch.values(column)
             if column in online:
-                for j, i in enumerate(rows):
-                    if column not in instances[i]:
-                        values[i] = online[column][j]
+                merged = _objects(values)
+                take = absent[column]
+                merged[take] = online[column][take]
+                values = merged.tolist()
             data[column] = _typed(values, self.dtypes[column])
-        import pandas as pd
-
         return pd.DataFrame(data)
+
+
+def _objects(values: list) -> np.ndarray:
+    """A list of values (lists among them) as a 1-d object array."""
+    import numpy as np
+
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _typed(values: list, dtype: str) -> np.ndarray | pd.api.extensions.ExtensionArray:
@@ -253,84 +250,6 @@ def _typed(values: list, dtype: str) -> np.ndarray | pd.api.extensions.Extension
         element = pa.string() if dtype == "list<string>" else pa.int64()
         return pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.list_(element)))
     return np.array(values, dtype=object)
-
-
-# ------------------------------------------------------------------------------- requests
-
-
-def parse_instances(
-    body: bytes, dtypes: dict[str, str], join_keys: list[str], max_candidates: int
-) -> list[dict[str, Any]]:
-    """A KServe V1 request body -> its instances, each checked against the spec's ``dtypes``
-    (column -> a spec dtype: ``int64``, ``string``, ``list<int64>``, ...). RequestError
-    (400, 413, 422) naming the instance and field at fault."""
-
-    def no_constants(name: str) -> None:
-        raise ValueError(f"{name} is not valid JSON")
-
-    try:
-        payload = json.loads(body, parse_constant=no_constants)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
-        raise RequestError(400, f"the body is not valid JSON: {e}") from None
-    if not isinstance(payload, dict) or "instances" not in payload:
-        raise RequestError(422, 'expected a JSON object {"instances": [{...}, ...]}')
-    instances = payload["instances"]
-    if not isinstance(instances, list):
-        raise RequestError(422, f"instances: expected a list, got {_json_type(instances)}")
-    if not instances:
-        raise RequestError(422, "instances: empty; send 1 or more candidates")
-    if len(instances) > max_candidates:
-        raise RequestError(
-            413,
-            f"instances: {len(instances):,} candidates, more than the limit of "
-            f"{max_candidates:,} per request",
-        )
-    for i, row in enumerate(instances):
-        if not isinstance(row, dict):
-            raise RequestError(
-                422, f"instances[{i}]: expected an object of features, got {_json_type(row)}"
-            )
-        for key in join_keys:
-            if row.get(key) is None:
-                raise RequestError(422, f"instances[{i}].{key}: required (an entity key)")
-        for key, value in row.items():
-            dtype = dtypes.get(key)
-            if dtype is None:
-                raise RequestError(
-                    422, f"instances[{i}]: unknown field {key!r} (known: {', '.join(dtypes)})"
-                )
-            if value is not None and not _fits(value, dtype):
-                expected = _EXPECTED[dtype] + ("" if key in join_keys else " or null")
-                raise RequestError(
-                    422, f"instances[{i}].{key}: expected {expected}, got {_shown(value)}"
-                )
-    return instances
-
-
-def _fits(value: Any, dtype: str) -> bool:
-    """Whether a JSON value is one of ``dtype`` (bools are not numbers here)."""
-    if dtype == "int64":
-        return type(value) is int and _INT64[0] <= value <= _INT64[1]
-    if dtype == "float64":  # json reads 1e400 as inf
-        return (type(value) is float and math.isfinite(value)) or _fits(value, "int64")
-    if dtype == "string":
-        return type(value) is str
-    if dtype == "bool":
-        return type(value) is bool
-    element = dtype.removeprefix("list<").removesuffix(">")
-    return type(value) is list and all(_fits(v, element) for v in value)
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number")
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # -------------------------------------------------------------------------------- models
@@ -423,6 +342,8 @@ class ModelServer:
         self.options = options
         self.source = ModelSource(options.model)
         self.features = OnlineFeatures(options.feature_repo)
+        self.checks = RequestChecks(self.features.spec, options.max_candidates)
+        """What a request may send, checked against the feature spec."""
         self._own_cache = options.cache_dir is None
         self.cache_dir = Path(options.cache_dir or tempfile.mkdtemp(prefix="deepfm-serve-"))
         self._loaded: LoadedModel | None = None
@@ -440,6 +361,8 @@ class ModelServer:
         """Load the current model unless it is serving already; True when it was swapped
         in. On any failure the serving model stays, the error is kept in
         ``last_reload_error`` and raised."""
+        from serving import metrics
+
         with self._refresh_lock:
             try:
                 version, manifest_sha256, uri = self.source.current()
@@ -450,9 +373,11 @@ class ModelServer:
                 new = self._load(version, manifest_sha256, uri)
             except Exception as e:
                 self.last_reload_error = f"{type(e).__name__}: {e}"
+                metrics.RELOAD_FAILURES.labels(self.options.name).inc()
                 raise
             self._loaded = new  # the swap: requests read this reference once each
             self.last_reload_error = None
+            metrics.model_swapped(self.options.name, version, old.version if old else None)
         if old is not None:
             shutil.rmtree(old.model.path, ignore_errors=True)  # in memory: nothing reads it
         log.info(
@@ -467,6 +392,7 @@ class ModelServer:
         import numpy as np
 
         from model.export import load
+        from serving.checks import Batch
 
         into = self.cache_dir / f"{version}.{uuid.uuid4().hex[:8]}"
         try:
@@ -474,7 +400,7 @@ class ModelServer:
             model = load(into)  # checks every file against the manifest
             columns = model.cfg.input_columns()
             self.features.check_columns(columns, f"model {uri}")
-            canary = self.features.frame([dict.fromkeys(columns)], columns)
+            canary = self.features.frame(Batch(1, {c: [None] for c in columns}), columns)
             scores = model.predict(canary)
             if not np.isfinite(scores).all():
                 raise ValueError(f"model {uri} scores a row of missing values as {scores[0]}")
@@ -513,17 +439,32 @@ class ModelServer:
         elif self._loaded is not None:
             shutil.rmtree(self._loaded.model.path, ignore_errors=True)
 
-    def predict(self, body: bytes) -> dict[str, Any]:
-        """A request body -> the response ``{"predictions": [N], "model_name",
-        "model_version"}``. RequestError for a bad request or when no model is loaded;
+    def score(self, batch: Batch) -> tuple[np.ndarray, LoadedModel]:
+        """Checked candidates -> their ``[N]`` scores and the model that gave them (the one
+        serving when scoring starts). RequestError (503) when no model is loaded;
         FeatureStoreUnavailable when the online store fails."""
+        from serving import metrics
+
         loaded = self._loaded
         if loaded is None:
             raise RequestError(503, "no model is loaded yet")
-        instances = parse_instances(
-            body, self.features.dtypes, self.features.join_keys, self.options.max_candidates
-        )
-        scores = loaded.model.predict(self.features.frame(instances, loaded.columns))
+        try:
+            rows = self.features.frame(batch, loaded.columns)
+        except FeatureStoreUnavailable:
+            metrics.FEATURE_STORE_ERRORS.labels(self.options.name).inc()
+            raise
+        scores = loaded.model.predict(rows)
+        metrics.CANDIDATES.labels(self.options.name).inc(batch.n)
+        return scores, loaded
+
+    def predict(self, body: bytes) -> dict[str, Any]:
+        """A KServe V1 request body -> the response ``{"predictions": [N], "model_name",
+        "model_version"}``, as ``POST /v1/models/<name>:predict`` answers it. RequestError
+        for a bad request or when no model is loaded; FeatureStoreUnavailable when the
+        online store fails."""
+        if self._loaded is None:
+            raise RequestError(503, "no model is loaded yet")
+        scores, loaded = self.score(self.checks.v1(body))
         return {
             "predictions": scores.tolist(),
             "model_name": self.options.name,
@@ -555,91 +496,12 @@ class ModelServer:
 # ------------------------------------------------------------------------------ the app
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    from starlette.responses import JSONResponse
+def create_app(server: ModelServer) -> FastAPI:
+    """The ASGI app of ``server``: KServe's V1 and V2 endpoints and ``/metrics`` over a
+    ``kserve.Model`` (serving/kserve_app.py)."""
+    from serving.kserve_app import create_app as create
 
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    too_large = RequestError(413, f"the body is larger than the limit of {limit:,} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def create_app(server: ModelServer) -> Starlette:
-    """The ASGI app of ``server`` (routes in the module docstring)."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    name = server.options.name
-
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        loaded = server.loaded
-        if loaded is None:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True, "model_version": loaded.version})
-
-    async def models(request: Request) -> JSONResponse:
-        return JSONResponse({"models": [name]})
-
-    async def model(request: Request) -> JSONResponse:
-        model_name, colon, verb = request.path_params["target"].partition(":")
-        if model_name != name:
-            return _error(
-                404, f"model {model_name!r} is not served here; this server serves {name!r}"
-            )
-        if not colon:
-            if request.method not in ("GET", "HEAD"):
-                return _error(405, f"use GET /v1/models/{name}", {"Allow": "GET"})
-            metadata = server.metadata()
-            return JSONResponse(metadata, status_code=200 if metadata["ready"] else 503)
-        if verb != "predict":
-            return _error(404, f"unknown verb {verb!r}; use POST /v1/models/{name}:predict")
-        if request.method != "POST":
-            return _error(405, f"use POST /v1/models/{name}:predict", {"Allow": "POST"})
-        try:
-            body = await _read_body(request, server.options.max_body_bytes)
-            return JSONResponse(await run_in_threadpool(server.predict, body))
-        except RequestError as e:
-            return _error(e.status, str(e))
-        except FeatureStoreUnavailable as e:
-            return _error(503, str(e))
-        except Exception:
-            log.exception("predict failed")
-            return _error(500, "internal error; see the server log")
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, exc.detail, exc.headers)
-
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, "internal error; see the server log")
-
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/models/{target}", model, methods=["GET", "POST"]),
-        ],
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
-    )
+    return create(server)
 
 
 def bind(host: str, port: int) -> socket.socket:
