@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from kfp.dsl import HTML, Metrics
+from test_datasets import DATASETS, make_repo
 
 from components.validate import require_valid_data, validate
 from feature_repo.sample_data import generate
@@ -695,3 +696,58 @@ def test_as_spec_dtypes_leaves_what_does_not_fit_as_python_values():
     assert out["bad"].tolist() == [1, 1.5, None]  # an object column: GX names 1.5
     assert out["t"] is frame["t"] or out["t"].equals(frame["t"])  # not named: left as it is
     assert str(frame["i"].dtype) == "float64"  # the input is not changed
+
+
+# ------------------------------------------------------------- either example dataset
+
+
+@pytest.fixture(scope="module", params=DATASETS)
+def example(request, tmp_path_factory) -> Path:
+    """A feature repo of each example dataset, as `deepfm data generate` writes it."""
+    return make_repo(request.param, tmp_path_factory.mktemp(request.param), rows=3_000)
+
+
+def test_each_kind_of_bad_data_is_named_on_either_dataset(example, tmp_path, monkeypatch):
+    """The same bad inputs, chosen by their role in the dataset's own spec: a label outside
+    its values, a string outside its set, a number out of its range, a null join key, a
+    missing column; one run names every one."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    repo = shutil.copytree(example, tmp_path / "repo")
+    spec = load_spec(repo / SPEC_FILE)
+    events, label = spec.entity_rows, spec.label.name
+    first_view, *_, last_view = spec.feature_views.values()
+    profiles, last = first_view.source, last_view.source
+    key = spec.entities[first_view.entity].join_key
+    valued = next(f for f in spec.features if f.dtype == "string" and f.valid and f.valid.values)
+    ranged = next(
+        f for f in spec.view_features(first_view.name) if f.dtype == "int64" and f.valid.max
+    )
+    dropped = spec.view_features(last_view.name)[-1].name
+    assert valued.name not in (key, label, dropped) and ranged.name != key
+
+    def change(source: str, column: str, bad):
+        def edit_rows(df: pd.DataFrame) -> pd.DataFrame:
+            return df.assign(**{column: df[column].where(df.index != 3, bad)})
+
+        edit(repo, source, edit_rows)
+
+    change(events, label, 2)
+    change(valued.source, valued.name, "no_such_value")
+    change(profiles, ranged.name, ranged.valid.max + 3)
+    change(profiles, key, None)
+    edit(repo, last, lambda df: df.drop(columns=dropped))
+    ts = pd.read_parquet(spec.source_path(events, repo))[spec.timestamp]
+    with pytest.raises(DataValidationError) as info:
+        validate_sources(repo, ts.min(), ts.max() + pd.Timedelta(seconds=1), tmp_path / "docs")
+
+    def line(source, column, expectation):
+        return failure_line(info.value, source, column, expectation)
+
+    assert line(events, label, "expect_column_values_to_be_in_set {0, 1}").endswith("e.g. 2")
+    in_set = line(valued.source, valued.name, "expect_column_values_to_be_in_set")
+    assert "e.g. 'no_such_value'" in in_set
+    bounds = f"[{ranged.valid.min}, {ranged.valid.max}]"
+    between = line(profiles, ranged.name, f"expect_column_values_to_be_between {bounds}")
+    assert between.endswith(f"e.g. {ranged.valid.max + 3}")
+    assert "1 of" in line(profiles, key, "expect_column_values_to_not_be_null")
+    assert f"missing: {dropped}" in line(last, dropped, "expect_table_columns_to_match_set")
