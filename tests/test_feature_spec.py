@@ -39,7 +39,7 @@ RANGED, LIST_COL, TWO = NAMES[I_RANGED], NAMES[I_LIST], NAMES[I_TWO]
 VIEW = SPEC.feature(RANGED).view
 (OTHER_VIEW,) = (v for v in SPEC.feature_views if v != VIEW)
 EVENTS = SPEC.entity_rows
-(DENSE,) = (m.name for m in SPEC.model_features() if m.normalizer)
+EXAMPLE_SPECS = {"sample": "features.yaml", "retail": "retail_features.yaml"}
 
 
 def test_default_spec_is_the_file_beside_spec_py():
@@ -165,14 +165,22 @@ def test_a_config_cannot_both_derive_and_list_features(tmp_path):
         load_config(path)
 
 
-def test_model_section_is_a_valid_model_config():
+@pytest.fixture(params=EXAMPLE_SPECS)
+def example_spec(request) -> spec_module.FeatureSpec:
+    """The spec of each example dataset."""
+    return load_spec(REPO_DIR / EXAMPLE_SPECS[request.param])
+
+
+def test_model_section_is_a_valid_model_config(example_spec):
     config = yaml.safe_load(MODEL_CONFIG.read_text())
     config.pop("feature_spec")
-    section = SPEC.model_section()
+    section = example_spec.model_section()
     config.update(features=section["features"], feature_groups=section["feature_groups"])
-    config["data"] = {"group_key": SPEC.group_key}  # what training/config.py fills in
+    # what training/config.py fills in
+    config["data"] = {"group_key": example_spec.group_key, "label": section["label"]}
     cfg = config_from_dict(config)
-    assert [f.name for f in cfg.features] == [m.name for m in SPEC.model_features()]
+    assert [f.name for f in cfg.features] == [m.name for m in example_spec.model_features()]
+    assert cfg.data.label == example_spec.label.name
 
 
 def test_encoding_keys_are_feature_config_fields():
@@ -181,53 +189,58 @@ def test_encoding_keys_are_feature_config_fields():
     assert fields - set(spec_module.ENCODING_KEYS) == {"name", "column"}
 
 
-def _hand_written():
+def _hand_written(spec):
     """A model config that lists its features by hand, as the spec would derive them."""
-    return copy.deepcopy(SPEC.model_section())
+    return copy.deepcopy(spec.model_section())
 
 
-def test_check_model_config_accepts_the_derived_section():
-    config = _hand_written()
-    SPEC.check_model_config(config["features"], config["feature_groups"], "configs/deepfm.yaml")
+def test_check_model_config_accepts_the_derived_section(example_spec):
+    config = _hand_written(example_spec)
+    example_spec.check_model_config(config["features"], config["feature_groups"], "my.yaml")
 
 
-def _add_feature(config):
+# Each drift of a hand-written model config from a spec, and the message naming it.
+
+
+def _add_feature(spec, config):
     config["features"].append({"name": "hour", "type": "id", "num_buckets": 24})
+    return f"feature 'hour' is not in {spec.path.name}"
 
 
-def _drop_dense(config):
-    config["features"] = [f for f in config["features"] if f["name"] != DENSE]
-    config["feature_groups"]["deep"].remove(DENSE)
+def _drop_dense(spec, config):
+    dense = next(m.name for m in spec.model_features() if m.normalizer)
+    config["features"] = [f for f in config["features"] if f["name"] != dense]
+    config["feature_groups"]["deep"].remove(dense)
+    return f"feature '{dense}' of {spec.path.name} is missing"
 
 
-def _narrow_the_first(config):
-    config["features"][0]["embedding_dim"] = 8
+def _narrow_the_first(spec, config):
+    first = config["features"][0]
+    was, first["embedding_dim"] = first.get("embedding_dim"), 8
+    assert was != 8
+    return f"feature '{first['name']}'.embedding_dim is 8, {spec.path.name} says {was}"
 
 
-def _drop_from_fm(config):
-    config["feature_groups"]["fm"].remove(LIST_COL)
+def _drop_from_fm(spec, config):
+    listed = next(f.name for f in spec.features if f.dtype.startswith("list"))
+    config["feature_groups"]["fm"].remove(listed)
+    return f"feature '{listed}' is missing from feature_groups.fm"
 
 
-def _reorder_wide(config):
+def _reorder_wide(spec, config):
     wide = config["feature_groups"]["wide"]
     wide[0], wide[1] = wide[1], wide[0]
+    return "feature_groups.wide is ordered"
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (_add_feature, "feature 'hour' is not in features.yaml"),
-        (_drop_dense, f"feature '{DENSE}' of features.yaml is missing"),
-        (_narrow_the_first, f"feature '{NAMES[0]}'.embedding_dim is 8, features.yaml says 16"),
-        (_drop_from_fm, f"feature '{LIST_COL}' is missing from feature_groups.fm"),
-        (_reorder_wide, "feature_groups.wide is ordered"),
-    ],
+    "change", [_add_feature, _drop_dense, _narrow_the_first, _drop_from_fm, _reorder_wide]
 )
-def test_check_model_config_names_the_drifted_feature(change, message):
-    config = _hand_written()
-    change(config)
-    with pytest.raises(SpecError, match=f"^configs/deepfm.yaml: {message}"):
-        SPEC.check_model_config(config["features"], config["feature_groups"], "configs/deepfm.yaml")
+def test_check_model_config_names_the_drifted_feature(example_spec, change):
+    config = _hand_written(example_spec)
+    message = change(example_spec, config)
+    with pytest.raises(SpecError, match=f"^my.yaml: {message}"):
+        example_spec.check_model_config(config["features"], config["feature_groups"], "my.yaml")
 
 
 def test_spec_module_does_not_import_feast():
