@@ -85,6 +85,8 @@ class TrainResult:
     global_step: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
+    best_epoch: int = 0  # the epoch whose weights were kept (1-based; 0: none trained)
+    rows_valid: int = 0  # rows of the validation split (0: none)
 
     @property
     def samples_per_s(self) -> float:
@@ -158,6 +160,27 @@ def time_split(
     if cut <= 0 or cut >= len(df):
         raise ValueError(f"a time split of {len(df)} rows leaves one side empty")
     return df.iloc[order[:cut]].reset_index(drop=True), df.iloc[order[cut:]].reset_index(drop=True)
+
+
+def validation_split(cfg: Config, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training rows without and with the validation split: the last
+    ``train.validation_fraction`` of ``df`` by ``data.timestamp`` (by row order when the
+    config names no timestamp)."""
+    frac = cfg.train.validation_fraction
+    ts = cfg.data.timestamp
+    if ts:
+        if ts not in df.columns:
+            raise ValueError(
+                f"data.timestamp: column {ts!r} is not in the training data (the validation "
+                "split of train.validation_fraction needs it)"
+            )
+        return time_split(df, ts, frac)
+    cut = int(round(len(df) * (1.0 - frac)))
+    if cut <= 0 or cut >= len(df):
+        raise ValueError(
+            f"train.validation_fraction: {frac} of {len(df)} training rows leaves one side empty"
+        )
+    return df.iloc[:cut].reset_index(drop=True), df.iloc[cut:].reset_index(drop=True)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -279,7 +302,8 @@ class _Progress:
     step_in_epoch: int = 0  # steps done in the current epoch
     global_step: int = 0
     history: list[dict] = field(default_factory=list)  # one record per epoch done
-    best: tuple[float, dict] | None = None  # the best eval score and its weights
+    best: tuple[float, dict] | None = None  # the best validation score and its weights
+    best_epoch: int = 0  # the epoch (1-based) of ``best``
 
 
 @dataclass
@@ -303,6 +327,8 @@ class _Run:
     sync_sparse: _SparseGradSync | None = None
     train_seconds: float = 0.0
     train_samples: int = 0
+    validation_split: bool = False  # a validation split was held out of the training rows
+    last_checkpoint: float = field(default_factory=time.monotonic)
 
 
 # ------------------------------------------------------------------------- train
@@ -313,6 +339,7 @@ def train(
     train_df: pd.DataFrame,
     eval_df: pd.DataFrame | None = None,
     *,
+    valid_df: pd.DataFrame | None = None,
     model_dir: str | Path | None = None,
     device: str = "cpu",
     resume: bool = False,
@@ -320,9 +347,12 @@ def train(
 ) -> TrainResult:
     """Fit encoders on ``train_df``, train DeepFM, evaluate on ``eval_df`` after each epoch.
 
-    Stops early when the eval AUC has not improved for ``train.early_stop_patience`` epochs
-    and keeps the best epoch's weights. Checkpoints go to ``model_dir/checkpoints`` every
-    ``train.save_checkpoints_steps`` steps; ``resume=True`` continues from the latest one.
+    With ``train.num_epochs > 1`` a validation split picks the epoch: ``valid_df``, or the
+    last ``train.validation_fraction`` of ``train_df`` by time (``validation_split``; never
+    ``eval_df``). Training stops when its AUC has not improved for
+    ``train.early_stop_patience`` epochs and the best epoch's weights are kept.
+    Checkpoints go to ``model_dir/checkpoints`` every ``train.save_checkpoints_steps``
+    steps and at each epoch end; ``resume=True`` continues from the latest one.
     Raises FloatingPointError when the loss becomes NaN or infinite.
 
     ``progress`` (process of rank 0 only): log to stderr through the ``deepfm.train`` logger
@@ -335,6 +365,11 @@ def train(
     if progress and rank == 0:
         _log_to_stderr()
     torch.manual_seed(tc.seed)
+    split = tc.num_epochs > 1 and tc.validation_fraction > 0
+    if resume and model_dir is not None:
+        split = _checkpoint_split(model_dir, split)  # as the run being resumed did
+    if valid_df is None and split:
+        train_df, valid_df = validation_split(cfg, train_df)
     encoder = FeatureEncoder(cfg).fit(train_df)
     train_data = encode_dataset(cfg, encoder, train_df, "the training data").to(dev)
     eval_data = (
@@ -342,33 +377,44 @@ def train(
         if eval_df is not None
         else None
     )
+    valid_data = (
+        encode_dataset(cfg, encoder, valid_df, "the validation split")
+        if valid_df is not None
+        else None
+    )
     log.info(
         f"encoded {len(train_data):,} training rows"
+        + (f", {len(valid_data):,} validation rows" if valid_data else "")
         + (f", {len(eval_data):,} eval rows" if eval_data else "")
     )
     run = _build_run(cfg, encoder, dev, rank, world, model_dir, progress and _stderr_is_tty())
+    run.validation_split = valid_data is not None
     if resume and run.ckpt_root is not None:
         _resume(run)
     run.forward, run.sync_sparse = _training_forward(run)
 
     run.model.train()
-    for epoch in range(run.at.epoch, tc.num_epochs):
+    stopped = run.at.epoch < tc.num_epochs and _no_recent_improvement(run)
+    for epoch in range(run.at.epoch, tc.num_epochs if not stopped else run.at.epoch):
         record = _train_epoch(run, train_data, epoch)
+        if valid_data is not None:
+            record.update(_validate_epoch(run, valid_data, epoch))
         if eval_data is not None:
             record.update(_evaluate_epoch(run, eval_data, epoch))
         run.at.history.append(record)
         run.at.epoch, run.at.step_in_epoch = epoch + 1, 0
-        if tc.save_checkpoints_steps:
-            _checkpoint(run)
-        if eval_data is not None and _no_recent_improvement(run):
+        _checkpoint(run)
+        if _no_recent_improvement(run):
             log.info(
-                f"early stop after epoch {epoch + 1}: eval AUC has not improved for "
-                f"{tc.early_stop_patience} epoch(s)"
+                f"early stop after epoch {epoch + 1}: validation AUC has not improved for "
+                f"{tc.early_stop_patience} epoch(s); keeping epoch {run.at.best_epoch}"
             )
             break
     model = run.model
+    best_epoch = run.at.epoch
     if run.at.best is not None:
         model.load_state_dict(run.at.best[1])
+        best_epoch = run.at.best_epoch
     metrics = evaluate(cfg, model, eval_data)[0] if eval_data is not None else {}
     return TrainResult(
         model,
@@ -378,6 +424,8 @@ def train(
         run.at.global_step,
         run.train_seconds,
         run.train_samples,
+        best_epoch=best_epoch,
+        rows_valid=0 if valid_data is None else len(valid_data),
     )
 
 
@@ -505,13 +553,67 @@ def _compiled_forward(model: DeepFM) -> Callable:
 # ------------------------------------------------------------------------ resume
 
 
+def _checkpoint_split(model_dir: str | Path, default: bool) -> bool:
+    """Whether the run whose latest checkpoint is in ``model_dir`` held out a validation
+    split (``default`` without a checkpoint, or one from before the split was recorded)."""
+    ckpt = latest_checkpoint(model_dir)
+    if ckpt is None:
+        return default
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    return bool(state.get("validation_split", default))
+
+
+# what a checkpoint's weights and optimizer states depend on: a resume must not change them
+_RESUME_KEYS = ("features", "feature_groups", "model")
+_RESUME_TRAIN_KEYS = ("sparse_optimizer.type", "dense_optimizer.type")
+
+
+def _changed_setting(saved: dict, now: dict) -> str | None:
+    """The first dotted setting that differs between a checkpoint's config and this run's
+    (only those the weights and optimizer states depend on), as one line, or None."""
+
+    def leaves(value, key: str):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from leaves(v, f"{key}.{k}" if key else k)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                yield from leaves(v, f"{key}[{i}]")
+        else:
+            yield key, value
+
+    def pick(cfg: dict) -> dict:
+        out = {k: cfg.get(k) for k in _RESUME_KEYS}
+        for dotted in _RESUME_TRAIN_KEYS:
+            node = cfg.get("train", {})
+            for part in dotted.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            out[f"train.{dotted}"] = node
+        return out
+
+    old, new = dict(leaves(pick(saved), "")), dict(leaves(pick(now), ""))
+    for key in list(old) + [k for k in new if k not in old]:
+        if old.get(key) != new.get(key):
+            return f"{key} changed from {old.get(key)!r} to {new.get(key)!r}"
+    return None
+
+
 def _resume(run: _Run) -> None:
     """Load the latest checkpoint of ``run.ckpt_root``, if any: weights, optimizers and
-    progress. Refuses one written for other data (other feature encoders)."""
+    progress. Refuses one written with other model settings (naming the first that changed)
+    or for other data (other feature encoders)."""
     ckpt = latest_checkpoint(run.ckpt_root)
     if ckpt is None:
         return
     state = torch.load(ckpt, map_location=run.dev, weights_only=True)
+    if "config" in state:
+        now = json.loads(json.dumps(run.cfg.to_dict()))
+        changed = _changed_setting(state["config"], now)
+        if changed:
+            raise ValueError(
+                f"{changed} since the checkpoint {ckpt}; resume with the same settings or "
+                "start afresh with --overwrite"
+            )
     if state["encoders"] != json.loads(json.dumps(run.encoder.state())):
         raise ValueError(f"{ckpt}: was trained on other data (feature encoders differ)")
     run.model.load_state_dict(state["model"])
@@ -524,6 +626,7 @@ def _resume(run: _Run) -> None:
         global_step=state["global_step"],
         history=state["history"],
         best=None if best is None else (best["score"], best["model"]),
+        best_epoch=state.get("best_epoch", 0),
     )
     log.info(f"resumed from {ckpt} (epoch {run.at.epoch + 1}, step {run.at.global_step})")
 
@@ -531,6 +634,7 @@ def _resume(run: _Run) -> None:
 def _checkpoint(run: _Run) -> None:
     """Write ``ckpt-<global_step>.pt`` (rank 0, with a model directory): weights,
     optimizers, progress, best epoch."""
+    run.last_checkpoint = time.monotonic()
     if run.rank != 0 or run.ckpt_root is None:
         return
     at = run.at
@@ -546,6 +650,9 @@ def _checkpoint(run: _Run) -> None:
             "global_step": at.global_step,
             "history": json.loads(json.dumps(at.history)),
             "best": None if at.best is None else {"score": at.best[0], "model": at.best[1]},
+            "best_epoch": at.best_epoch,
+            "validation_split": run.validation_split,
+            "config": json.loads(json.dumps(run.cfg.to_dict())),
         },
     )
 
@@ -611,8 +718,7 @@ def _train_epoch(run: _Run, data: EncodedDataset, epoch: int) -> dict:
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(epoch_loss) / done:.5f}", refresh=False)
                     bar.update(min(seen, samples) - bar.n)
-            save = tc.save_checkpoints_steps
-            if save and run.at.global_step % save == 0 and not last:
+            if not last and _checkpoint_due(run):
                 run.at.step_in_epoch = step + 1
                 _checkpoint(run)
     if dev.type == "cuda":
@@ -626,6 +732,19 @@ def _train_epoch(run: _Run, data: EncodedDataset, epoch: int) -> dict:
         "train_seconds": seconds,
         "train_samples_per_s": samples / max(seconds, 1e-9),
     }
+
+
+def _checkpoint_due(run: _Run) -> bool:
+    """Every ``train.save_checkpoints_steps`` steps or ``save_checkpoints_secs`` seconds
+    since the last checkpoint, whichever comes first (rank 0's clock decides under DDP:
+    only rank 0 writes, and nothing here is collective)."""
+    tc = run.cfg.train
+    if run.ckpt_root is None:
+        return False
+    if tc.save_checkpoints_steps and run.at.global_step % tc.save_checkpoints_steps == 0:
+        return True
+    secs = tc.save_checkpoints_secs
+    return bool(secs) and time.monotonic() - run.last_checkpoint >= secs
 
 
 def _epoch_shuffle(
@@ -698,26 +817,42 @@ def _epoch_bar(run: _Run, epoch: int, samples: int) -> Iterator[tqdm | None]:
 
 
 def _evaluate_epoch(run: _Run, eval_data: EncodedDataset, epoch: int) -> dict:
-    """Evaluate after an epoch -> its ``eval_*`` metrics; remember the best weights (by
-    AUC, or -MSE for regression)."""
+    """Evaluate after an epoch -> its ``eval_*`` metrics (reported, never used to choose)."""
     metrics, _ = evaluate(run.cfg, run.model, eval_data)
     log.info(
         "epoch {} eval {}".format(epoch + 1, " ".join(f"{k}={v:.5f}" for k, v in metrics.items()))
     )
-    current = metrics.get("auc", -metrics.get("mse", 0.0))
-    if run.at.best is None or current > run.at.best[0]:
-        weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        run.at.best = (current, weights)
     return {f"eval_{k}": v for k, v in metrics.items()}
 
 
+def _validate_epoch(run: _Run, valid_data: EncodedDataset, epoch: int) -> dict:
+    """Score the validation split after an epoch -> its ``valid_*`` metrics; remember the
+    best weights (by AUC, or -MSE for regression; the earlier epoch on a tie)."""
+    metrics, _ = evaluate(run.cfg, run.model, valid_data)
+    log.info(
+        "epoch {} validation {}".format(
+            epoch + 1, " ".join(f"{k}={v:.5f}" for k, v in metrics.items())
+        )
+    )
+    current = _selection_score(metrics)
+    if run.at.best is None or current > run.at.best[0]:
+        weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.at.best, run.at.best_epoch = (current, weights), epoch + 1
+    return {f"valid_{k}": v for k, v in metrics.items()}
+
+
+def _selection_score(metrics: dict) -> float:
+    """What picks the epoch: the AUC, or -MSE (regression); NaN (one class) never wins."""
+    value = metrics.get("auc", -metrics.get("mse", math.inf))
+    return value if math.isfinite(value) else -math.inf
+
+
 def _no_recent_improvement(run: _Run) -> bool:
-    """True when none of the last ``train.early_stop_patience`` epochs beat the best."""
-    patience, history, best = run.cfg.train.early_stop_patience, run.at.history, run.at.best
-    if best is None or len(history) <= patience:
+    """True when the best validated epoch is ``train.early_stop_patience`` or more epochs
+    behind the last one."""
+    if run.at.best is None:
         return False
-    recent = [h.get("eval_auc", -h.get("eval_mse", 0.0)) for h in history[-patience:]]
-    return max(recent) < best[0]
+    return run.at.epoch - run.at.best_epoch >= run.cfg.train.early_stop_patience
 
 
 # ----------------------------------------------------------------------- logging

@@ -114,14 +114,18 @@ def test_train_writes_a_model_directory_and_prints_a_summary(trained, split):
     model_dir, summary = trained
     assert summary["model_dir"] == str(model_dir.resolve())
     assert summary["count"] == len(split[1]) == 2_000
-    assert summary["global_step"] == 36  # ceil(18,000 / 512)
+    # the config's up-to-10 epochs with early stopping: 10% of the 18,000 training rows
+    # pick the epoch, so each epoch is ceil(16,200 / 512) = 32 steps
+    epochs = summary["epochs_run"]
+    assert summary["rows_valid"] == 1_800 and 1 <= summary["best_epoch"] < epochs <= 10
+    assert summary["global_step"] == 32 * epochs
     assert 0.5 < summary["auc"] < 1
     model = load(model_dir)
     assert model.cfg.model.deep.hidden_units == [32, 16]  # --set reached the config
     assert model.cfg.train.batch_size == 512
     assert model.metrics["auc"] == pytest.approx(summary["auc"], abs=1e-6)
-    assert model.metrics["global_step"] == 36
-    assert [h["epoch"] for h in model.metrics["history"]] == [1]
+    assert model.metrics["global_step"] == 32 * epochs
+    assert [h["epoch"] for h in model.metrics["history"]] == list(range(1, epochs + 1))
 
 
 def test_the_train_component_and_the_cli_write_the_same_metrics(generated, trained, tmp_path):

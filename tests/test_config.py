@@ -99,8 +99,8 @@ def test_example_config_loads_with_its_values():
     assert cfg.model.wide_embedding_dim == 4
     assert cfg.model.losses[0].kind == "binary_cross_entropy"
     t = cfg.train
-    assert (t.batch_size, t.num_epochs, t.seed) == (1024, 1, 42)
-    assert (t.sparse_optimizer.type, t.sparse_optimizer.lr) == ("adagrad", 0.02)
+    assert (t.batch_size, t.num_epochs, t.seed) == (1024, 10, 42)  # early stopping picks
+    assert (t.sparse_optimizer.type, t.sparse_optimizer.lr) == ("adam", 0.001)
     assert (t.dense_optimizer.type, t.dense_optimizer.lr) == ("adam", 0.001)
     # every column of the sample's flat table except the label and the time
     sample_columns = set(SPEC.columns()) - {SPEC.label.name, SPEC.timestamp}
@@ -205,7 +205,7 @@ def test_unknown_key_names_the_dotted_key(base, edit, key, tmp_path):
         (lambda d: d["features"][14].update(boundaries="5,10"), "features[14].boundaries", "list"),
         (lambda d: d["train"].update(sparse_optimizer="adagrad"), "train.sparse_optimizer", "map"),
         (
-            lambda d: d["train"]["sparse_optimizer"].update(type="adam"),
+            lambda d: d["train"]["sparse_optimizer"].update(type="adamax"),
             "train.sparse_optimizer.type",
             "one of",
         ),

@@ -47,6 +47,10 @@ PROFILE_INTS = [f.name for f in SPEC.view_features(PROFILE_VIEW) if f.dtype == "
 AD_INTS = [f.name for f in SPEC.view_features(AD_VIEW) if f.dtype == "int64"]
 CONFIG = ROOT / "configs" / "deepfm.yaml"
 SMALL = {"model.deep.hidden_units": [32, 16], "train.batch_size": 512, "train.num_threads": 1}
+# one epoch, no validation split, checkpoints only where a test asks (the config's defaults
+# are up to 10 epochs with early stopping on a validation split: tests/test_early_stopping.py)
+SMALL.update({"train.num_epochs": 1, "train.validation_fraction": 0.0})
+SMALL.update({"train.save_checkpoints_steps": 0})
 # Resume tests leave out normalized_entropy: see test_resume_after_an_evaluated_epoch.
 NO_NE = {"model.metrics": ["auc", "logloss"]}
 
@@ -378,7 +382,9 @@ class _Interrupt(Exception):
     pass
 
 
-def _interrupted_run(cfg, train_df, eval_df, model_dir: Path, stop_at: int, monkeypatch) -> None:
+def _interrupted_run(
+    cfg, train_df, eval_df, model_dir: Path, stop_at: int, monkeypatch, valid_df=None
+) -> None:
     """Train until the checkpoint of global step ``stop_at`` is written, then crash."""
     real = train_module._save_checkpoint
 
@@ -390,7 +396,7 @@ def _interrupted_run(cfg, train_df, eval_df, model_dir: Path, stop_at: int, monk
     with monkeypatch.context() as m:
         m.setattr(train_module, "_save_checkpoint", save_then_stop)
         with pytest.raises(_Interrupt):
-            train(cfg, train_df, eval_df, model_dir=model_dir, progress=False)
+            train(cfg, train_df, eval_df, valid_df=valid_df, model_dir=model_dir, progress=False)
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -494,8 +500,9 @@ def test_resume_after_an_evaluated_epoch_with_the_default_metrics(small, tmp_pat
 def test_early_stopping_keeps_the_best_epoch(learnable):
     # this sample overfits after the first epoch (the one-epoch phenomenon)
     cfg = config(**dotted(train__batch_size=256, train__num_epochs=5, train__early_stop_patience=1))
-    result = train(cfg, *learnable, progress=False)
-    aucs = [h["eval_auc"] for h in result.history]
+    # the eval rows also serve as the validation split that picks the epoch
+    result = train(cfg, *learnable, valid_df=learnable[1], progress=False)
+    aucs = [h["valid_auc"] for h in result.history]
     assert len(aucs) == 2 < cfg.train.num_epochs  # stopped after one epoch without gain
     assert aucs[1] < aucs[0]
     assert result.metrics["auc"] == max(aucs) == aucs[0]
@@ -518,8 +525,8 @@ def overfitting_config(**extra):
 
 
 def test_without_early_stop_all_epochs_run_and_the_best_weights_are_kept(small):
-    result = train(overfitting_config(), *small, progress=False)
-    aucs = [h["eval_auc"] for h in result.history]
+    result = train(overfitting_config(), *small, valid_df=small[1], progress=False)
+    aucs = [h["valid_auc"] for h in result.history]
     assert len(aucs) == 3
     assert aucs[0] > aucs[1] and aucs[0] > aucs[2]
     assert result.metrics["auc"] == aucs[0]
@@ -528,9 +535,10 @@ def test_without_early_stop_all_epochs_run_and_the_best_weights_are_kept(small):
 def test_resume_keeps_the_best_epoch_from_before_the_interruption(small, tmp_path, monkeypatch):
     cfg = overfitting_config(**dotted(train__save_checkpoints_steps=20))
     out = tmp_path / "model"
-    _interrupted_run(cfg, *small, out, 80, monkeypatch)  # epoch 2 of 3 (63 steps per epoch)
-    resumed = train(cfg, *small, model_dir=out, resume=True, progress=False)
-    aucs = [h["eval_auc"] for h in resumed.history]
+    # epoch 2 of 3 (63 steps per epoch); the eval rows also pick the epoch
+    _interrupted_run(cfg, *small, out, 80, monkeypatch, valid_df=small[1])
+    resumed = train(cfg, *small, valid_df=small[1], model_dir=out, resume=True, progress=False)
+    aucs = [h["valid_auc"] for h in resumed.history]
     assert len(aucs) == 3
     assert resumed.metrics["auc"] == max(aucs) == aucs[0]
 

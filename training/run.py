@@ -9,6 +9,7 @@ model directory and returns the summary that is also its ``metrics.json``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
     Returns the summary, the same dict as the directory's ``metrics.json``: the final
     evaluation metrics (``auc``, ``logloss``, ``grouped_auc``, ``count``, ... ; none
     without evaluation data) plus ``train_samples_per_s``, ``global_step``,
-    ``epochs_run``, ``rows_train``, ``rows_eval`` and the per-epoch ``history``. Under
+    ``epochs_run``, ``best_epoch`` (the epoch whose weights were kept), ``rows_train``,
+    ``rows_valid`` (of those, the validation split that chose the epoch, not trained on),
+    ``rows_eval`` and the per-epoch ``history``. Under
     ``torchrun`` (DDP) only rank 0 writes the directory; the other ranks return None.
 
     Raises:
@@ -121,6 +124,15 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
         check_columns(cfg, eval_df.columns, "the evaluation data")
     overwrite = request.overwrite or request.resume
     _prepare_model_dir(Path(request.model_dir), overwrite, request.resume)
+    if request.resume and os.environ.get("RANK", "0") == "0":
+        from model.train import CHECKPOINT_DIR, latest_checkpoint
+
+        if latest_checkpoint(request.model_dir) is None:
+            print(
+                f"resume: no checkpoint in {Path(request.model_dir) / CHECKPOINT_DIR}; "
+                "training from the start",
+                file=sys.stderr,
+            )
     import torch.distributed as dist  # loaded by the model package already
 
     try:
@@ -139,7 +151,9 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
             "train_samples_per_s": result.samples_per_s,
             "global_step": result.global_step,
             "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
             "rows_train": len(train_df),
+            "rows_valid": result.rows_valid,
             "rows_eval": 0 if eval_df is None else len(eval_df),
             "history": result.history,
         }
