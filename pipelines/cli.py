@@ -453,9 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_features_parser(sub)
     _add_pipeline_parser(sub)
+    from serving.rollout import add_rollout_parser
     from serving.server import add_serve_parser
 
     add_serve_parser(sub)
+    add_rollout_parser(sub)
     return parser
 
 
