@@ -787,3 +787,169 @@ def test_cli(case: Case, ws: Workspace, monkeypatch):
         assert culprit in message, message
     assert tree_hash(ws.root) == before
     assert not list(ws.models.rglob("pwned"))
+
+
+# ------------------------------------------------------------------- library cases
+# Steps of the pipeline that have no command of their own (validation, the registry, the
+# gate): the error they raise is classified as main() would print it.
+
+
+def _frames(repo: Path) -> tuple[dict[str, pd.DataFrame], pd.Timestamp, pd.Timestamp]:
+    from validation.validate import read_sources
+
+    events = pd.read_parquet(SPEC.source_path(SPEC.entity_rows, repo))
+    start, end = events[SPEC.timestamp].min(), events[SPEC.timestamp].max() + pd.Timedelta("1s")
+    return read_sources(SPEC, repo, start, end), start, end
+
+
+def _feature_source(name: str) -> str:
+    return SPEC.feature(name).source or SPEC.entity_rows
+
+
+def _damaged(frames: dict, column: str, value) -> dict:
+    source = _feature_source(column)
+    frame = frames[source].copy()
+    frame[column] = frame[column].astype(object)
+    frame.iloc[0, frame.columns.get_loc(column)] = value
+    return {**frames, source: frame}
+
+
+def _dropped(frames: dict, column: str) -> dict:
+    source = _feature_source(column)
+    return {**frames, source: frames[source].drop(columns=[column])}
+
+
+# name -> (frames -> damaged frames, the culprit named)
+VALIDATION_CASES = {
+    "label-2": (lambda f: _damaged(f, NAMES["label"], 2), NAMES["label"]),
+    "label-null": (lambda f: _damaged(f, NAMES["label"], None), NAMES["label"]),
+    "key-null": (lambda f: _damaged(f, NAMES["key"], None), NAMES["key"]),
+    "context-not-in-value-set": (
+        lambda f: _damaged(f, NAMES["context"], "bogus"),
+        NAMES["context"],
+    ),
+    "numeric-below-min": (lambda f: _damaged(f, NAMES["num"], -5000.0), NAMES["num"]),
+    "numeric-column-missing": (lambda f: _dropped(f, NAMES["num"]), NAMES["num"]),
+    "id-column-missing": (lambda f: _dropped(f, NAMES["idf"]), NAMES["idf"]),
+}
+
+
+@pytest.mark.parametrize("name", list(VALIDATION_CASES))
+def test_validation(name: str, ws: Workspace, tmp_path):
+    from validation.validate import validate_frames
+
+    damage, culprit = VALIDATION_CASES[name]
+    before = tree_hash(ws.root)
+    frames, start, end = _frames(ws.repo)
+    status, line = classified(
+        lambda: validate_frames(SPEC, damage(frames), start, end, tmp_path / "docs")
+    )
+    assert status == 2
+    assert culprit in line, line
+    assert tree_hash(ws.root) == before
+
+
+@pytest.fixture(scope="module")
+def registry(ws: Workspace) -> Path:
+    """A destination holding the fixture model as its current model; and a copy whose
+    CURRENT.json is damaged."""
+    from registry.model_registry import push_model
+
+    dest = ws.root / "registry"
+    push_model(ws.models / "good", dest, "v1")
+    broken = ws.root / "registry_broken"
+    shutil.copytree(dest, broken)
+    (broken / "CURRENT.json").write_text('{"version": ')
+    return dest
+
+
+def _push(model: str, dest: str, **kw):
+    from registry.model_registry import push_model
+
+    return lambda w: push_model(w.models / model, dest.format(**w.names()), **kw)
+
+
+def _fetch(dest: str, **kw):
+    from registry.model_registry import fetch_model
+
+    return lambda w: fetch_model(dest.format(**w.names()), w.out / "fetched", **kw)
+
+
+def _current(dest: str):
+    from registry.model_registry import read_current
+
+    return lambda w: read_current(dest.format(**w.names()))
+
+
+def _check(dest: str):
+    from registry.model_registry import check_destination
+
+    return lambda w: check_destination(dest.format(**w.names()))
+
+
+def _gate(*args):
+    from evaluation.gate import gate
+
+    return lambda w: gate(*args)
+
+
+def _evaluate(data: str):
+    from evaluation.evaluate import evaluate_model
+
+    return lambda w: evaluate_model(w.models / "good", w.data / data, "", 0.5, 0.01)
+
+
+# name -> (a call that must fail, the culprit its message names)
+REGISTRY_CASES = {
+    "push-s3": (_push("good", "s3://bucket/deepfm"), "s3://bucket/deepfm"),
+    "push-manifest-escape": (_push("manifest_escape", "{out}/reg"), "../other/weights.pt"),
+    "push-manifest-truncated": (_push("manifest_truncated", "{out}/reg"), "MANIFEST.json"),
+    "push-changed-file": (_push("changed_metrics", "{out}/reg"), "metrics.json"),
+    "push-not-a-model": (_push("empty", "{out}/reg"), "MANIFEST.json"),
+    "push-version-dotdot": (_push("good", "{out}/reg", version=".."), ".."),
+    "push-version-slash": (_push("good", "{out}/reg", version="a/b"), "a/b"),
+    "push-metric-nan": (_push("good", "{out}/reg", metrics={"auc": float("nan")}), "auc"),
+    "push-under-a-file": (_push("good", "{data}/a_file/reg"), "a_file"),
+    "fetch-no-current": (_fetch("{out}/nothing"), "nothing"),
+    "fetch-unknown-version": (_fetch("{ws}/registry", version="v9"), "v9"),
+    "current-damaged": (_current("{ws}/registry_broken"), "CURRENT.json"),
+    "destination-s3": (_check("s3://bucket/x"), "--push-destination"),
+    "destination-gs-no-bucket": (_check("gs://"), "--push-destination"),
+    "destination-gs-bad-bucket": (_check("gs://UPPER_case/x"), "UPPER_case"),
+    "destination-empty": (_check(""), "--push-destination"),
+    "destination-under-a-file": (_check("{data}/a_file/reg"), "--push-destination"),
+    "gate-min-auc-nan": (_gate(0.8, None, float("nan"), 0.01), "min_auc"),
+    "gate-max-drop-inf": (_gate(0.8, 0.7, 0.5, float("inf")), "max_auc_drop"),
+    "evaluate-one-class": (_evaluate("one_class_0.parquet"), NAMES["label"]),
+    "evaluate-empty": (_evaluate("empty.parquet"), "empty.parquet"),
+}
+
+
+@pytest.mark.parametrize("name", list(REGISTRY_CASES))
+def test_registry_and_gate(name: str, ws: Workspace, registry: Path):
+    call, culprit = REGISTRY_CASES[name]
+    before = tree_hash(ws.root)
+    status, line = classified(lambda: call(ws))
+    assert status == 2, line
+    assert culprit.format(**ws.names()) in line, line
+    assert "\n" not in line
+    assert tree_hash(ws.root) == before
+
+
+@pytest.mark.parametrize(
+    ("auc", "baseline", "reason"),
+    [
+        (float("nan"), None, "candidate's AUC is undefined"),
+        (float("nan"), 0.7, "candidate's AUC is undefined"),
+        (None, None, "candidate's AUC is undefined"),
+        (0.9, float("nan"), "blessed model's AUC is undefined"),
+        (float("inf"), None, "candidate's AUC is undefined"),
+    ],
+)
+def test_the_gate_never_blesses_an_undefined_auc(auc, baseline, reason):
+    from evaluation.gate import gate
+
+    blessed, why = gate(auc, baseline, 0.5, 0.01)
+    assert blessed is False
+    assert reason in why
+    assert gate(0.9, 0.7, 0.5, 0.01)[0] is True  # the same thresholds bless a number
