@@ -544,10 +544,11 @@ def serve(
         server = ModelServer(options)
         try:
             server.refresh()
+            app = create_app(server)  # before listening: importing kserve takes seconds
             sock = bind(host, port)
             server.start_polling()
             config = uvicorn.Config(
-                create_app(server),
+                app,
                 lifespan="off",
                 access_log=access_log,
                 timeout_graceful_shutdown=30,
@@ -598,7 +599,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
     which raises ValueError naming the flag, file or column at fault."""
     defaults = ServeOptions(model="")
     serve_parser = subparsers.add_parser(
-        "serve", help="score candidates over HTTP (KServe V1) with the current model"
+        "serve", help="score candidates over HTTP (KServe V1 and V2) with the current model"
     )
     serve_parser.add_argument(
         "--model",
