@@ -12,8 +12,6 @@ literals. The model files are the committed ``tests/fixtures/model_dir_v1`` (and
 copies of it): no case trains a model. Cases that train would fail before training.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import io
@@ -1078,3 +1076,120 @@ def test_serving_scores_the_good_instance(http):
     response = http.post(PREDICT_PATH, content=_body(_instance()))
     assert response.status_code == 200, response.text
     assert 0.0 < response.json()["predictions"][0] < 1.0
+
+
+# ------------------------------------------------------------------------- KFP client
+# deepfm pipeline upload | run | schedule against the in-memory KFP API
+# (tests/fake_kfp_server.py): bad input is refused before any request; an API refusal is
+# one line naming the host and the status.
+
+
+@pytest.fixture(scope="module")
+def toy_package(tmp_path_factory) -> Path:
+    from kfp import compiler, dsl
+
+    @dsl.component(base_image="python:3.11")
+    def step(day: str, lr: float) -> float:
+        return lr
+
+    @dsl.pipeline(name="toy-bad-inputs")
+    def toy(day: str, lr: float = 0.01):
+        step(day=day, lr=lr)
+
+    path = tmp_path_factory.mktemp("kfp") / "toy.yaml"
+    compiler.Compiler().compile(toy, str(path))
+    return path
+
+
+@pytest.fixture
+def kfp_env(tmp_path, monkeypatch):
+    """No KFP setting of the machine; a token from the environment, as in a cluster."""
+    import kfp
+
+    from pipelines.kfp_client import TOKEN_ENV
+
+    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TOKEN_ENV, "kfp-test-token")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "context.json"))
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# id -> (argv after `pipeline` ({url}, {package}, {data}, ...), the culprit, the fake
+# server's refusal status or None, whether a request may have been sent)
+KFP_CASES = {
+    "package-missing": ("upload --host {url} --package {out}/none.yaml", "none.yaml", None),
+    "package-not-yaml": ("upload --host {url} --package {data}/text.parquet", "text.parquet", None),
+    "package-not-a-pipeline": ("upload --host {url} --package {config}", "deepfm.yaml", None),
+    "host-empty": ("upload --host= --package {package}", "--host", None),
+    "run-param-mistyped": (
+        "run --host {url} --package {package} --param day=x --param lr=fast",
+        "lr",
+        None,
+    ),
+    "run-param-unknown": (
+        "run --host {url} --package {package} --param day=x --param bogus=1",
+        "bogus",
+        None,
+    ),
+    "run-param-no-equals": ("run --host {url} --package {package} --param lr", "--param", None),
+    "run-param-twice": (
+        "run --host {url} --package {package} --param day=x --param lr=1 --param lr=2",
+        "lr",
+        None,
+    ),
+    "run-param-required-missing": ("run --host {url} --package {package}", "day", None),
+    "schedule-cron-words": (
+        "schedule --host {url} --package {package} --param day=x --cron every-day",
+        "--cron",
+        None,
+    ),
+    "schedule-cron-bad-field": (
+        "schedule --host {url} --package {package} --param day=x --cron 0,61,*,*,*",
+        "--cron",
+        None,
+    ),
+    "schedule-concurrency-20": (
+        "schedule --host {url} --package {package} --param day=x "
+        "--cron 0,3,*,*,* --max-concurrency 20",
+        "--max-concurrency",
+        None,
+    ),
+    "unauthorized": ("upload --host {url} --package {package}", "401", 401),
+    "forbidden": ("upload --host {url} --package {package}", "403", 403),
+    "unreachable": ("upload --host {closed} --package {package}", "{closed}", None),
+}
+
+
+@pytest.mark.parametrize("name", list(KFP_CASES))
+def test_kfp_client(name: str, ws: Workspace, toy_package: Path, kfp_env):
+    from fake_kfp_server import FakeKfpServer
+
+    argv, culprit, refuse = KFP_CASES[name]
+    before = tree_hash(ws.root, toy_package)
+    with FakeKfpServer(refuse_with=refuse) as server:
+        names = {
+            **ws.names(),
+            "url": server.url,
+            "package": str(toy_package),
+            "closed": _closed_port(),
+        }
+        # cron fields are one argument: written with commas in the table, spaces here
+        args = [a.format(**names) for a in argv.split()]
+        args = [a.replace(",", " ") if a.startswith("0,") else a for a in args]
+        code, _, err = cli(["pipeline", *args])
+        sent = list(server.requests)
+    assert code == 2, err
+    message = one_line(err, "pipeline")
+    assert culprit.format(**names) in message, message
+    if refuse is None and name != "unreachable":
+        assert sent == []  # refused before any request
+    assert tree_hash(ws.root, toy_package) == before
