@@ -42,7 +42,7 @@ from feature_repo.spec import SPEC_FILE, FeatureSpec, load_spec
 from model.deepfm import DeepFM
 from model.export import load, save_model_dir
 from model.features import FeatureEncoder
-from registry.model_registry import push_model
+from registry.model_registry import RegistryError, push_model
 from serving.server import ModelServer, ServeOptions, bind, create_app
 from training.config import load_config
 
@@ -252,6 +252,7 @@ def test_v2_metadata_and_kserve_health_routes(served):
     ready = requests.get(served.url + "/v2/models/deepfm/ready", timeout=10)
     assert ready.json() == {"name": "deepfm", "ready": True}
     assert requests.get(served.url + "/v2/health/live", timeout=10).json() == {"live": True}
+    assert requests.get(served.url + "/v2/health/ready", timeout=10).json() == {"ready": True}
     assert requests.get(served.url + "/v1/models", timeout=10).json() == {"models": ["deepfm"]}
     assert requests.get(served.url + "/v2/models", timeout=10).json() == {"models": ["deepfm"]}
     v1 = requests.get(served.url + "/v1/models/deepfm", timeout=10).json()
@@ -299,12 +300,24 @@ def test_metrics_carry_latency_version_requests_and_feature_store_errors(served,
     assert delta(f"deepfm_candidates_scored_total{{{label}}}") == 2 * n
     assert after[f"deepfm_model_loaded_timestamp_seconds{{{label}}}"] > time.time() - 3600
 
-    # the online store fails for real: a copy of the repo whose online tables are dropped
-    repo = tmp_path / "repo"
+    # the online store fails for real: a copy of the repo whose online tables are dropped;
+    # a model whose weights do not match its manifest fails to load
+    repo, registry = tmp_path / "repo", tmp_path / "registry"
     shutil.copytree(served.repo, repo)
-    server = ModelServer(options(served, feature_repo=str(repo)))
+    shutil.copytree(served.registry, registry)
+    server = ModelServer(options(served, feature_repo=str(repo), model=str(registry)))
     server.refresh()
     with running(server) as url:
+        failures = f"deepfm_model_reload_failures_total{{{label}}}"
+        was = scrape(url).get(failures, 0.0)
+        push_model(served.model, registry, "v2")
+        (registry / "v2" / "weights.pt").write_bytes(b"not the weights")
+        with pytest.raises(RegistryError, match="weights.pt does not match"):
+            server.refresh()
+        metrics = scrape(url)
+        assert metrics[failures] == was + 1
+        assert metrics[f'deepfm_model_info{{{label},model_version="v1"}}'] == 1.0  # still v1
+
         with sqlite3.connect(repo / "data" / "online_store.db") as db:
             tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
             for table in tables:
@@ -420,6 +433,8 @@ def test_limits_are_413_and_wrong_methods_name_the_right_one(served):
     assert response.status_code == 413
     got = requests.get(served.url + V1, timeout=10)
     assert got.status_code == 405 and got.json() == {"error": f"use POST {V1}"}
+    explain = post(served.url, "/v1/models/deepfm:explain", {"instances": too_many[:1]})
+    assert explain.status_code == 501 and "not implemented" in explain.json()["error"]
     other = post(served.url, "/v2/models/other/infer", {"inputs": []})
     assert other.status_code == 404
     assert other.json()["error"] == "model 'other' is not served here; this server serves 'deepfm'"
