@@ -1193,3 +1193,30 @@ def test_kfp_client(name: str, ws: Workspace, toy_package: Path, kfp_env):
     if refuse is None and name != "unreachable":
         assert sent == []  # refused before any request
     assert tree_hash(ws.root, toy_package) == before
+
+
+# -------------------------------------------------------------------- the boundary
+
+
+def test_the_boundary_keeps_a_bugs_traceback_and_classifies_the_rest(monkeypatch):
+    """main(): an expected failure is one line with its status; a bug propagates (its
+    traceback shows, exit 1); a run that failed after it started is status 1."""
+    import pipelines.cli as cli_module
+
+    assert exit_status(ValueError("x")) == 2
+    assert exit_status(PermissionError(13, "Permission denied", "/x")) == 2
+    assert exit_status(yaml.YAMLError("x")) == 2
+    assert exit_status(FloatingPointError("loss became nan")) == 1
+    assert exit_status(RuntimeError("step train failed")) == 1
+    assert exit_status(TypeError("bug")) is None
+    assert exit_status(ZeroDivisionError()) is None
+    assert exit_status(torch.cuda.OutOfMemoryError("oom")) is None  # PyTorch's: a bug here
+    assert error_line(PermissionError(13, "Permission denied", "/x")) == "/x: Permission denied"
+    assert error_line(ValueError("a\n  b\n")) == "a; b"
+
+    def bug(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli_module, "cmd_data_generate", bug)  # the parser reads it per call
+    with pytest.raises(TypeError, match="a bug"):
+        main(["data", "generate"])
