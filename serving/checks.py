@@ -152,7 +152,8 @@ class RequestChecks:
                 BAD_REQUEST,
                 f"instances[{i}]: expected an object of features, got {json_type(instances[i])}",
             )
-        unknown = set().union(*instances) - self.columns.keys()
+        sent = set().union(*instances)
+        unknown = sent - self.columns.keys()
         if unknown:
             i, key = next((i, k) for i, row in enumerate(instances) for k in row if k in unknown)
             raise RequestError(
@@ -162,7 +163,7 @@ class RequestChecks:
         columns = {
             name: list(map(dict.get, instances, repeat(name), repeat(ABSENT)))
             for name in self.columns
-            if name in self.join_keys or any(name in row for row in instances)
+            if name in sent or name in self.join_keys
         }
         for name, values in columns.items():
             self._check(self.columns[name], values, lambda i, n=name: f"instances[{i}].{n}")
