@@ -248,8 +248,9 @@ class RequestChecks:
         def missing(v: Any) -> bool:
             return v is None or v is ABSENT
 
-        present = [v for v in values if not missing(v)]
-        if column.key and len(present) < len(values):
+        absent = values.count(None) + values.count(ABSENT)  # counted in C, as below
+        present = [v for v in values if not missing(v)] if absent else values
+        if column.key and absent:
             fail(missing, lambda v: "required (an entity key)")
         scalar = column.dtype.removeprefix("list<").removesuffix(">")
         expected = _EXPECTED[scalar] if scalar == column.dtype else _LISTS[scalar]
@@ -285,7 +286,10 @@ class RequestChecks:
         if dtype == "int64":
             return _INT64[0] <= min(values) and max(values) <= _INT64[1]
         if dtype == "float64":
-            return all(map(_finite, values))
+            try:
+                return all(map(math.isfinite, values))
+            except OverflowError:  # an int beyond any float
+                return False
         return True
 
     @staticmethod
@@ -312,13 +316,6 @@ class RequestChecks:
             if column.max is not None and v > column.max:
                 return f"{element}{shown(v)} is above the spec's maximum {column.max}"
         raise AssertionError("no invalid value")
-
-
-def _finite(value: float | int) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond any float
-        return False
 
 
 def _got(expected: str) -> Callable[[Any], str]:
