@@ -20,6 +20,7 @@ from feature_repo.spec import REPO_DIR, SPEC_FILE, load_spec
 
 SPARK_CONFIG = REPO_DIR / "feature_store.spark.yaml"
 ROWS = 3_000
+SPEC_FILES = (SPEC_FILE, "retail_features.yaml")  # the two example datasets' specs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -150,3 +151,54 @@ def test_an_empty_window_on_spark_is_one_line_naming_the_file(repo, spec, tmp_pa
             before, before + pd.Timedelta(days=1), tmp_path / "none", repo_path=repo
         )
     assert not (tmp_path / "none").exists()
+
+
+def summaries(repo: Path, spec, tmp_path: Path) -> tuple:
+    """Validation of ``repo`` on Spark (its config) and on pandas (a copy with the duckdb
+    config): each outcome, or the DataValidationError's summary."""
+    from validation.results import DataValidationError
+    from validation.validate import validate_sources
+
+    duck = tmp_path / "duck"
+    shutil.copytree(repo, duck, ignore=shutil.ignore_patterns("registry*.db", "online*.db"))
+    (duck / FEATURE_STORE_FILE).write_text((REPO_DIR / FEATURE_STORE_FILE).read_text())
+    start, end = window(spec, repo)
+    out = []
+    for folder in (repo, duck):
+        try:
+            out.append(validate_sources(folder, start, end, tmp_path / f"docs_{folder.name}"))
+        except DataValidationError as e:
+            out.append(e.summary)
+    return tuple(out)
+
+
+@pytest.mark.slow
+def test_validation_on_spark_finds_what_pandas_finds(repo, spec, tmp_path):
+    """The suites through GX's Spark datasource: the same counts and the same failures as
+    on pandas, for a source broken here (nulls in a join key) and the others, clean. GX runs
+    one Spark job per metric (about a minute here): on one dataset, the one with the most
+    dtypes."""
+    most = max(len({f.dtype for f in load_spec(REPO_DIR / n).features}) for n in SPEC_FILES)
+    if len({f.dtype for f in spec.features}) < most:
+        pytest.skip("runs on the dataset with the most dtypes only (time)")
+    broken = tmp_path / "broken"
+    shutil.copytree(repo, broken, ignore=shutil.ignore_patterns("registry*.db", "online*.db"))
+    path = spec.source_path(spec.entity_rows, broken)
+    rows = pd.read_parquet(path)
+    key = next(iter(spec.join_keys()))
+    rows[key] = rows[key].astype(object).where(rows.index % 50 != 0, None)
+    if spec.join_keys()[key] == "int64":
+        rows[key] = rows[key].astype("Int64")
+    rows.to_parquet(path, index=False)
+    on_spark, on_pandas = summaries(broken, spec, tmp_path)
+    assert not on_spark.success and not on_pandas.success
+    failed = [(f.source, f.column, f.expectation) for f in on_spark.failures]
+    assert failed == [(f.source, f.column, f.expectation) for f in on_pandas.failures]
+    assert (spec.entity_rows, key, "expect_column_values_to_not_be_null") in failed
+    for name in spec.sources:
+        a, b = on_spark.sources[name], on_pandas.sources[name]
+        assert (a.rows, a.evaluated, a.successful) == (b.rows, b.evaluated, b.successful), name
+        assert a.evaluated > 0 and (a.failed == 0) == (name != spec.entity_rows), name
+    assert on_spark.sources[spec.entity_rows].rows == len(rows)
+    assert set(on_spark.pages) == set(on_pandas.pages)
+    assert all(p.is_file() for p in on_spark.pages.values())

@@ -183,9 +183,18 @@ def validate_sources(
         DataValidationError: an expectation failed (after the Data Docs are written).
         FileNotFoundError: a source file is missing.
     """
-    from feature_repo.spec import load_spec
+    from feature_repo.definitions import offline_store_type
+    from feature_repo.spec import REPO_DIR, load_spec
 
     spec = load_spec(Path(repo_dir) / "features.yaml" if repo_dir else None)
+    if offline_store_type(repo_dir or REPO_DIR) == "spark":  # the Spark profile: on Spark
+        from validation.spark import spark_batches
+
+        start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
+        batches = spark_batches(spec, repo_dir or None, start.to_pydatetime(), end.to_pydatetime())
+        return _validate_batches(
+            spec, batches, window_start, window_end, report_dir, min_rows=min_rows, spark=True
+        )
     frames = read_sources(spec, repo_dir or None, window_start, window_end)
     return validate_frames(spec, frames, window_start, window_end, report_dir, min_rows=min_rows)
 
@@ -212,6 +221,22 @@ def validate_frames(
         raise ValueError(
             f"frames of {sorted(frames)} given; the spec's sources are {sorted(spec.sources)}"
         )
+    batches = _batches(spec, frames)
+    return _validate_batches(spec, batches, window_start, window_end, report_dir, min_rows=min_rows)
+
+
+def _validate_batches(
+    spec: "FeatureSpec",
+    batches: dict,
+    window_start: datetime | str,
+    window_end: datetime | str,
+    report_dir: str | Path,
+    *,
+    min_rows: int = 1,
+    spark: bool = False,
+) -> ValidationSummary:
+    """The suites on each batch (pandas frames, or Spark DataFrames with ``spark``: GX's
+    Spark datasource, the type expectations naming Spark's types)."""
     gx, _ = import_gx()
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -233,9 +258,16 @@ def validate_frames(
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    pandas = ctx.data_sources.add_pandas(name="raw_sources")
+    if spark:
+        from validation.spark import spark_suites
+
+        datasource = ctx.data_sources.add_spark(name="raw_sources")
+    else:
+        datasource = ctx.data_sources.add_pandas(name="raw_sources")
     run_id = RunIdentifier(run_name=f"{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}")
     suites = build_suites(spec, start, end, min_rows=min_rows)
+    if spark:
+        suites = spark_suites(suites, spec)
     summary = ValidationSummary(
         success=True,
         window_start=start,
@@ -244,8 +276,8 @@ def validate_frames(
         failures=[],
         report_dir=report_dir,
     )
-    for batch, df in _batches(spec, frames).items():
-        asset = pandas.add_dataframe_asset(batch)
+    for batch, df in batches.items():
+        asset = datasource.add_dataframe_asset(batch)
         definition = ctx.validation_definitions.add(
             gx.ValidationDefinition(
                 name=batch,
@@ -265,7 +297,8 @@ def validate_frames(
         ((result_id, result),) = run.run_results.items()
         source = batch.split(".")[0]
         counts = summary.sources[source]
-        counts.rows += len(df) if batch == source else 0
+        if batch == source:
+            counts.rows += _row_count(result) if spark else len(df)
         counts.evaluated += result.statistics["evaluated_expectations"]
         counts.successful += result.statistics["successful_expectations"]
         counts.failed += result.statistics["unsuccessful_expectations"]
@@ -277,6 +310,15 @@ def validate_frames(
     if not summary.success:
         raise DataValidationError(summary.message(), summary)
     return summary
+
+
+def _row_count(result) -> int:
+    """The rows a Spark batch had, from its row-count expectation's observed value (GX
+    counted them on Spark)."""
+    for r in result.results:
+        if r.expectation_config.type == "expect_table_row_count_to_be_between":
+            return int(r.result.get("observed_value") or 0)
+    return 0
 
 
 def validate_window(
