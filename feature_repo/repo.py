@@ -56,11 +56,12 @@ model:
   deep: {{hidden_units: [256, 128, 64]}}
   wide_embedding_dim: 4
   metrics: [auc, logloss, grouped_auc, normalized_entropy, calibration]
+# up to 10 epochs, stopped early on the last 10% of the training rows (as configs/deepfm.yaml)
 train:
   batch_size: 1024
-  num_epochs: 1
+  num_epochs: 10
   seed: 42
-  sparse_optimizer: {{type: adagrad, lr: 0.02}}
+  sparse_optimizer: {{type: adam, lr: 0.001}}
   dense_optimizer: {{type: adam, lr: 0.001}}
 """
 

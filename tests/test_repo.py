@@ -150,7 +150,8 @@ def test_write_repo_files_writes_a_whole_repo(tmp_path):
     assert len(DEFINITIONS_SHIM.splitlines()) == 3
     model = yaml.safe_load((root / "deepfm.yaml").read_text())
     assert model["feature_spec"] == "features.yaml"
-    assert model["train"]["sparse_optimizer"] == {"type": "adagrad", "lr": 0.02}
+    assert model["train"]["sparse_optimizer"] == {"type": "adam", "lr": 0.001}
+    assert model["train"]["num_epochs"] == 10
     assert load_spec(root / "features.yaml").feature_service == "shop_ranking"
     assert project_name("2024") == "repo_2024"
     other = write_repo_files(tmp_path / "x", SPEC, project="retail")
