@@ -126,6 +126,11 @@ def write_shards(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     out = tmp / "spark"
+    # the join is computed once: counted, range-sampled and written from the executors'
+    # storage (memory, spilling to disk), not recomputed for each
+    from pyspark import StorageLevel
+
+    table = table.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows = table.count()
         if not rows:
@@ -151,6 +156,7 @@ def write_shards(
         _replace(tmp, folder)
         return Manifest(**{**manifest.__dict__, "folder": folder})
     finally:
+        table.unpersist()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -202,3 +202,33 @@ def test_validation_on_spark_finds_what_pandas_finds(repo, spec, tmp_path):
     assert on_spark.sources[spec.entity_rows].rows == len(rows)
     assert set(on_spark.pages) == set(on_pandas.pages)
     assert all(p.is_file() for p in on_spark.pages.values())
+
+
+def test_the_spark_on_kubernetes_manifests_render_validate_and_match_the_local_profile():
+    """manifests/spark: valid core objects; the cluster profile runs the same session
+    settings as the local one with the master on Kubernetes; the driver's role reaches pods
+    and their config, never secrets."""
+    import yaml
+    from test_manifests import MANIFESTS, find, one, render, validate_core
+
+    objs = render(MANIFESTS / "spark")
+    for o in objs:
+        validate_core(o)
+        assert o["metadata"]["namespace"] == "deepfm"
+    config = yaml.safe_load(
+        one(objs, "ConfigMap", "feast-config-spark")["data"]["feature_store.yaml"]
+    )
+    local = yaml.safe_load(SPARK_CONFIG.read_text())
+    cluster_conf, local_conf = (c["offline_store"]["spark_conf"] for c in (config, local))
+    assert config["offline_store"]["type"] == local["offline_store"]["type"] == "spark"
+    assert cluster_conf["spark.master"].startswith("k8s://")
+    assert local_conf["spark.master"].startswith("local")
+    for key, value in spark_engine.SESSION_CONF.items():
+        assert cluster_conf[key] == local_conf[key] == value, key
+    executor_sa = cluster_conf["spark.kubernetes.authenticate.executor.serviceAccountName"]
+    assert one(objs, "ServiceAccount", executor_sa)["automountServiceAccountToken"] is False
+    (role,) = find(objs, "Role")
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert "pods" in resources and "secrets" not in resources
+    binding = one(objs, "RoleBinding", role["metadata"]["name"])
+    assert [s["name"] for s in binding["subjects"]] == ["deepfm-pipeline"]
