@@ -174,7 +174,8 @@ def _write_files(
     torch.save(state, folder / "weights.pt")
     if export_program:
         _export_program(model, spec, folder / PROGRAM)
-    (folder / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, default=float))
+    text = json.dumps(_finite(metrics or {}), indent=1, default=float, allow_nan=False)
+    (folder / "metrics.json").write_text(text)
     files = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
@@ -182,6 +183,20 @@ def _write_files(
     (folder / MANIFEST).write_text(
         json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=1)
     )
+
+
+def _finite(value):
+    """``value`` with every float that is not finite (an AUC undefined on one class) as
+    None: metrics.json stays strict JSON, with no ``NaN``."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _swap_in(new: Path, out: Path) -> None:

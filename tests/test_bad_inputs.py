@@ -1220,3 +1220,22 @@ def test_the_boundary_keeps_a_bugs_traceback_and_classifies_the_rest(monkeypatch
     monkeypatch.setattr(cli_module, "cmd_data_generate", bug)  # the parser reads it per call
     with pytest.raises(TypeError, match="a bug"):
         main(["data", "generate"])
+
+
+def test_an_undefined_metric_is_saved_as_null_never_nan(tmp_path):
+    """metrics.json is strict JSON: an AUC undefined on a one-class eval split is null."""
+    from model.export import load, save_model_dir
+
+    model = load(FIXTURE_MODEL)
+    metrics = {"auc": float("nan"), "logloss": 0.5, "history": [{"epoch": 0, "eval_auc": np.nan}]}
+    out = save_model_dir(
+        tmp_path / "m", model.cfg, model.encoder, model.network, metrics, export_program=False
+    )
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == {
+        "auc": None,
+        "logloss": 0.5,
+        "history": [{"epoch": 0, "eval_auc": None}],
+    }
+    assert load(out).metrics["auc"] is None
