@@ -329,7 +329,13 @@ def test_training_with_and_without_kernels_reaches_the_same_model(monkeypatch):
             ],
             "feature_groups": {"wide": ["a", "b"], "fm": ["a", "b"], "deep": ["a", "b", "x"]},
             "model": {"deep": {"hidden_units": [8]}, "metrics": ["auc"]},
-            "train": {"batch_size": 256, "num_epochs": 2, "seed": 3, "num_threads": 2},
+            "train": {
+                "batch_size": 256,
+                "num_epochs": 2,
+                "validation_fraction": 0.0,  # train on all rows, both epochs
+                "seed": 3,
+                "num_threads": 2,
+            },
         }
     )
     models, calls = [], []
