@@ -232,3 +232,23 @@ def test_the_spark_on_kubernetes_manifests_render_validate_and_match_the_local_p
     assert "pods" in resources and "secrets" not in resources
     binding = one(objs, "RoleBinding", role["metadata"]["name"])
     assert [s["name"] for s in binding["subjects"]] == ["deepfm-pipeline"]
+
+
+def test_feasts_config_variable_chooses_the_spark_profile_for_any_repo(tmp_path, monkeypatch):
+    """``FEAST_FS_YAML_FILE_PATH=feature_repo/feature_store.spark.yaml`` (the README's way)
+    makes the store and the definitions Spark's, without touching the repo's own config."""
+    from feature_repo.definitions import build, offline_store_type
+
+    repo = make_repo("retail", tmp_path / "r", rows=500)
+    spec = load_spec(repo / SPEC_FILE)
+    assert offline_store_type(repo) == "duckdb"
+    assert {type(s).__name__ for s in build(spec, repo).sources} == {"FileSource"}
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(SPARK_CONFIG))
+    assert offline_store_type(repo) == "spark"
+    assert spark_engine.is_spark(store.get_store(repo))
+    sources = build(spec, repo).sources
+    assert {type(s).__name__ for s in sources} == {"SparkSource"}
+    # nanosecond times are read as microseconds, every column kept
+    for source in sources:
+        assert source.query.startswith("SELECT ") and "timestamp_micros(div(" in source.query
+        assert source.path == str(spec.source_path(source.name, repo))
