@@ -124,21 +124,26 @@ def cmd_online(args: argparse.Namespace) -> None:
 
 def _check_int64_range(repo: str | None, given: dict, flag: str) -> None:
     """A value given for an int64 key or context feature past int64's range is refused
-    naming the flag and the key (Feast's typing would fail without naming either)."""
+    naming the flag and the key (Feast's typing would fail without naming either). The
+    spec is read only when some value is such a number."""
     from pathlib import Path
 
     from feature_repo.spec import SPEC_FILE, load_spec
 
-    spec = load_spec(Path(repo) / SPEC_FILE if repo else None)
-    dtypes = {**spec.join_keys(), **{f.name: f.dtype for f in spec.context_features()}}
+    huge = {}
     for name, value in given.items():
-        if dtypes.get(name) != "int64" or value is None:
-            continue
         try:
             number = int(str(value).strip())
         except ValueError:
-            continue  # not an integer: the store names it
+            continue  # not an integer: the store types it
         if not -(2**63) <= number < 2**63:
+            huge[name] = value
+    if not huge:
+        return
+    spec = load_spec(Path(repo) / SPEC_FILE if repo else None)
+    dtypes = {**spec.join_keys(), **{f.name: f.dtype for f in spec.context_features()}}
+    for name, value in huge.items():
+        if dtypes.get(name) == "int64":
             raise ValueError(f"{flag} {name}={value}: out of the int64 range of {name}")
 
 
