@@ -349,6 +349,8 @@ def cmd_pipeline_run_local(args: argparse.Namespace) -> None:
 
     check_destination(args.push_destination, "--push-destination")  # before any training
     params = parse_assignments(args.param, "--param", typed=False)  # typed by run_local
+    if params.get("push_destination") is not None:
+        check_destination(params["push_destination"], "--param push_destination")
     summary = run_local(
         params,
         pipeline_root=args.pipeline_root,

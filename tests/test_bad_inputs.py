@@ -637,6 +637,11 @@ FLAG_CASES = [
         "--push-destination",
     ),
     C(
+        "run-local-param-s3-destination",
+        "pipeline run-local --param push_destination=s3://bucket/deepfm --pipeline-root {out}/root",
+        "--param push_destination",
+    ),
+    C(
         "run-local-gs-no-bucket",
         "pipeline run-local --push-destination gs:///deepfm --pipeline-root {out}/root",
         "--push-destination",
