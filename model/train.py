@@ -183,6 +183,13 @@ def validation_split(cfg: Config, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
     return df.iloc[:cut].reset_index(drop=True), df.iloc[cut:].reset_index(drop=True)
 
 
+def _one_class(cfg: Config, df: pd.DataFrame) -> bool:
+    """A binary label column of ``df`` with one class only (its AUC is undefined)."""
+    if cfg.model.losses[0].kind != "binary_cross_entropy" or cfg.data.label not in df:
+        return False
+    return df[cfg.data.label].nunique() < 2
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> the local GPU when there is one, else the CPU."""
     if device == "auto":
@@ -369,7 +376,15 @@ def train(
     if resume and model_dir is not None:
         split = _checkpoint_split(model_dir, split)  # as the run being resumed did
     if valid_df is None and split:
-        train_df, valid_df = validation_split(cfg, train_df)
+        rest, held_out = validation_split(cfg, train_df)
+        if _one_class(cfg, held_out):
+            log.warning(
+                f"train.validation_fraction: the last {len(held_out):,} training rows hold one "
+                "label class, so they cannot pick an epoch; training on every row for all "
+                f"{tc.num_epochs} epochs and keeping the last"
+            )
+        else:
+            train_df, valid_df = rest, held_out
     encoder = FeatureEncoder(cfg).fit(train_df)
     train_data = encode_dataset(cfg, encoder, train_df, "the training data").to(dev)
     eval_data = (
@@ -382,6 +397,12 @@ def train(
         if valid_df is not None
         else None
     )
+    binary = cfg.model.losses[0].kind == "binary_cross_entropy"
+    if valid_data is not None and binary and len(torch.unique(valid_data.labels)) < 2:
+        raise ValueError(
+            f"the validation split ({len(valid_data):,} rows) holds one label class, so its "
+            "AUC cannot pick an epoch; give it rows of both classes"
+        )
     log.info(
         f"encoded {len(train_data):,} training rows"
         + (f", {len(valid_data):,} validation rows" if valid_data else "")

@@ -77,3 +77,20 @@ def test_validation_split_is_the_last_fraction_by_time_and_one_epoch_holds_none_
     no_ts["data"]["timestamp"] = None
     rest, valid = validation_split(config_from_dict(no_ts), df)
     assert valid.equals(df.iloc[900:].reset_index(drop=True))
+
+
+def test_a_validation_split_of_one_label_class_is_not_used(caplog) -> None:
+    """Its AUC could not pick an epoch: every row trains, every epoch runs, the last is
+    kept, and a warning says so; a given validation table of one class is refused."""
+    df = toy_table(rows=1000)
+    df.loc[900:, "y"] = 0  # the last 10% by time: no click
+    cfg = config_from_dict(toy_config(num_epochs=2))
+    with caplog.at_level("WARNING", logger="deepfm.train"):
+        result = train(cfg, df, progress=False)
+    assert "train.validation_fraction: the last 100 training rows hold one label class" in (
+        caplog.text
+    )
+    assert result.rows_valid == 0 and result.best_epoch == 2 and len(result.history) == 2
+    assert result.train_samples == 2 * 1000
+    with pytest.raises(ValueError, match=r"^the validation split \(100 rows\) holds one label"):
+        train(cfg, df.iloc[:900], valid_df=df.iloc[900:], progress=False)
