@@ -67,10 +67,16 @@ def repo_model_config(feature_repo: Path) -> dict:
 def local_options():
     """The pipeline's options for a local run: no retries (kfp.local honours them, so a
     failing step would first wait out its backoff, minutes; a cluster's transient failures
-    do not happen here) and no cluster settings (the feature repo's own Feast config)."""
+    do not happen here), no cluster settings (the feature repo's own Feast config) and no
+    scheduled-time placeholder (kfp.local cannot resolve it; the window is a parameter)."""
     from pipelines.pipeline import PipelineOptions
 
-    return PipelineOptions(image="python:3.11", retries=dict.fromkeys(STEPS, 0), overlay="none")
+    return PipelineOptions(
+        image="python:3.11",
+        retries=dict.fromkeys(STEPS, 0),
+        overlay="none",
+        scheduled_window=False,
+    )
 
 
 def run_local(

@@ -111,6 +111,9 @@ class PipelineOptions:
     # /var/lib/deepfm/... and /etc/feast); the data mount must hold DEEPFM_DATA_DIR.
     data_mount: str = ""
     feast_config_mount: str = FEAST_CONFIG_MOUNT
+    # window_end "" = the run's scheduled time, which KFP and Vertex AI resolve per run;
+    # False: "" = now (kfp.local cannot resolve the placeholder)
+    scheduled_window: bool = True
 
     def __post_init__(self) -> None:
         if self.overlay and self.overlay not in OVERLAYS:
@@ -291,7 +294,9 @@ def build_pipeline(options: PipelineOptions | None = None):
     ):
         # window_end "" = the run's scheduled time, resolved by KFP per run: runs over
         # different windows never share a cache entry, a re-run of one window may
-        scheduled_at = dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER
+        scheduled_at = (
+            dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if opts.scheduled_window else ""
+        )
         validated = validate(
             feature_repo=feature_repo,
             window_end=window_end,

@@ -501,3 +501,18 @@ def test_cli_compile_cluster_options(tmp_path, capsys):
     assert _platform(docs)["exec-validate"]["pvcMount"][0]["constant"] == "deepfm-local"
     assert main(["pipeline", "compile", "-o", str(out), "--data-mount", "srv"]) == 2
     assert "data_mount must be an absolute path" in capsys.readouterr().err
+
+
+def test_a_local_run_has_no_cluster_settings_and_no_schedule_placeholder(tmp_path):
+    """kfp.local applies the spec's env and cannot resolve the scheduled-time placeholder
+    (it fails on it): run-local compiles neither; its window is a parameter."""
+    from pipelines.local_run import local_options
+
+    path = tmp_path / "local.yaml"
+    compile_pipeline(str(path), local_options())
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 1 and "pipeline_job_schedule_time_utc" not in path.read_text()
+    for step in ("validate", "features"):
+        scheduled = docs[0]["root"]["dag"]["tasks"][step]["inputs"]["parameters"]["scheduled_at"]
+        assert scheduled == {"runtimeValue": {"constant": ""}}
+        assert _env(docs, step) == {}
