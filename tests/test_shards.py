@@ -187,3 +187,28 @@ def test_the_features_step_writes_each_split_as_shards_beside_its_file(repo, tmp
     assert rows == shards.read_manifest(out["train_s"].path).rows
     train_end = shards.read_manifest(out["train_s"].path).max_time
     assert train_end <= shards.read_manifest(out["eval_s"].path).min_time
+
+
+def test_the_retrieval_benchmark_prints_consistent_figures(tmp_path):
+    """benchmarks/retrieval_engines.py (README, Performance) on a small duckdb run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.jsonl"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval_engines.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "3000", "--engines", "duckdb", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result["engine"] == "duckdb" and result["rows"] == 3000
+    rounding = 0.005 / 3000 * 1e6 + 0.01  # seconds are printed to 0.01
+    for kind in ("in_memory", "shards"):
+        per_million = result[f"{kind}_s"] / 3000 * 1e6
+        assert result[f"{kind}_s_per_million"] == pytest.approx(per_million, abs=rounding)
+        assert result[f"{kind}_s"] > 0
+    assert result["shard_files"] >= 8  # the sample's 8 days
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == result
