@@ -575,7 +575,10 @@ def _run(cluster: dict, package: Path, name: str, scheduled_at: str) -> dict:
         timeout=600,
     )
     elapsed = time.perf_counter() - t0
-    print(f"rehearsal run {name}: {elapsed:.0f} s", file=sys.stderr)
+    print(
+        f"rehearsal run {name}: {elapsed:.0f} s {_task_seconds(out.stdout + out.stderr)}",
+        file=sys.stderr,
+    )
     assert out.returncode == 0, f"run {name} failed:\n{out.stdout[-8000:]}\n{out.stderr[-4000:]}"
     new_runs = sorted(set(pipeline_root.glob("deepfm-ctr-*")) - before)
     run_dir = new_runs[0] if new_runs else pipeline_root / "none"  # all cached: no folder
@@ -589,6 +592,20 @@ def _run(cluster: dict, package: Path, name: str, scheduled_at: str) -> dict:
         "applied": json.loads(Path(config["applied"]).read_text()),  # the tasks that ran
         "seconds": elapsed,
     }
+
+
+def _task_seconds(log: str) -> dict[str, float]:
+    """Each task's wall time from kfp.local's log ("hh:mm:ss.fff - INFO - Executing task
+    'x'" ... "Task 'x' finished with status SUCCESS")."""
+    started, seconds = {}, {}
+    for stamp, message in re.findall(r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - (.*)$", log, re.M):
+        h, m, sec = stamp.split(":")
+        t = int(h) * 3600 + int(m) * 60 + float(sec)
+        if found := re.match(r"Executing task '(.+)'", message):
+            started[found[1]] = t
+        elif (found := re.match(r"Task '(.+)' finished", message)) and found[1] in started:
+            seconds[found[1]] = round(t - started[found[1]], 1)
+    return seconds
 
 
 def _window(task: dict) -> tuple[str, str, int]:
