@@ -21,10 +21,11 @@ def features(
     """Retrieve the training data of the window (ending at ``window_end``, else at the
     run's ``scheduled_at``) from Feast; returns the number of training rows."""
     from components.settings import check_cluster_settings, window_end_of_run
-    from training.data import retrieve_features
 
-    check_cluster_settings(needs_feast=True)
-    window_end = window_end_of_run(window_end, scheduled_at)
+    check_cluster_settings(needs_feast=True)  # before the heavy imports: a missing setting
+    window_end = window_end_of_run(window_end, scheduled_at)  # fails in the first second
+
+    from training.data import retrieve_features
 
     info = retrieve_features(
         feature_repo, window_end, window_days, eval_fraction, train_data.path, eval_data.path

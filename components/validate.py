@@ -26,14 +26,16 @@ def validate(
     ``scheduled_at``): the report and the metrics are outputs either way. The step itself
     succeeds so that Kubeflow keeps them (a failed task's output artifacts are not
     uploaded); ``require_valid_data`` then stops the run."""
+    from components.settings import check_cluster_settings, window_end_of_run
+
+    check_cluster_settings(needs_feast=False)  # before the heavy imports: a missing setting
+    window_end = window_end_of_run(window_end, scheduled_at)  # fails in the first second
+
     from collections import namedtuple
 
-    from components.settings import check_cluster_settings, window_end_of_run
     from validation.results import DataValidationError
     from validation.validate import validate_window
 
-    check_cluster_settings(needs_feast=False)
-    window_end = window_end_of_run(window_end, scheduled_at)
     outputs = namedtuple("Outputs", ["passed", "failures"])
     if not report.uri.endswith(".html"):
         report.uri += ".html"

@@ -481,3 +481,60 @@ def test_the_window_ends_at_the_given_end_else_the_scheduled_time(
     from components.settings import window_end_of_run
 
     assert window_end_of_run(window_end, scheduled_at) == expected
+
+
+def test_a_cluster_step_without_its_settings_exits_at_once_with_one_line(tmp_path):
+    """The validate step as KFP's executor runs it in a pod whose deepfm-settings lack
+    DEEPFM_DATA_DIR: it exits non-zero with the one line, no traceback, before it imports
+    its libraries."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    def artifact(name, schema):
+        return {
+            "artifacts": [
+                {"name": name, "type": {"schemaTitle": schema}, "uri": str(tmp_path / name)}
+            ]
+        }
+
+    executor_input = {
+        "inputs": {
+            "parameterValues": {
+                "feature_repo": str(REPO_DIR),
+                "window_end": "",
+                "window_days": 7.0,
+                "scheduled_at": "2026-12-01T03:00:00Z",
+            }
+        },
+        "outputs": {
+            "artifacts": {
+                "metrics": artifact("metrics", "system.Metrics"),
+                "report": artifact("report", "system.HTML"),
+            },
+            "parameters": {
+                "passed": {"outputFile": str(tmp_path / "passed")},
+                "failures": {"outputFile": str(tmp_path / "failures")},
+            },
+            "outputFile": str(tmp_path / "executor_output.json"),
+        },
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPFM_")}
+    env.update({"_KFP_RUNTIME": "true", "DEEPFM_OVERLAY": "gcp"})
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "kfp.dsl.executor_main",
+         "--component_module_path", str(Path(__file__).parents[1] / "components" / "validate.py"),
+         "--executor_input", json.dumps(executor_input), "--function_to_execute", "validate"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1] == (
+        "DEEPFM_DATA_DIR is not set: the ConfigMap deepfm-settings key DEEPFM_DATA_DIR "
+        "(manifests/overlays/gcp/settings.env)"
+    )
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "executor_output.json").exists()
+    assert elapsed < 20, elapsed  # python + kfp's executor; no validation library loaded
