@@ -3,6 +3,11 @@
     deepfm pipeline upload   --host URL [--name N] [--version V] [--package deepfm_pipeline.yaml]
     deepfm pipeline run      --host URL [--experiment E] [--run-name R] [--param k=v ...]
     deepfm pipeline schedule --host URL --cron "0 3 * * *" [--job-name J] [--param k=v ...]
+        both: [--service-account SA] [--pipeline-root gs://...] [--caching|--no-caching]
+
+``run`` and ``schedule`` start the uploaded version whose spec is the package's when there
+is one (``find_uploaded_version``), so the UI links the runs to it; otherwise, and with a
+caching override, they submit the package.
 
 Everything goes through ``kfp.Client`` (kfp 2.17, REST API v2beta1). The input is a
 compiled pipeline spec (IR YAML); its ``root.inputDefinitions`` is the one source of the

@@ -7,6 +7,12 @@ tolerations, each task's resources, retries and timeouts) shape the tasks; run-t
 parameters (window, feature repo, model config, gate thresholds, push destination,
 epoch/batch overrides) have defaults that work when a run is started from the Kubeflow UI
 in a cluster set up as in ``manifests/``.
+
+What a step reads from the cluster is declared here (``_cluster_inputs``, kfp-kubernetes):
+the ``deepfm-settings`` keys, ``feast-config`` and the overlay's data claim, by the names of
+``manifests/``; the steps check them (``components/settings.py``). An empty ``window_end``
+is the run's scheduled time, resolved by KFP per run, so runs over different windows never
+share a cached step.
 """
 
 import re
