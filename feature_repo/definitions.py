@@ -179,6 +179,22 @@ def offline_store_type(repo_dir: str | Path) -> str:
     return str(offline.get("type", "duckdb") if isinstance(offline, dict) else offline)
 
 
+def quiet_spark_warnings() -> None:
+    """Hide Feast's warning that its Spark store and source are experimental, given each
+    time one is made (the registry's too): a user of the Spark profile can do nothing about
+    it. Feast's Spark module sets its own filter for RuntimeWarning when it is imported, so
+    it is imported first and this filter goes in front of it."""
+    import warnings
+
+    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The spark (data source API|offline store) is an experimental feature",
+        category=RuntimeWarning,
+    )
+
+
 def spark_select(path: str | Path) -> str | None:
     """A Spark SQL query reading the parquet file ``path`` with its nanosecond timestamps
     as microsecond ones (Spark has none finer; it reads them as longs with
@@ -208,6 +224,8 @@ def _file_source(
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
             SparkSource,
         )
+
+        quiet_spark_warnings()
 
         path = str(spec.source_path(name, repo_dir))
         return SparkSource(

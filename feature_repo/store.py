@@ -59,6 +59,7 @@ from feature_repo.definitions import (
     build,
     check_definitions,
     check_sources,
+    quiet_spark_warnings,
 )
 from feature_repo.spec import REPO_DIR, SPEC_FILE, FeatureSpec, load_spec
 
@@ -92,7 +93,10 @@ def get_store(repo_path: str | Path | None = None) -> FeatureStore:
     config = get_default_yaml_file_path(repo_dir)
     if not config.is_file():
         raise FeatureStoreError(f"Feast config {config} does not exist")
-    return FeatureStore(repo_path=str(repo_dir))
+    store = FeatureStore(repo_path=str(repo_dir))
+    if spark_engine.is_spark(store):
+        quiet_spark_warnings()
+    return store
 
 
 @dataclass(frozen=True)
