@@ -598,6 +598,7 @@ def _task_seconds(log: str) -> dict[str, float]:
     """Each task's wall time from kfp.local's log ("hh:mm:ss.fff - INFO - Executing task
     'x'" ... "Task 'x' finished with status SUCCESS")."""
     started, seconds = {}, {}
+    log = re.sub(r"\x1b\[[0-9;]*m", "", log)  # kfp.local colours its records
     for stamp, message in re.findall(r"^(\d\d:\d\d:\d\d\.\d+) - \w+ - (.*)$", log, re.M):
         h, m, sec = stamp.split(":")
         t = int(h) * 3600 + int(m) * 60 + float(sec)
