@@ -48,6 +48,10 @@ SESSION_CONF = {
 settings: they apply to a session that was already running too)."""
 
 
+class SparkEngineError(ValueError):
+    """Spark could not start: the message names the Feast config whose spark_conf it used."""
+
+
 def is_spark(store: FeatureStore) -> bool:
     """Whether ``store``'s offline store is Feast's Spark store."""
     return getattr(store.config.offline_store, "type", "") == "spark"
@@ -59,7 +63,17 @@ def session(store: FeatureStore) -> SparkSession:
         get_spark_session_or_start_new_with_repoconfig,
     )
 
-    spark = get_spark_session_or_start_new_with_repoconfig(store.config.offline_store)
+    try:
+        spark = get_spark_session_or_start_new_with_repoconfig(store.config.offline_store)
+    except Exception as e:  # pyspark's errors are not ValueErrors; this is the user's setup
+        config = os.environ.get("FEAST_FS_YAML_FILE_PATH") or Path(
+            store.repo_path, "feature_store.yaml"
+        )
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SparkEngineError(
+            f"Spark did not start (offline_store.spark_conf of {config}; Spark needs Java 17 "
+            f"at $JAVA_HOME or on PATH): {first}"
+        ) from None
     for key, value in SESSION_CONF.items():
         spark.conf.set(key, value)
     if not os.environ.get("DEEPFM_SPARK_LOG"):

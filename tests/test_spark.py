@@ -252,3 +252,25 @@ def test_feasts_config_variable_chooses_the_spark_profile_for_any_repo(tmp_path,
     for source in sources:
         assert source.query.startswith("SELECT ") and "timestamp_micros(div(" in source.query
         assert source.path == str(spec.source_path(source.name, repo))
+
+
+def test_spark_that_cannot_start_is_one_line_naming_the_config_and_exit_2(repo, spec, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    start, end = window(spec, repo)
+    exe = str(Path(sys.executable).with_name("deepfm"))
+    out = tmp_path / "t.parquet"
+    done = subprocess.run(
+        [exe, "features", "training-data", "--repo", str(repo), "--out", str(out)]
+        + ["--start", start.isoformat(), "--end", end.isoformat()],
+        env={**os.environ, "JAVA_HOME": str(tmp_path / "no-java")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("deepfm")]
+    assert "Spark did not start" in line and str(repo / FEATURE_STORE_FILE) in line
+    assert not out.exists()
