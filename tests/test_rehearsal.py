@@ -667,6 +667,16 @@ def test_the_compiled_pipeline_runs_as_in_the_cluster(cluster):
     # schedule time gave validate and features other inputs, so they ran again (a task
     # served from the cache leaves no folder in the run); require-valid-data's inputs were
     # the same (passed, no failures), so the first run's entry served it
+    inputs = {}
+    for name in ("first", "second"):
+        resolved = next(yaml.safe_load_all((cluster["base"] / f"resolved-{name}.yaml").read_text()))
+        tasks_spec = resolved["root"]["dag"]["tasks"]
+        inputs[name] = {
+            step: tasks_spec[step]["inputs"]["parameters"]["scheduled_at"]["runtimeValue"]
+            for step in ("validate", "features")
+        }
+    assert inputs["first"]["features"] == {"constant": FIRST_RUN}
+    assert inputs["second"]["features"] == {"constant": SECOND_RUN}
     assert {"validate", "features", "train", "evaluate"} <= set(second["tasks"])
     assert "require-valid-data" not in second["tasks"]
     assert second["applied"].keys() >= {"validate", "features"}
