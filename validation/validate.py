@@ -18,9 +18,10 @@ expectation on its own line (source: column: expectation: what was found)::
 
 import itertools
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -48,25 +49,32 @@ def read_sources(
     repo_dir: str | Path | None,
     window_start: datetime | str,
     window_end: datetime | str,
+    *,
+    only: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Each source's rows that the run can use, read from its parquet file with pandas'
     nullable dtypes and then typed by ``as_spec_dtypes``: the entity rows with
     ``window_start <= timestamp < window_end``, the feature sources' versions with
     ``timestamp <= window_end``. Rows with a null timestamp are kept; a file whose timestamp
-    is missing or not timezone-aware is read whole (its suite fails).
+    is missing or not timezone-aware is read whole (its suite fails). ``only``: that source
+    alone (every file is still checked to exist).
 
     Raises:
         FileNotFoundError: a source file is missing; the message names the source.
     """
     start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
-    frames = {}
-    for name, source in spec.sources.items():
+    for name in spec.sources:
         path = spec.source_path(name, repo_dir)
         if not path.is_file():
             raise FileNotFoundError(
                 f"source {name!r}: {path} does not exist (data directory: {path.parent}; "
                 "set DEEPFM_DATA_DIR or generate the sample data)"
             )
+    frames = {}
+    for name, source in spec.sources.items():
+        if only is not None and name != only:
+            continue
+        path = spec.source_path(name, repo_dir)
         frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
         frame = as_spec_dtypes(frame, spec.source_columns(name))
         ts = frame.get(source.timestamp_field)
@@ -193,10 +201,24 @@ def validate_sources(
         start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
         batches = spark_batches(spec, repo_dir or None, start.to_pydatetime(), end.to_pydatetime())
         return _validate_batches(
-            spec, batches, window_start, window_end, report_dir, min_rows=min_rows, spark=True
+            spec,
+            batches.items(),
+            window_start,
+            window_end,
+            report_dir,
+            min_rows=min_rows,
+            spark=True,
         )
-    frames = read_sources(spec, repo_dir or None, window_start, window_end)
-    return validate_frames(spec, frames, window_start, window_end, report_dir, min_rows=min_rows)
+    read_sources(spec, repo_dir or None, window_start, window_end, only="")  # files exist
+
+    def one_source_at_a_time():  # sources are read one at a time, as they are validated
+        for name in spec.sources:
+            frames = read_sources(spec, repo_dir or None, window_start, window_end, only=name)
+            yield from _batches(spec, frames).items()
+
+    return _validate_batches(
+        spec, one_source_at_a_time(), window_start, window_end, report_dir, min_rows=min_rows
+    )
 
 
 def validate_frames(
@@ -222,12 +244,14 @@ def validate_frames(
             f"frames of {sorted(frames)} given; the spec's sources are {sorted(spec.sources)}"
         )
     batches = _batches(spec, frames)
-    return _validate_batches(spec, batches, window_start, window_end, report_dir, min_rows=min_rows)
+    return _validate_batches(
+        spec, batches.items(), window_start, window_end, report_dir, min_rows=min_rows
+    )
 
 
 def _validate_batches(
     spec: "FeatureSpec",
-    batches: dict,
+    batches: Iterable[tuple[str, Any]],
     window_start: datetime | str,
     window_end: datetime | str,
     report_dir: str | Path,
@@ -276,7 +300,7 @@ def _validate_batches(
         failures=[],
         report_dir=report_dir,
     )
-    for batch, df in batches.items():
+    for batch, df in batches:
         asset = datasource.add_dataframe_asset(batch)
         definition = ctx.validation_definitions.add(
             gx.ValidationDefinition(
