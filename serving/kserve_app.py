@@ -334,17 +334,21 @@ def create_app(server: ModelServer) -> FastAPI:
         log.error("request %s failed", request.url.path, exc_info=exc)
         return _error(500, "internal error; see the server log")
 
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ModelNotFound, not_found)
-    app.add_exception_handler(ModelNotReady, not_ready)
-    app.add_exception_handler(ServerNotReady, unavailable)
-    app.add_exception_handler(ServerNotLive, unavailable)
-    app.add_exception_handler(FeatureStoreUnavailable, unavailable)
-    app.add_exception_handler(NotImplementedError, not_implemented)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(InferenceError, internal_error)
-    app.add_exception_handler(Exception, internal_error)
+    handlers = {
+        RequestError: request_error,
+        InvalidInput: invalid_input,
+        RequestValidationError: validation_error,
+        ModelNotFound: not_found,
+        ModelNotReady: not_ready,
+        ServerNotReady: unavailable,
+        ServerNotLive: unavailable,
+        FeatureStoreUnavailable: unavailable,
+        NotImplementedError: not_implemented,
+        HTTPException: http_error,
+        InferenceError: internal_error,
+        Exception: internal_error,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)
     app.add_middleware(_Limits, limit=server.options.max_body_bytes, name=name)
     return app

@@ -189,9 +189,8 @@ def test_the_whole_pipeline_runs_and_the_pushed_model_scores_as_evaluated(repo, 
                 assert cell(result.vector[f.name]) == cell(want.get(f.name)), (name, f.name)
     assert any(cell(v) is not None for r in online for v in r.vector.values())
 
-    from test_serve import running  # the uvicorn-in-a-thread helper of the server's tests
-
     from serving.server import ModelServer, ServeOptions
+    from tests.live_server import running
 
     server = ModelServer(
         ServeOptions(model=str(registry), feature_repo=str(repo), reload_interval_s=0)

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ import pandas as pd
 import pytest
 import requests
 import torch
-import uvicorn
 
 from feature_repo import store
 from feature_repo.sample_data import generate
@@ -44,8 +42,8 @@ from serving.server import (
     ServeOptions,
     add_serve_parser,
     bind,
-    create_app,
 )
+from tests.live_server import running
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,27 +127,6 @@ def models(tmp_path_factory, flat) -> dict[str, Path]:
 def options(model: Path, repo: Path, **changes) -> ServeOptions:
     settings = {"max_candidates": MAX_CANDIDATES, "max_body_bytes": MAX_BODY_BYTES} | changes
     return ServeOptions(model=str(model), feature_repo=str(repo), **settings)
-
-
-@contextmanager
-def running(server: ModelServer) -> Iterator[str]:
-    """Serve ``server`` on 127.0.0.1 in a thread; yields the base URL."""
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(server), lifespan="off", access_log=False)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,8 @@ import json
 import re
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +32,6 @@ import pandas as pd
 import pytest
 import requests
 import torch
-import uvicorn
 import yaml
 
 from feature_repo import store
@@ -43,7 +40,8 @@ from model.deepfm import DeepFM
 from model.export import load, save_model_dir
 from model.features import FeatureEncoder
 from registry.model_registry import RegistryError, push_model
-from serving.server import ModelServer, ServeOptions, bind, create_app
+from serving.server import ModelServer, ServeOptions
+from tests.live_server import running
 from training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,26 +58,6 @@ V2_TYPES = {"int64": "INT64", "float64": "FP64", "string": "BYTES", "bool": "BOO
 def _clean_env(monkeypatch):
     for name in CLEAN_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-@contextmanager
-def running(server: ModelServer) -> Iterator[str]:
-    """Serve ``server`` on 127.0.0.1 in a thread; yields the base URL."""
-    sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(create_app(server), lifespan="off", access_log=False)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not uv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        server.close()
 
 
 @dataclass
