@@ -32,10 +32,12 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +50,11 @@ from common.params import parse_assignments
 if TYPE_CHECKING:  # kfp is imported where a client is made: the CLI starts without it
     import kfp
 
+log = logging.getLogger("deepfm.kfp")
 TOKEN_ENV = "KFP_EXISTING_TOKEN"
+# /healthz answering 5xx (or not at all): retried this often, after 0.5 s then 1 s
+HEALTHZ_RETRIES = 2
+HEALTHZ_BACKOFF_S = 0.5
 DEFAULT_PACKAGE = "deepfm_pipeline.yaml"
 
 # KFP's parameter types (pipeline_spec.proto ParameterType) and their Python names.
@@ -115,20 +121,28 @@ def make_client(host: str, namespace: str | None = None) -> kfp.Client:
 
 
 def _client_class() -> type:
-    """``kfp.Client`` whose health check does not retry a refusal: kfp retries any error of
-    ``/healthz`` 5 times, 5 s apart, logging a traceback each time, which for a 401 or 403
-    (no or a wrong token) only delays the same answer by 25 s."""
+    """``kfp.Client`` whose health check gives one answer fast: kfp retries any error of
+    ``/healthz`` 5 times, 5 s apart, logging a traceback each time, which for a refusal
+    (401/403: no or a wrong token) or a broken server (500) only delays the same answer by
+    25 s. Here a 4xx is raised at once, a 5xx retried ``HEALTHZ_RETRIES`` times after
+    ``HEALTHZ_BACKOFF_S`` (doubling) without a traceback, then raised: ``_api_errors`` makes
+    it one line naming the host and the status."""
     import kfp
     import kfp_server_api
 
     class Client(kfp.Client):
         def get_kfp_healthz(self, sleep_duration: int = 5):
-            try:
-                return self._healthz_api.healthz_service_get_healthz()
-            except kfp_server_api.ApiException as e:
-                if e.status in (401, 403):
-                    raise
-            return super().get_kfp_healthz(sleep_duration)
+            delay = HEALTHZ_BACKOFF_S
+            for attempt in range(HEALTHZ_RETRIES + 1):
+                try:
+                    return self._healthz_api.healthz_service_get_healthz()
+                except kfp_server_api.ApiException as e:
+                    transient = not e.status or e.status >= 500
+                    if not transient or attempt == HEALTHZ_RETRIES:
+                        raise
+                    log.debug("KFP /healthz answered %s %s; retrying", e.status, e.reason)
+                time.sleep(delay)
+                delay *= 2
 
     return Client
 

@@ -1170,6 +1170,7 @@ KFP_CASES = {
     ),
     "unauthorized": ("upload --host {url} --package {package}", "401", 401),
     "forbidden": ("upload --host {url} --package {package}", "403", 403),
+    "server-error": ("run --host {url} --package {package} --param day=x", "{url}", 500),
     "unreachable": ("upload --host {closed} --package {package}", "{closed}", None),
 }
 

@@ -569,3 +569,24 @@ def test_a_refused_token_is_one_line_naming_the_status_and_host_at_once(
     assert exit_status(e.value) == 2
     assert elapsed < 3  # kfp's own health check retries for 25 s
     assert not [r for r in caplog.records if r.exc_info]  # no retry tracebacks logged
+
+
+def test_a_server_answering_500_is_one_line_after_bounded_retries(token, package, caplog):
+    """A broken server (500 on /healthz) is retried a bounded number of times, seconds
+    not kfp's 25, with no traceback logged; then one line naming the host and status."""
+    import time
+
+    from pipelines.kfp_client import HEALTHZ_RETRIES
+
+    with FakeKfpServer(refuse_with=500) as broken:
+        t0 = time.perf_counter()
+        with pytest.raises(KfpApiError) as e:
+            _cli(["run", "--host", broken.url, "--package", str(package), "--param", "day=x"])
+        elapsed = time.perf_counter() - t0
+        assert len(broken.calls("GET", "/healthz")) == HEALTHZ_RETRIES + 1
+        assert not broken.calls("POST", "/runs")
+    message = str(e.value)
+    assert message.startswith(f"KFP API at {broken.url} answered 500 ") and "\n" not in message
+    assert exit_status(e.value) == 2
+    assert 1.4 < elapsed < 5  # 0.5 s + 1 s between the three tries
+    assert not [r for r in caplog.records if r.exc_info]
