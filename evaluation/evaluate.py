@@ -79,12 +79,16 @@ def evaluate_model(
     max_auc_drop: float,
 ) -> Evaluation:
     """Score the candidate and the destination's current blessed model on ``eval_path``
-    (parquet) and apply the gate."""
+    (a parquet file or a shard folder) and apply the gate."""
     import pandas as pd
 
+    from feature_repo import shards
     from registry.model_registry import fetch_model, read_current
 
-    eval_df = pd.read_parquet(eval_path)
+    if shards.is_shard_folder(eval_path):
+        eval_df = shards.load_frame(eval_path)
+    else:
+        eval_df = pd.read_parquet(eval_path)
     if eval_df.empty:
         raise ValueError(f"eval data {eval_path}: no rows; the AUC cannot be computed")
     metrics, labels, scores, label = _score(model_dir, eval_df)

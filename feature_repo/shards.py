@@ -415,21 +415,81 @@ def _replace(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def shard_split_files(
-    feature_repo: str | Path | None,
-    splits: dict[str | Path, str | Path],
+def split_tail(
+    source: str | Path,
+    eval_fraction: float,
+    head: str | Path,
+    tail: str | Path,
     *,
-    rows_per_file: int = ROWS_PER_FILE,
-) -> dict[str, Manifest]:
-    """Shard each time-ordered parquet file of ``splits`` (file -> shard folder; the
-    features step's train and eval files) by the spec's timestamp, streamed in batches;
-    returns each folder's manifest."""
-    from feature_repo.spec import SPEC_FILE, load_spec
+    batch_rows: int = 65_536,
+    overwrite: bool = False,
+) -> tuple[Manifest, Manifest]:
+    """Split the shard folder ``source`` (rows in time order) into ``head``, its first
+    ``round(rows * (1 - eval_fraction))`` rows, and ``tail``, the rest: the rows
+    ``model.train.time_split`` gives, as two shard folders. Whole files are moved (same
+    file system), only the file the cut falls in is read, in batches; ``source`` is
+    consumed. Both folders appear complete or not at all.
 
-    spec = load_spec(Path(feature_repo) / SPEC_FILE if feature_repo else None)
-    return {
-        str(folder): write_parquet_file(
-            path, folder, spec.timestamp, rows_per_file=rows_per_file, overwrite=True
-        )
-        for path, folder in splits.items()
-    }
+    Raises:
+        ShardError: ``eval_fraction`` not in (0, 1), or a cut that leaves one side empty.
+    """
+    manifest = read_manifest(source)
+    if not 0.0 < eval_fraction < 1.0:
+        raise ShardError(f"eval fraction must be in (0, 1), got {eval_fraction}")
+    cut = int(round(manifest.rows * (1.0 - eval_fraction)))
+    if cut <= 0 or cut >= manifest.rows:
+        raise ShardError(f"a time split of {manifest.rows} rows leaves one side empty")
+    head, tail = Path(head), Path(tail)
+    for folder in (head, tail):
+        _check_target(folder, overwrite)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    tmps = [Path(tempfile.mkdtemp(prefix=f".{f.name}.", dir=f.parent)) for f in (head, tail)]
+    try:
+        offset = 0
+        for f in manifest.files:  # one step per file
+            src = manifest.folder / f.path
+            if offset + f.rows <= cut or offset >= cut:
+                dest = tmps[0 if offset + f.rows <= cut else 1] / f.path
+                dest.parent.mkdir(exist_ok=True)
+                os.replace(src, dest)
+            else:  # the cut is in this file: its first rows to head, the rest to tail
+                _split_file(src, cut - offset, [t / f.path for t in tmps], batch_rows)
+            offset += f.rows
+        done = tuple(finish(t, manifest.timestamp) for t in tmps)
+        for t, folder in zip(tmps, (head, tail), strict=True):
+            _replace(t, folder)
+    finally:
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+    shutil.rmtree(manifest.folder, ignore_errors=True)
+    return tuple(  # type: ignore[return-value]
+        Manifest(**{**m.__dict__, "folder": folder})
+        for m, folder in zip(done, (head, tail), strict=True)
+    )
+
+
+def _split_file(src: Path, first: int, dests: list[Path], batch_rows: int) -> None:
+    """The first ``first`` rows of the parquet file ``src`` to ``dests[0]``, the rest to
+    ``dests[1]``, streamed in batches."""
+    reader = pq.ParquetFile(src)
+    writers = []
+    for d in dests:
+        d.parent.mkdir(exist_ok=True)
+        writers.append(pq.ParquetWriter(d, reader.schema_arrow))
+    try:
+        seen = 0
+        for batch in reader.iter_batches(batch_size=batch_rows):
+            take = min(max(first - seen, 0), batch.num_rows)
+            if take:
+                writers[0].write_batch(batch.slice(0, take))
+            if take < batch.num_rows:
+                writers[1].write_batch(batch.slice(take))
+            seen += batch.num_rows
+    finally:
+        for w in writers:
+            w.close()
+
+
+def is_shard_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder with a shard manifest."""
+    return (Path(path) / MANIFEST).is_file()

@@ -158,14 +158,15 @@ def test_the_duckdb_store_writes_the_window_as_shards(repo, tmp_path):
         assert [cell(v) for v in loaded[column]] == [cell(v) for v in expected[column]]
 
 
-def test_the_features_step_writes_each_split_as_shards_beside_its_file(repo, tmp_path):
+def test_the_features_step_writes_each_split_as_a_shard_folder(repo, tmp_path):
     from kfp.dsl import Dataset
 
     from components.features import features
+    from model.train import time_split
 
     spec = load_spec(repo / SPEC_FILE)
     start, end = window(spec, repo)
-    out = {n: Dataset(uri=str(tmp_path / n)) for n in ("train", "eval", "train_s", "eval_s")}
+    out = {n: Dataset(uri=str(tmp_path / n)) for n in ("train", "eval")}
     rows = features.python_func(
         feature_repo=str(repo),
         window_end=end.isoformat(),
@@ -173,20 +174,46 @@ def test_the_features_step_writes_each_split_as_shards_beside_its_file(repo, tmp
         eval_fraction=0.25,
         train_data=out["train"],
         eval_data=out["eval"],
-        train_shards=out["train_s"],
-        eval_shards=out["eval_s"],
     )
-    for split, folder in (("train", "train_s"), ("eval", "eval_s")):
-        file = pd.read_parquet(out[split].path)
-        manifest = shards.read_manifest(out[folder].path)
-        assert manifest.rows == len(file) == out[folder].metadata["rows"]
-        assert out[folder].metadata["files"] == len(manifest.files) > 1  # several days
-        loaded = shards.load_frame(out[folder].path)
-        lists = [f.name for f in spec.features if f.dtype.startswith("list<")]
-        pd.testing.assert_frame_equal(loaded.drop(columns=lists), file.drop(columns=lists))
-    assert rows == shards.read_manifest(out["train_s"].path).rows
-    train_end = shards.read_manifest(out["train_s"].path).max_time
-    assert train_end <= shards.read_manifest(out["eval_s"].path).min_time
+    table = store.get_training_data(start, end, repo_path=repo)
+    expected = dict(zip(("train", "eval"), time_split(table, spec.timestamp, 0.25), strict=True))
+    features_ = [f.name for v in spec.feature_views for f in spec.view_features(v)]
+    lists = [f.name for f in spec.features if f.dtype.startswith("list<")]
+    for split in ("train", "eval"):
+        manifest = shards.read_manifest(out[split].path)
+        assert manifest.rows == len(expected[split]) == out[split].metadata["rows"]
+        assert out[split].metadata["files"] == len(manifest.files) > 1  # several days
+        loaded = shards.load_frame(out[split].path, nullable=features_)
+        pd.testing.assert_frame_equal(
+            loaded.drop(columns=lists), expected[split].drop(columns=lists)
+        )
+        for column in lists:
+            assert [cell(v) for v in loaded[column]] == [cell(v) for v in expected[split][column]]
+    assert rows == len(expected["train"])
+    assert (
+        shards.read_manifest(out["train"].path).max_time
+        <= shards.read_manifest(out["eval"].path).min_time
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "train"]  # nothing left over
+
+
+def test_a_shard_folder_splits_at_the_time_splits_row_moving_whole_files(tmp_path):
+    from model.train import time_split
+
+    df = table(rows=1_000, days=4)
+    shards.write_table(df, tmp_path / "all", "t", rows_per_file=90)
+    head, tail = shards.split_tail(tmp_path / "all", 0.3, tmp_path / "h", tmp_path / "t")
+    first, rest = time_split(df, "t", 0.3)
+    assert (head.rows, tail.rows) == (len(first), len(rest)) == (700, 300)
+    for m, part in ((head, first), (tail, rest)):
+        assert all(0 < f.rows <= 90 for f in m.files)
+        loaded = shards.load_frame(m.folder)
+        pd.testing.assert_frame_equal(loaded.drop(columns="v"), part.drop(columns="v"))
+    assert not (tmp_path / "all").exists()
+    shards.write_table(df.head(1), tmp_path / "one", "t")
+    with pytest.raises(shards.ShardError, match="leaves one side empty"):
+        shards.split_tail(tmp_path / "one", 0.3, tmp_path / "h2", tmp_path / "t2")
+    assert not (tmp_path / "h2").exists() and (tmp_path / "one").exists()
 
 
 def test_the_retrieval_benchmark_prints_consistent_figures(tmp_path):

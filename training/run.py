@@ -29,7 +29,8 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def read_table(path: str | Path, what: str):
-    """The parquet file (or folder of parquet files) at ``path`` as a DataFrame.
+    """The parquet file, shard folder (``feature_repo.shards``, read in the manifest's
+    order) or folder of parquet files at ``path`` as a DataFrame.
 
     Raises:
         FileNotFoundError: ``"{what} {path} does not exist"``.
@@ -37,10 +38,14 @@ def read_table(path: str | Path, what: str):
     """
     import pandas as pd
 
+    from feature_repo import shards
+
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what} {p} does not exist")
     try:
+        if shards.is_shard_folder(p):
+            return shards.load_frame(p)
         return pd.read_parquet(p)
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
         raise ValueError(f"{what} {p} is not a readable parquet file: {e}") from None
