@@ -67,6 +67,7 @@ STEPS = (
     "train",
     "evaluate",
     "push",
+    "rollout",
     "record-not-pushed",
 )
 # Each task's (cpu request, cpu limit, memory request, memory limit). Memory limit =
@@ -78,17 +79,26 @@ STEP_RESOURCES = {
     "features": ("2", "4", "8G", "8G"),
     "evaluate": ("2", "4", "8G", "8G"),
     "push": ("500m", "1", "1G", "1G"),
+    "rollout": ("100m", "500m", "256M", "256M"),
     "record-not-pushed": ("100m", "500m", "256M", "256M"),
 }
 # Retries where a failure is transient: (retries, first backoff, backoff factor). The
 # feature store's offline source and the registry's bucket are remote; a GPU node may be
-# preempted.
+# preempted; the InferenceService may change between the rollout's read and its patch.
 STEP_RETRIES = {
     "features": (3, "60s", 2.0),
     "train": (2, "300s", 2.0),
     "push": (3, "30s", 2.0),
+    "rollout": (2, "30s", 2.0),
 }
 RETRY_MAX_DURATION = "3600s"
+# Default timeouts in seconds, in a spec compiled for a cluster (an overlay: the pod's
+# activeDeadlineSeconds); --timeout sets others. The rollout reads and patches one object.
+STEP_TIMEOUTS = {"rollout": 600}
+# The optional rollout step's run parameters: the InferenceService ("" = no rollout), its
+# namespace (the manifests' deepfm) and the share of traffic the new model gets at first.
+DEFAULT_INFERENCE_SERVICE_NAMESPACE = "deepfm"
+DEFAULT_CANARY_PERCENT = 100
 
 # What a cluster gives the steps (manifests/): the overlay whose ConfigMaps and volume claim
 # the compiled spec mounts by name (kfp-kubernetes), or "none" (no cluster settings: a

@@ -1,6 +1,10 @@
 """The DeepFM Kubeflow pipeline: wiring only.
 
-    validate -> features -> train -> evaluate -> dsl.If(blessed): push / dsl.Else: record
+    validate -> features -> train -> evaluate -> dsl.If(blessed): push [-> rollout]
+                                                 dsl.Else: record
+
+rollout (KServe: the InferenceService's storage URI and canary traffic) runs only when the
+run's ``inference_service`` parameter is set.
 
 Compile-time options (``PipelineOptions``: platform, image, GPUs, node selector,
 tolerations, each task's resources, retries and timeouts) shape the tasks; run-time
@@ -23,14 +27,17 @@ from kfp import compiler, dsl, kubernetes
 from components.evaluate import evaluate
 from components.features import features
 from components.push import push, record_not_pushed
+from components.rollout import rollout
 from components.settings import FEAST_CONFIG_ENV
 from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
 from pipelines.defaults import (
     DEFAULT_ACCELERATOR_TYPES,
+    DEFAULT_CANARY_PERCENT,
     DEFAULT_DESTINATION,
     DEFAULT_FEATURE_REPO,
     DEFAULT_IMAGE,
+    DEFAULT_INFERENCE_SERVICE_NAMESPACE,
     DEFAULT_NUM_NODES,
     DEFAULT_OVERLAY,
     DEFAULT_PLATFORM,
@@ -51,6 +58,7 @@ from pipelines.defaults import (
     SETTINGS_CONFIGMAP,
     STEP_RESOURCES,
     STEP_RETRIES,
+    STEP_TIMEOUTS,
     STEPS,
     STORE_SETTINGS,
     VERTEX_ACCELERATOR_TYPES,
@@ -240,8 +248,11 @@ def _configure(task, step: str, opts: PipelineOptions):
             backoff_factor=factor,
             backoff_max_duration=RETRY_MAX_DURATION,
         )
-    if step in opts.timeouts:
-        kubernetes.set_timeout(task, opts.timeouts[step])
+    timeout = opts.timeouts.get(step)
+    if timeout is None and opts.cluster_overlay != "none":  # compiled for a Kubeflow cluster
+        timeout = STEP_TIMEOUTS.get(step)
+    if timeout:
+        kubernetes.set_timeout(task, timeout)
     _cluster_inputs(task, step, opts)
     return task
 
@@ -297,6 +308,9 @@ def build_pipeline(options: PipelineOptions | None = None):
         model_version: str = "",
         epochs: int = 0,
         batch_size: int = 0,
+        inference_service: str = "",
+        inference_service_namespace: str = DEFAULT_INFERENCE_SERVICE_NAMESPACE,
+        canary_percent: int = DEFAULT_CANARY_PERCENT,
     ):
         # window_end "" = the run's scheduled time, resolved by KFP per run: runs over
         # different windows never share a cache entry, a re-run of one window may
@@ -364,6 +378,16 @@ def build_pipeline(options: PipelineOptions | None = None):
                 auc=evaluated.outputs["auc"],
             ).set_display_name("push blessed model")
             _configure(pushed, "push", opts)
+            # KServe serves the pushed model (gs:// destinations) when a service is named
+            with dsl.If(inference_service != "", name="roll-out"):
+                rolled = rollout(
+                    pushed_model=pushed.outputs["pushed_model"],
+                    destination=push_destination,
+                    inference_service=inference_service,
+                    namespace=inference_service_namespace,
+                    canary_percent=canary_percent,
+                ).set_display_name("roll out through KServe")
+                _configure(rolled, "rollout", opts)
         with dsl.Else(name="not-blessed"):
             recorded = record_not_pushed(
                 auc=evaluated.outputs["auc"],

@@ -79,18 +79,22 @@ def test_parameters_have_defaults_for_a_run_from_the_ui(tmp_path):
         "model_version",
         "epochs",
         "batch_size",
+        "inference_service",
+        "inference_service_namespace",
+        "canary_percent",
     }
     assert set(params) == expected
     assert all("defaultValue" in p or p.get("isOptional") for p in params.values())
     assert params["push_destination"]["defaultValue"] == "gs://bucket/models/deepfm"
     assert params["min_auc"]["defaultValue"] == pytest.approx(0.70)
     assert params["window_end"]["defaultValue"] == ""  # = now: the latest window_days
+    assert params["inference_service"]["defaultValue"] == ""  # no rollout unless named
 
 
 def test_every_step_uses_the_given_image_and_installs_nothing(tmp_path):
     path, docs = _compile(tmp_path, image="registry.example/deepfm:1.2.3")
     executors = docs[0]["deploymentSpec"]["executors"]
-    assert len(executors) == 7
+    assert len(executors) == 8
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == "registry.example/deepfm:1.2.3", name
@@ -242,7 +246,7 @@ def _retries(spec: dict) -> dict:
 def test_every_task_has_cpu_and_memory_requests_and_limits(tmp_path):
     _, docs = _compile(tmp_path, train_cpu="6", train_memory="24G")
     resources = _resources(docs[0])
-    assert set(resources) == {*STEPS, "require-valid-data", "push", "record-not-pushed"}
+    assert set(resources) == {*STEPS, "require-valid-data", "push", "rollout", "record-not-pushed"}
     expected = dict(STEP_RESOURCES, train=("6", "6", "24G", "24G"))
     for name, r in resources.items():
         got = (
@@ -259,7 +263,7 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(tmp_path):
 def test_retries_with_backoff_where_failures_are_transient(tmp_path):
     _, docs = _compile(tmp_path)
     retries = _retries(docs[0])
-    for name in ("features", "train", "push"):
+    for name in ("features", "train", "push", "rollout"):
         count, backoff, factor = STEP_RETRIES[name]
         assert retries[name] == {
             "maxRetryCount": count,
@@ -291,7 +295,8 @@ def test_options_override_resources_retries_and_add_pod_timeouts(tmp_path):
     deadlines = {
         n: e["activeDeadlineSeconds"] for n, e in platform.items() if "activeDeadlineSeconds" in e
     }
-    assert deadlines == {"exec-train": "7200", "exec-push": "600"}
+    # the rollout's default timeout stays; train's and push's are the options'
+    assert deadlines == {"exec-train": "7200", "exec-push": "600", "exec-rollout": "600"}
 
 
 @pytest.mark.parametrize(
@@ -431,7 +436,7 @@ def test_feature_store_steps_get_settings_config_and_sources_from_the_gcp_overla
     assert _env(docs, "features")["FEAST_FS_YAML_FILE_PATH"] == "/etc/feast/feature_store.yaml"
     assert "configMapAsVolume" not in platform["exec-validate"]  # validation reads files only
     assert "FEAST_FS_YAML_FILE_PATH" not in _env(docs, "validate")
-    for step in ("train", "evaluate", "push", "require-valid-data", "record-not-pushed"):
+    for step in ("train", "evaluate", "push", "rollout", "require-valid-data", "record-not-pushed"):
         executor = platform[f"exec-{step}"]
         assert not {"configMapAsEnv", "configMapAsVolume", "pvcMount"} & set(executor), step
         assert _env(docs, step) == {}, step
@@ -516,3 +521,94 @@ def test_a_local_run_has_no_cluster_settings_and_no_schedule_placeholder(tmp_pat
         scheduled = docs[0]["root"]["dag"]["tasks"][step]["inputs"]["parameters"]["scheduled_at"]
         assert scheduled == {"runtimeValue": {"constant": ""}}
         assert _env(docs, step) == {}
+
+
+# ------------------------------------------------------------ the rollout through KServe
+
+
+def test_the_rollout_runs_after_push_only_when_a_service_is_named(tmp_path):
+    """rollout: inside the blessed branch, after push, under its own condition on the
+    inference_service parameter; it rolls out what push pushed to the run's destination,
+    with its own resources, retries and pod timeout."""
+    from pipelines.defaults import STEP_TIMEOUTS
+
+    _, docs = _compile(tmp_path)
+    spec = docs[0]
+    tasks = _all_tasks(spec["root"]["dag"], spec)
+    rollout_task, rollout_path = tasks["rollout"]
+    push_task, push_path = tasks["push"]
+    # nested: blessed branch -> the roll-out condition -> rollout
+    assert rollout_path.startswith(push_path) and rollout_path != push_path
+    branch = rollout_path.rstrip("/").split("/")[-1]
+    branch_task = tasks[branch][0]
+    assert branch_task["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--inference_service'] != ''"
+    )
+    assert branch_task["dependentTasks"] == ["push"]
+    assert branch_task["inputs"]["artifacts"]["pipelinechannel--push-pushed_model"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "pushed_model", "producerTask": "push"}
+    }
+    inputs = rollout_task["inputs"]
+    assert inputs["artifacts"]["pushed_model"] == {
+        "componentInputArtifact": "pipelinechannel--push-pushed_model"
+    }
+    assert {k: v["componentInputParameter"] for k, v in inputs["parameters"].items()} == {
+        "destination": "pipelinechannel--push_destination",
+        "inference_service": "pipelinechannel--inference_service",
+        "namespace": "pipelinechannel--inference_service_namespace",
+        "canary_percent": "pipelinechannel--canary_percent",
+    }
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["inference_service_namespace"]["defaultValue"] == "deepfm"
+    assert params["canary_percent"]["defaultValue"] == 100
+    r = _resources(spec)["rollout"]
+    assert (r["resourceCpuRequest"], r["resourceMemoryLimit"]) == (
+        STEP_RESOURCES["rollout"][0],
+        STEP_RESOURCES["rollout"][3],
+    )
+    assert _retries(spec)["rollout"]["maxRetryCount"] == STEP_RETRIES["rollout"][0]
+    deadline = _platform(docs)["exec-rollout"]["activeDeadlineSeconds"]
+    assert deadline == str(STEP_TIMEOUTS["rollout"])
+    # Vertex reads no pod deadline: the step is there without one (nothing refused)
+    compile_pipeline(str(tmp_path / "v.yaml"), PipelineOptions(platform="vertex"))
+    vertex = yaml.safe_load((tmp_path / "v.yaml").read_text())
+    assert "rollout" in _all_tasks(vertex["root"]["dag"], vertex)
+
+
+@pytest.mark.parametrize(
+    "destination, canary, message",
+    [
+        ("/var/lib/deepfm/models/deepfm", 100, "push_destination='/var/lib/deepfm/models/deepfm'"),
+        ("s3://b/deepfm", 100, "rolls out models pushed to gs:// only"),
+        ("gs://b/deepfm", 101, "canary_percent must be in 0..100, got 101"),
+    ],
+)
+def test_the_rollout_step_refuses_what_cannot_work_in_one_line(
+    tmp_path, destination, canary, message
+):
+    from kfp.dsl import Artifact
+
+    from components.rollout import rollout
+
+    artifact = Artifact(name="pushed_model", uri=str(tmp_path / "pushed"), metadata={})
+    with pytest.raises(SystemExit) as e:
+        rollout.python_func(
+            pushed_model=artifact, destination=destination, inference_service="deepfm",
+            canary_percent=canary,
+        )  # fmt: skip
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert "inference_service=deepfm/deepfm" in str(e.value)
+    assert artifact.metadata == {}
+
+
+def test_the_rollout_step_outside_a_cluster_names_what_is_missing(tmp_path, monkeypatch):
+    from kfp.dsl import Artifact
+
+    from components.rollout import rollout
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    artifact = Artifact(name="pushed_model", uri=str(tmp_path / "pushed"), metadata={})
+    with pytest.raises(SystemExit, match="no Kubernetes API to reach"):
+        rollout.python_func(pushed_model=artifact, destination="gs://b/deepfm")
