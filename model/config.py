@@ -326,6 +326,11 @@ class DataConfig(_Section):
     sample_weight: str | None = None
     timestamp: str | None = "event_timestamp"
     group_key: str | None = None
+    # shard folders (feature_repo.shards) train streamed (model.stream) or in memory:
+    # auto streams from stream_min_rows rows (the manifest's count) on
+    streaming: Literal["auto"] | bool = "auto"
+    stream_min_rows: int = Field(default=5_000_000, ge=1)
+    shuffle_buffer_rows: int = Field(default=1_000_000, ge=0)
 
 
 class Config(_Section):

@@ -238,19 +238,26 @@ class IdEncoder:
         self.kind = _id_kind(raw)
         if f.vocab is not None:
             values, missing = _id_values(raw, self.kind, f.name)
-            counts = pd.Series(values[~missing]).value_counts(sort=False)
-            counts = counts[counts >= f.vocab.min_count]
-            # Most frequent first; ties by value, so a refit on the same data is identical.
-            order = pd.DataFrame({"v": counts.index, "c": counts.to_numpy()}).sort_values(
-                ["c", "v"], ascending=[False, True], kind="stable"
-            )
-            if f.vocab.max_size is not None:
-                order = order.head(f.vocab.max_size)
-            self.vocab = [v.item() if hasattr(v, "item") else v for v in order["v"].to_numpy()]
+            self.set_vocab(pd.Series(values[~missing]).value_counts(sort=False))
         elif f.num_buckets is not None:
             self.encode_values(raw)  # fails early on out-of-range ids
         self._index = None
         return self
+
+    def set_vocab(self, counts: pd.Series) -> None:
+        """The vocabulary from each id's count (index: ids of ``self.kind``, values:
+        counts): ids seen ``min_count`` times or more, most frequent first, ties by value
+        (a refit on the same data is identical), at most ``max_size``. ``fit`` and the
+        streamed fit (``model.stream``, counts summed over batches) both end here."""
+        f = self.feature
+        counts = counts[counts >= f.vocab.min_count]
+        order = pd.DataFrame({"v": counts.index, "c": counts.to_numpy()}).sort_values(
+            ["c", "v"], ascending=[False, True], kind="stable"
+        )
+        if f.vocab.max_size is not None:
+            order = order.head(f.vocab.max_size)
+        self.vocab = [v.item() if hasattr(v, "item") else v for v in order["v"].to_numpy()]
+        self._index = None
 
     def encode_values(self, raw: pd.Series | np.ndarray) -> np.ndarray:
         """1-D raw ids -> local rows [n] int64."""
