@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from model import threads  # isort: skip - before torch loads its OpenMP runtime
 
@@ -74,6 +75,17 @@ class EncodedDataset:
             None if self.weights is None else self.weights.to(device),
             self.groups,
         )
+
+
+class _BatchSource(Protocol):
+    """Training rows that are not in memory (``model.stream.StreamedRows``): each process
+    trains ``rows_per_rank`` rows an epoch, in the batches ``batches`` yields."""
+
+    rows_per_rank: int
+
+    def batches(
+        self, epoch: int, first: int, dev: torch.device
+    ) -> Iterator[tuple[EncodedFeatures, torch.Tensor, torch.Tensor | None]]: ...
 
 
 @dataclass
@@ -692,17 +704,20 @@ def _save_checkpoint(root: Path, state: dict) -> None:
 # ------------------------------------------------------------------------- epoch
 
 
-def _train_epoch(run: _Run, data: EncodedDataset, epoch: int) -> dict:
+def _train_epoch(run: _Run, data: EncodedDataset | _BatchSource, epoch: int) -> dict:
     """Train one epoch (from step ``run.at.step_in_epoch`` when resuming into it) -> its
     history record: ``epoch``, ``train_loss`` (mean over the steps run),
     ``train_seconds``, ``train_samples_per_s``."""
     tc, dev, world = run.cfg.train, run.dev, run.world
-    n = len(data)
-    shard = math.ceil(n / world)
-    steps = math.ceil(shard / tc.batch_size)
     first = run.at.step_in_epoch
     run.at.epoch = epoch
-    features, labels, weights = _epoch_shuffle(data, epoch, tc.seed, run.rank, world, dev)
+    if isinstance(data, EncodedDataset):
+        shard = math.ceil(len(data) / world)
+        batches = _shuffled_batches(data, epoch, run, first)
+    else:  # streamed rows (model.stream.StreamedRows): this process's batches from shards
+        shard = data.rows_per_rank
+        batches = data.batches(epoch, first, dev)
+    steps = math.ceil(shard / tc.batch_size)
     samples = max(shard - first * tc.batch_size, 0) * world
     check_every = 1 if dev.type == "cpu" else tc.log_steps
     # the bar shows what the step lines say: they go to DEBUG while it is on screen
@@ -710,14 +725,8 @@ def _train_epoch(run: _Run, data: EncodedDataset, epoch: int) -> dict:
     epoch_loss = torch.zeros((), device=dev)
     t0 = time.perf_counter()
     with _epoch_bar(run, epoch, samples) as bar:
-        for step in range(first, steps):
-            start, stop = step * tc.batch_size, (step + 1) * tc.batch_size
-            loss = _train_step(
-                run,
-                features.slice(start, stop),
-                labels[start:stop],
-                None if weights is None else weights[start:stop],
-            )
+        for step, (features, labels, weights) in zip(range(first, steps), batches, strict=True):
+            loss = _train_step(run, features, labels, weights)
             run.at.global_step += 1
             epoch_loss += loss.detach()
             last = step == steps - 1
@@ -766,6 +775,21 @@ def _checkpoint_due(run: _Run) -> bool:
         return True
     secs = tc.save_checkpoints_secs
     return bool(secs) and time.monotonic() - run.last_checkpoint >= secs
+
+
+def _shuffled_batches(
+    data: EncodedDataset, epoch: int, run: _Run, first: int
+) -> Iterator[tuple[EncodedFeatures, torch.Tensor, torch.Tensor | None]]:
+    """This process's batches of the epoch's shuffle from step ``first`` on."""
+    tc = run.cfg.train
+    features, labels, weights = _epoch_shuffle(data, epoch, tc.seed, run.rank, run.world, run.dev)
+    for start in range(first * tc.batch_size, len(labels), tc.batch_size):
+        stop = start + tc.batch_size
+        yield (
+            features.slice(start, stop),
+            labels[start:stop],
+            None if weights is None else weights[start:stop],
+        )
 
 
 def _epoch_shuffle(
