@@ -20,7 +20,11 @@ rows. Here:
   from those the rows' gradients and the first layer's weight and bias gradients;
 - ``adagrad_update``: sums the gradients of duplicate rows without sorting (each thread
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
-  merged) and applies Adagrad to each touched row once.
+  merged) and applies Adagrad to each touched row once;
+- ``adam_update``: the tables' Adam (``model.optim.TableAdam``) in one call: the same
+  duplicate sums, then one pass over the small fields' rows (every step, as dense Adam)
+  and the touched rows of the large ones, instead of a dozen PyTorch passes and index
+  copies, which at small batches cost more than the rest of the step's embedding work.
 
 The gathers and the update prefetch the random table rows a few iterations ahead
 (``prefetch_row``), which matters once the matrix products have evicted the tables from
@@ -458,6 +462,85 @@ if numba is not None:
                         acc[r, c] = a
                         weight[r, c] -= lr * g / (np.sqrt(a) + eps)
 
+    @_jit
+    def adam_update(
+        weight, m, v, rows, grads, dense_rows, dense_pos, coef, slot, uniq, gsum, ends, dmap
+    ):
+        """``model.optim.TableAdam``'s step in one call: the rows of a sparse gradient
+        (``rows [N]``, ``grads [N, C]``, rows may repeat) summed per distinct row as in
+        ``adagrad_update`` (same scratch ``slot``, ``uniq``, ``gsum``, ``ends``), then Adam
+        on every dense row (``dense_rows [D]``, a zero gradient where the batch did not touch
+        it; ``dense_pos [R]`` each row's position among them, -1 for a lazy row) and on each
+        touched lazy row, in ``torch.optim.Adam``'s order of operations. ``coef`` (float32) is
+        ``[step_size, sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``, each computed in
+        float64 first as PyTorch does with Python scalars; ``dmap [D]`` (int64, -1 on entry
+        and on exit) is scratch."""
+        N, C = grads.shape
+        parts = slot.shape[0]
+        chunk = (N + parts - 1) // parts
+        step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
+        one_b2, eps, l2 = coef[4], coef[5], coef[6]
+        for t in prange(parts):
+            lo = t * chunk
+            end = lo
+            for n in range(lo, min(N, lo + chunk)):
+                r = rows[n]
+                u = slot[t, r]
+                if u < 0:
+                    u = end
+                    slot[t, r] = u
+                    uniq[u] = r
+                    end += 1
+                    for c in range(C):
+                        gsum[u, c] = grads[n, c]
+                else:
+                    for c in range(C):
+                        gsum[u, c] += grads[n, c]
+            ends[t] = end
+        for t in range(1, parts):  # few rows: serial
+            for i in range(t * chunk, ends[t]):
+                r = uniq[i]
+                for earlier in range(t):
+                    u = slot[earlier, r]
+                    if u >= 0:
+                        for c in range(C):
+                            gsum[u, c] += gsum[i, c]
+                        uniq[i] = -1 - r  # merged: skip below
+                        break
+        for t in prange(parts):  # the touched lazy rows; the dense ones are found below
+            for i in range(t * chunk, ends[t]):
+                r = uniq[i]
+                if r < 0:
+                    slot[t, -1 - r] = -1
+                    continue
+                slot[t, r] = -1
+                d = dense_pos[r]
+                if d >= 0:
+                    dmap[d] = i
+                    continue
+                for c in range(C):
+                    g = gsum[i, c]
+                    if l2 != 0:
+                        g = g + l2 * weight[r, c]
+                    mc = m[r, c] + one_b1 * (g - m[r, c])
+                    vc = v[r, c] * b2 + one_b2 * g * g
+                    m[r, c] = mc
+                    v[r, c] = vc
+                    weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+        for d in prange(dense_rows.shape[0]):  # every dense row, touched or not
+            r = dense_rows[d]
+            i = dmap[d]
+            dmap[d] = -1
+            for c in range(C):
+                g = gsum[i, c] if i >= 0 else np.float32(0.0)
+                if l2 != 0:
+                    g = g + l2 * weight[r, c]
+                mc = m[r, c] + one_b1 * (g - m[r, c])
+                vc = v[r, c] * b2 + one_b2 * g * g
+                m[r, c] = mc
+                v[r, c] = vc
+                weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+
 
 def _warm_up() -> bool:
     """Compile (or load from numba's cache) and run every kernel once on tiny inputs.
@@ -515,6 +598,14 @@ def _warm_up() -> bool:
                 weight, acc, rows.reshape(-1), grad, f32(0.1), f32(1e-8), rowwise, slot,
                 np.empty(4, i64), np.empty((4, 3), f32), np.empty(2, i64),
             )  # fmt: skip
+        dense_rows = np.array([0, 2], i64)
+        dense_pos = np.array([0, -1, 1], i64)
+        coef = np.array([0.1, 0.5, 0.1, 0.999, 0.001, 1e-8, 0.01], f32)
+        m, v = np.zeros((3, 3), f32), np.zeros((3, 3), f32)
+        adam_update(
+            weight, m, v, rows.reshape(-1), grad, dense_rows, dense_pos, coef, slot,
+            np.empty(4, i64), np.empty((4, 3), f32), np.empty(2, i64), np.full(2, -1, i64),
+        )  # fmt: skip
         return True
     except Exception as err:  # noqa: BLE001 - any failure means: use the PyTorch path
         import warnings

@@ -16,7 +16,8 @@ touch), so a step costs the small fields' rows plus the rows touched, never a pa
 large table. ``lazy=True`` makes every row lazy. ``l2`` is FuxiCTR's
 ``embedding_regularizer``: the loss gains ``l2 / 2 * ||w||^2`` over the rows updated,
 so ``l2 * w`` is added to their gradient (every row of the dense fields each step; a lazy
-row when it is touched).
+row when it is touched). On a CPU both run as one compiled call per table
+(``model.kernels.adagrad_update``, ``adam_update``), PyTorch ops elsewhere.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class TableAdam(torch.optim.Optimizer):
         # per parameter: the sorted dense rows and each row's position among them (-1 lazy);
         # None = every row dense. Derived from the layout, not state.
         self._dense: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._scratch: dict[torch.Tensor, dict[str, np.ndarray]] = {}  # the kernel's
         params_all = [p for g in self.param_groups for p in g["params"]]
         for i, p in enumerate(params_all):
             rows = p.shape[0]
@@ -220,6 +222,8 @@ class TableAdam(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 dense = self._dense[p]
                 grad = p.grad
+                if grad.is_sparse and self._kernel_update(p, grad, m, v, dense, coef):
+                    continue
                 if dense is None:  # every row, as torch.optim.Adam on a dense table
                     if grad.is_sparse:
                         g = torch.zeros_like(m)
@@ -245,6 +249,63 @@ class TableAdam(torch.optim.Optimizer):
                 if len(lazy_rows):  # the large fields' rows: those touched
                     _adam_rows(p, m, v, lazy_rows, values[is_lazy], coef)
         return loss
+
+    def _kernel_update(self, p, grad, m, v, dense, coef) -> bool:
+        """The CPU path: ``model.kernels.adam_update`` does the whole step in one call (the
+        duplicate sums, every dense row, the touched lazy rows). False when it does not
+        apply (GPU, not float32, no kernels), and the PyTorch path runs instead."""
+        if (
+            p.device.type != "cpu"
+            or p.dtype != torch.float32
+            or p.dim() != 2
+            or not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous())
+            or m.dtype != torch.float32
+            or v.dtype != torch.float32
+        ):
+            return False
+        from model import kernels
+
+        if not kernels.available():
+            return False
+        rows = grad._indices()[0].contiguous()
+        values = grad._values().float().contiguous()
+        parts = min(kernels.set_threads(torch.get_num_threads()), 4)
+        n, width = values.shape
+        scratch = self._scratch.get(p)
+        if scratch is None or scratch["slot"].shape[0] != parts or scratch["uniq"].shape[0] < n:
+            scratch = self._scratch[p] = _adam_scratch(p.shape[0], width, parts, n, dense)
+        step_size, bc2_sqrt, b1, b2, eps, l2 = coef
+        # the scalars as PyTorch takes them: computed in float64, then float32
+        factors = np.array([step_size, bc2_sqrt, 1 - b1, b2, 1 - b2, eps, l2], dtype=np.float32)
+        kernels.adam_update(
+            p.detach().numpy(), m.numpy(), v.numpy(), rows.numpy(), values.numpy(),
+            scratch["dense_rows"], scratch["dense_pos"], factors, scratch["slot"],
+            scratch["uniq"], scratch["gsum"], scratch["ends"], scratch["dmap"],
+        )  # fmt: skip
+        return True
+
+
+def _adam_scratch(rows: int, width: int, parts: int, n: int, dense) -> dict[str, np.ndarray]:
+    """``kernels.adam_update``'s arrays for a table of ``rows`` rows: the dense rows and
+    each row's position among them (``dense``: ``TableAdam._dense``'s entry), per thread a
+    slot map row -> scratch position (the kernel leaves it all -1), the distinct rows and
+    their summed gradients for ``n`` lookups, the slices' ends and the dense rows' map
+    (also left -1). Kept between steps: fresh pages every step cost more than the update."""
+    if dense is None:
+        dense_rows = np.arange(rows, dtype=np.int64)
+        dense_pos = dense_rows
+    else:
+        dense_rows = dense[0].cpu().numpy().astype(np.int64)
+        dense_pos = dense[1].cpu().numpy().astype(np.int64)
+    return {
+        "dense_rows": dense_rows,
+        "dense_pos": dense_pos,
+        "slot": np.full((parts, rows), -1, dtype=np.int32),
+        "uniq": np.empty(n, dtype=np.int64),
+        "gsum": np.empty((n, width), dtype=np.float32),
+        "ends": np.empty(parts, dtype=np.int64),
+        "dmap": np.full(len(dense_rows), -1, dtype=np.int64),
+    }
 
 
 def _adam(p, m, v, g, step_size, bc2_sqrt, b1, b2, eps, l2) -> None:
