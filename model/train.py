@@ -83,6 +83,10 @@ class _BatchSource(Protocol):
 
     rows_per_rank: int
 
+    def __len__(self) -> int: ...
+
+    def evaluate(self, model: DeepFM) -> dict[str, float]: ...
+
     def batches(
         self, epoch: int, first: int, dev: torch.device
     ) -> Iterator[tuple[EncodedFeatures, torch.Tensor, torch.Tensor | None]]: ...
@@ -248,9 +252,12 @@ def score(model: DeepFM, features: EncodedFeatures, batch_size: int = 65536) -> 
 
 
 def evaluate(
-    cfg: Config, model: DeepFM, data: EncodedDataset
-) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics of ``model`` on ``data`` and the scores they were computed from."""
+    cfg: Config, model: DeepFM, data: EncodedDataset | _BatchSource
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Metrics of ``model`` on ``data`` and the scores they were computed from (None for
+    streamed rows, ``model.stream``: their metrics are accumulated batch by batch)."""
+    if not isinstance(data, EncodedDataset):
+        return data.evaluate(model), None
     scores = score(model, data.features, cfg.train.eval_batch_size)
     labels = data.labels.cpu().numpy()
     if model.loss_kind == "l2_loss":
@@ -420,6 +427,36 @@ def train(
         + (f", {len(valid_data):,} validation rows" if valid_data else "")
         + (f", {len(eval_data):,} eval rows" if eval_data else "")
     )
+    return _fit(
+        cfg,
+        encoder,
+        (dev, rank, world),
+        train_data,
+        valid_data,
+        eval_data,
+        model_dir=model_dir,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _fit(
+    cfg: Config,
+    encoder: FeatureEncoder,
+    processes: tuple[torch.device, int, int],
+    train_data: EncodedDataset | _BatchSource,
+    valid_data: EncodedDataset | _BatchSource | None,
+    eval_data: EncodedDataset | _BatchSource | None,
+    *,
+    model_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+) -> TrainResult:
+    """The model, its optimizers and the epochs (resumed, validated, evaluated, stopped
+    early), on in-memory rows or streamed ones (``model.stream``); the best epoch's weights
+    and the final metrics."""
+    tc = cfg.train
+    dev, rank, world = processes
     run = _build_run(cfg, encoder, dev, rank, world, model_dir, progress and _stderr_is_tty())
     run.validation_split = valid_data is not None
     if resume and run.ckpt_root is not None:
