@@ -13,6 +13,11 @@ the compiled spec declares (``pipelines/pipeline.py``, kfp-kubernetes), under th
 - the overlay's volume claim holding the sources (``OVERLAY_VOLUMES``), at that folder;
 - ``DEEPFM_OVERLAY``, the overlay the spec was compiled for; it marks a cluster step.
 
+On Vertex AI Pipelines (no Kubernetes platform document) the same variables are plain
+variables of the spec (``deepfm pipeline compile --platform vertex --store-setting
+KEY=VALUE``), ``DEEPFM_OVERLAY`` is ``vertex`` and the files are on Cloud Storage, which
+Vertex AI mounts at ``/gcs/BUCKET`` (``VERTEX_SETTINGS``: the defaults).
+
 ``check_cluster_settings`` fails a step at once, with one line naming the missing setting
 and where it is set, instead of a Feast or file error minutes later. A step without
 ``DEEPFM_OVERLAY`` (``deepfm pipeline run-local``) uses the feature repo's own config.
@@ -63,6 +68,18 @@ OVERLAY_VOLUMES = {
         "manifest": "manifests/overlays/local/storage.yaml",
     },
 }
+# Vertex AI: the settings a spec compiled for it gives validate and features by default
+# (gs:// paths become /gcs/BUCKET/..., Vertex AI's Cloud Storage FUSE mount); BUCKET is
+# the bucket of the push destination. The feature_store.yaml there is a copy of the one the
+# steps should use (its ${VAR}s set with --store-setting too).
+VERTEX = "vertex"
+VERTEX_SETTINGS = {
+    "FEAST_FS_YAML_FILE_PATH": "gs://{bucket}/feast/feature_store.yaml",
+    "DEEPFM_DATA_DIR": "gs://{bucket}/feast/data",
+    "DEEPFM_GCS_BUCKET": "{bucket}",
+}
+VERTEX_GCS_MOUNT = "/gcs"
+VERTEX_FLAG = "deepfm pipeline compile --platform vertex --store-setting"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNRESOLVED = "{{$."  # a KFP placeholder the runner did not resolve (kfp.local)
 
@@ -73,6 +90,13 @@ class ClusterSettingError(SystemExit):
 
 def _settings_file(overlay: str) -> str:
     return f"manifests/overlays/{overlay}/settings.env"
+
+
+def gcs_path(value: str) -> str:
+    """A gs://BUCKET/PATH as Vertex AI mounts it (/gcs/BUCKET/PATH); anything else as is."""
+    if value.startswith("gs://"):
+        return f"{VERTEX_GCS_MOUNT}/{value.removeprefix('gs://')}"
+    return value
 
 
 def check_cluster_settings(
@@ -98,6 +122,8 @@ def check_cluster_settings(
         value = env.get(name, "")
         if not value:
             by = f", which {referenced_by} references" if referenced_by else ""
+            if overlay == VERTEX:
+                raise ClusterSettingError(f"{name} is not set{by}: {VERTEX_FLAG} {name}=VALUE")
             raise ClusterSettingError(
                 f"{name} is not set: the ConfigMap {SETTINGS_CONFIGMAP} key {name}"
                 f"{by} ({_settings_file(overlay)})"
@@ -105,6 +131,11 @@ def check_cluster_settings(
         return value
 
     data_dir = setting(DATA_DIR_ENV)
+    if not Path(data_dir).is_dir() and overlay == VERTEX:
+        raise ClusterSettingError(
+            f"{DATA_DIR_ENV}={data_dir} is not a folder: the sources' gs:// folder, which "
+            f"Vertex AI mounts under {VERTEX_GCS_MOUNT}/ ({VERTEX_FLAG} {DATA_DIR_ENV}=gs://...)"
+        )
     if not Path(data_dir).is_dir():
         volume = OVERLAY_VOLUMES.get(overlay, {})
         claim = volume.get("claim", "the data volume")
@@ -119,6 +150,10 @@ def check_cluster_settings(
             f"the ConfigMap {FEAST_CONFIGMAP} key {FEAST_CONFIG_FILE} "
             f"(manifests/overlays/{overlay}/{FEAST_CONFIG_FILE})"
         )
+        if overlay == VERTEX:
+            where = (
+                f"a feature_store.yaml on Cloud Storage ({VERTEX_FLAG} {FEAST_CONFIG_ENV}=gs://...)"
+            )
         if not config:
             raise ClusterSettingError(
                 f"{FEAST_CONFIG_ENV} is not set: the pipeline spec sets it to {where} "

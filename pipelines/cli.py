@@ -277,6 +277,12 @@ def _pipeline_options(args: argparse.Namespace):
         overlay=args.overlay or "",
         data_mount=args.data_mount or "",
         feast_config_mount=args.feast_config_mount,
+        store_settings=parse_assignments(
+            args.store_setting,
+            "--store-setting",
+            typed=False,
+            example="DEEPFM_DATA_DIR=gs://bucket/feast/data",
+        ),
     )
 
 
@@ -581,6 +587,17 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         default=defaults.FEAST_CONFIG_MOUNT,
         help=f"where feast-config is mounted (default {defaults.FEAST_CONFIG_MOUNT})",
+    )
+    comp.add_argument(
+        "--store-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="vertex: a feature store variable of validate and features (repeatable; "
+        "gs:// paths become Vertex AI's /gcs/ mount), e.g. DEEPFM_REDIS_ADDRESS=10.0.0.3:6379; "
+        "defaults: FEAST_FS_YAML_FILE_PATH=gs://BUCKET/feast/feature_store.yaml, "
+        "DEEPFM_DATA_DIR=gs://BUCKET/feast/data, DEEPFM_GCS_BUCKET=BUCKET (the push "
+        "destination's bucket)",
     )
     comp.set_defaults(func=cmd_pipeline_compile)
 

@@ -28,7 +28,12 @@ from components.evaluate import evaluate
 from components.features import features
 from components.push import push, record_not_pushed
 from components.rollout import rollout
-from components.settings import FEAST_CONFIG_ENV
+from components.settings import (
+    FEAST_CONFIG_ENV,
+    VERTEX,
+    VERTEX_SETTINGS,
+    gcs_path,
+)
 from components.train import train, train_trainjob
 from components.validate import require_valid_data, validate
 from pipelines.defaults import (
@@ -65,6 +70,7 @@ from pipelines.defaults import (
 )
 
 # A Kubernetes extended resource name: vendor-domain/resource, e.g. nvidia.com/gpu.
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _K8S_RESOURCE = re.compile(
     r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
@@ -125,6 +131,10 @@ class PipelineOptions:
     # /var/lib/deepfm/... and /etc/feast); the data mount must hold DEEPFM_DATA_DIR.
     data_mount: str = ""
     feast_config_mount: str = FEAST_CONFIG_MOUNT
+    # Vertex AI: the feature store settings of validate and features (their environment;
+    # gs:// paths become Vertex AI's /gcs/ mount), over components.settings.VERTEX_SETTINGS
+    # (on the push destination's bucket). On kubeflow the overlay's ConfigMaps give them.
+    store_settings: dict[str, str] = field(default_factory=dict)
     # window_end "" = the run's scheduled time, which KFP and Vertex AI resolve per run;
     # False: "" = now (kfp.local cannot resolve the placeholder)
     scheduled_window: bool = True
@@ -163,6 +173,16 @@ class PipelineOptions:
         for step, seconds in self.timeouts.items():
             if seconds < 1:
                 raise ValueError(f"timeout of {step} must be >= 1 second, got {seconds}")
+        for name, value in self.store_settings.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"--store-setting {name!r}: not a variable name (A-Z, 0-9, _)")
+            if not value:
+                raise ValueError(f"--store-setting {name}: the value is empty")
+        if self.store_settings and self.platform != "vertex":
+            raise ValueError(
+                f"--store-setting {', '.join(self.store_settings)}: Vertex AI only; on "
+                f"kubeflow the overlay's ConfigMap {SETTINGS_CONFIGMAP} gives them"
+            )
         if self.platform == "vertex":
             kubernetes_only = {
                 "node selectors": self.node_selector,
@@ -195,6 +215,18 @@ class PipelineOptions:
         if self.cluster_overlay == "local" and self.push_destination == DEFAULT_DESTINATION:
             return LOCAL_OVERLAY_DESTINATION
         return self.push_destination
+
+    @property
+    def vertex_settings(self) -> dict[str, str]:
+        """The variables validate and features get on Vertex AI: the defaults on the push
+        destination's bucket (else the default one's), the given ones over them."""
+        destination = self.destination
+        if not destination.startswith("gs://"):
+            destination = DEFAULT_DESTINATION
+        bucket = destination.removeprefix("gs://").split("/", 1)[0]
+        settings = {k: v.format(bucket=bucket) for k, v in VERTEX_SETTINGS.items()}
+        settings.update(self.store_settings)
+        return {k: gcs_path(v) for k, v in settings.items()}
 
     @property
     def accelerator(self) -> str:
@@ -264,6 +296,11 @@ def _cluster_inputs(task, step: str, opts: PipelineOptions) -> None:
     optional in the pod spec: a missing one fails the step at once, naming the setting
     (components/settings.py), instead of leaving the pod pending."""
     overlay = opts.cluster_overlay
+    if opts.platform == VERTEX and step in ("validate", "features"):
+        # no platform document: the settings are the spec's own variables
+        task.set_env_variable(OVERLAY_ENV, VERTEX)
+        for name, value in opts.vertex_settings.items():
+            task.set_env_variable(name, value)
     if overlay == "none":
         return
     kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "deepfm-pipeline")

@@ -77,6 +77,10 @@ def test_vertex_spec_loads_as_a_pipeline_job_offline(tmp_path, capsys, monkeypat
     assert train["image"] == "img:7"
     assert train["resources"]["accelerator"]["type"] == "NVIDIA_L4"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) >= {"window_days", "min_auc"}
+    # the feature store settings travel in the job as the steps' own variables
+    features = spec["deploymentSpec"]["executors"]["exec-features"]["container"]
+    env = {e["name"]: e["value"] for e in features["env"]}
+    assert env["FEAST_FS_YAML_FILE_PATH"] == "/gcs/deepfm-models/feast/feature_store.yaml"
 
 
 def test_the_vertex_accelerator_names_are_vertex_ai_enum_names():
@@ -139,3 +143,87 @@ def test_vertex_options_refuse_tolerations_in_the_library_too(tmp_path):
     assert PipelineOptions(platform="vertex").accelerator in VERTEX_ACCELERATOR_TYPES
     path = compile_pipeline(str(tmp_path / "v.yaml"), PipelineOptions(platform="vertex"))
     assert len(list(yaml.safe_load_all(Path(path).read_text()))) == 1
+
+
+# ------------------------------------------- the feature store settings on Vertex AI
+
+
+def _step_env(spec_path: Path, step: str) -> dict[str, str]:
+    spec = yaml.safe_load(spec_path.read_text())
+    container = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def test_vertex_steps_get_the_feature_store_settings_as_variables(tmp_path, capsys):
+    """No platform document on Vertex AI: validate and features get the settings as plain
+    variables of the spec, gs:// paths as Vertex AI's /gcs/ mount, on the push
+    destination's bucket by default; --store-setting adds or replaces one."""
+    code, out, err = _compile_cli(
+        tmp_path, capsys, "--push-destination", "gs://acme-ml/models/deepfm",
+        "--store-setting", "DEEPFM_REDIS_ADDRESS=10.0.0.3:6379",
+        "--store-setting", "DEEPFM_DATA_DIR=gs://acme-data/sources",
+    )  # fmt: skip
+    assert code == 0, err
+    expected = {
+        "DEEPFM_OVERLAY": "vertex",
+        "FEAST_FS_YAML_FILE_PATH": "/gcs/acme-ml/feast/feature_store.yaml",
+        "DEEPFM_DATA_DIR": "/gcs/acme-data/sources",
+        "DEEPFM_GCS_BUCKET": "acme-ml",
+        "DEEPFM_REDIS_ADDRESS": "10.0.0.3:6379",
+    }
+    for step in ("validate", "features"):
+        assert _step_env(out, step) == expected, step
+    for step in ("train", "evaluate", "push", "rollout"):
+        assert _step_env(out, step) == {}, step
+
+
+def test_a_vertex_step_checks_its_settings_in_its_first_second(tmp_path, capsys):
+    """The compiled variables, with /gcs/ as a folder here: the step's check passes once
+    every variable the feature_store.yaml references is given, and before that names the
+    missing one and the compile flag that sets it."""
+    from components.settings import ClusterSettingError, check_cluster_settings
+
+    root = Path(__file__).resolve().parents[1]
+    gcs = tmp_path / "gcs"
+    (gcs / "deepfm-models" / "feast" / "data").mkdir(parents=True)
+    (gcs / "deepfm-models" / "feast" / "feature_store.yaml").write_bytes(
+        (root / "manifests" / "overlays" / "gcp" / "feature_store.yaml").read_bytes()
+    )
+
+    def env_of(*args):
+        code, out, err = _compile_cli(tmp_path, capsys, *args)
+        assert code == 0, err
+        env = _step_env(out, "features")
+        return {k: v.replace("/gcs/", f"{gcs}/") for k, v in env.items()}
+
+    with pytest.raises(ClusterSettingError) as e:
+        check_cluster_settings(True, env_of())
+    message = str(e.value)
+    assert message.startswith("DEEPFM_REDIS_ADDRESS is not set, which ")
+    assert message.endswith(
+        "deepfm pipeline compile --platform vertex --store-setting DEEPFM_REDIS_ADDRESS=VALUE"
+    )
+    env = env_of(
+        "--store-setting", "DEEPFM_REDIS_ADDRESS=10.0.0.3:6379",
+        "--store-setting", "DEEPFM_FEAST_OFFLINE_HOST=10.0.0.4",
+    )  # fmt: skip
+    assert check_cluster_settings(True, env) == "vertex"
+    assert check_cluster_settings(False, env) == "vertex"
+    env["DEEPFM_DATA_DIR"] = str(gcs / "other" / "data")
+    with pytest.raises(ClusterSettingError, match="--store-setting DEEPFM_DATA_DIR=gs://"):
+        check_cluster_settings(False, env)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--platform", "kubeflow", "--store-setting", "DEEPFM_DATA_DIR=/x"], "Vertex AI only"),
+        (["--store-setting", "bad-name=1"], "--store-setting 'bad-name': not a variable name"),
+        (["--store-setting", "DEEPFM_DATA_DIR="], "--store-setting DEEPFM_DATA_DIR: the value"),
+        (["--store-setting", "DEEPFM_DATA_DIR"], "--store-setting 'DEEPFM_DATA_DIR': expected"),
+    ],
+)
+def test_bad_store_settings_are_refused(tmp_path, capsys, args, message):
+    code, out, err = _compile_cli(tmp_path, capsys, *args)
+    assert code == 2 and not out.exists()
+    assert message in err and len(err.strip().splitlines()) == 1
