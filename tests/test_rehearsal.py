@@ -34,6 +34,11 @@ with what stands in for a cluster on one machine.
    ``{{$.pipeline_job_schedule_time_utc}}`` as KFP's driver does, to the run's scheduled
    time, and runs with kfp.local's cache on, whose key (like a cluster's) is the task's
    resolved inputs.
+7. **The rollout**: the first run leaves ``inference_service`` empty (the rollout step is
+   skipped); the second names the overlay's InferenceService, and its rollout step patches
+   it through the real kubernetes client on a local server holding the rendered object
+   (``KUBECONFIG`` stands in for the pod's service account token; each request it made is
+   checked against the rendered Role bound to ``deepfm-pipeline``).
 
 What is not rehearsed: the pipeline root is a local folder (kfp.local writes artifacts to
 local paths only; a cluster's launcher uploads them to the gs:// root), the steps' CPU and
@@ -344,6 +349,9 @@ def drive(config_path: str) -> None:
     applied = {}
     original = subprocess_task_handler.run_local_subprocess
 
+    # what stands in for a pod's service account token (the Kubernetes API), per task
+    service_account = config.get("service_account_env", {})
+
     def in_pod(full_command, env_vars=None):
         function = full_command[full_command.index("--function_to_execute") + 1]
         k8s = executors.get(by_function[function], {})
@@ -351,7 +359,7 @@ def drive(config_path: str) -> None:
         applied[function] = {"env": sorted(env), "mounts": [m for _, m in mounts]}
         spec_env = {k: sandbox.resolve(v) for k, v in (env_vars or {}).items()}
         with sandbox.mounted(mounts):
-            return original(full_command, {**spec_env, **env})
+            return original(full_command, {**spec_env, **env, **service_account})
 
     subprocess_task_handler.run_local_subprocess = in_pod
     local.init(
@@ -538,8 +546,17 @@ def _compile(base: Path) -> Path:
     return package
 
 
-def _run(cluster: dict, package: Path, name: str, scheduled_at: str) -> dict:
-    """One run of the compiled spec, scheduled at ``scheduled_at``; the tasks' outputs."""
+def _run(
+    cluster: dict,
+    package: Path,
+    name: str,
+    scheduled_at: str,
+    params: dict | None = None,
+    kubeconfig: Path | None = None,
+) -> dict:
+    """One run of the compiled spec, scheduled at ``scheduled_at`` (``params`` besides the
+    defaults; ``kubeconfig``: the Kubernetes API a pod's service account reaches); the
+    tasks' outputs."""
     sandbox: Sandbox = cluster["sandbox"]
     base: Path = cluster["base"]
     driver = base / "driver.py"
@@ -560,7 +577,9 @@ def _run(cluster: dict, package: Path, name: str, scheduled_at: str) -> dict:
             "feature_repo": sandbox.remap("/app/feature_repo"),
             "window_days": WINDOW_DAYS,
             "min_auc": 0.0,  # a few thousand rows: the gate passes any model
+            **(params or {}),
         },
+        "service_account_env": {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {},
     }
     config_path = base / f"run-{name}.json"
     config_path.write_text(json.dumps(config))
@@ -617,8 +636,37 @@ def _window(task: dict) -> tuple[str, str, int]:
 # ----------------------------------------------------------------------------- tests
 
 
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/deepfm/inferenceservices/deepfm"
+
+
+def _served(isvc: dict) -> dict:
+    """The rendered InferenceService as the API server returns it."""
+    isvc = json.loads(json.dumps(isvc))
+    isvc["metadata"] |= {"resourceVersion": "1", "generation": 1}
+    return isvc
+
+
+def _granted(objs: list[dict], account: str, name: str) -> set[str]:
+    """The verbs the rendered Roles bound to ``account`` grant on InferenceService ``name``."""
+    verbs = set()
+    for binding in (o for o in objs if o["kind"] == "RoleBinding"):
+        if not any(s["name"] == account for s in binding["subjects"]):
+            continue
+        role = _one(objs, "Role", binding["roleRef"]["name"])
+        for rule in role["rules"]:
+            if (
+                "serving.kserve.io" in rule["apiGroups"]
+                and "inferenceservices" in rule["resources"]
+                and name in rule.get("resourceNames", [name])
+            ):
+                verbs |= set(rule["verbs"])
+    return verbs
+
+
 @pytest.mark.slow
 def test_the_compiled_pipeline_runs_as_in_the_cluster(cluster):
+    from test_rollout import FakeApiServer, kubeconfig
+
     from registry.model_registry import read_current
 
     sandbox: Sandbox = cluster["sandbox"]
@@ -656,9 +704,23 @@ def test_the_compiled_pipeline_runs_as_in_the_cluster(cluster):
     current = read_current(f"gs://{BUCKET}/deepfm")
     assert current["uri"] == tasks["push"]["parameterValues"]["Output"]
     assert current["uri"].startswith(f"gs://{BUCKET}/deepfm/")
+    # no inference_service: the rollout step did not run
+    assert "rollout" not in first["applied"] and "rollout" not in tasks
 
-    # a later scheduled run: other task inputs, a later window, evaluated against the first
-    second = _run(cluster, package, "second", SECOND_RUN)
+    # a later scheduled run: other task inputs, a later window, evaluated against the first;
+    # it names the InferenceService, so its blessed model is rolled out through KServe (the
+    # Kubernetes API: a local server holding the rendered InferenceService)
+    api = FakeApiServer(_served(_one(cluster["objs"], "InferenceService", "deepfm")))
+    api.thread.start()
+    try:
+        second = _run(
+            cluster, package, "second", SECOND_RUN,
+            params={"inference_service": "deepfm", "canary_percent": 10, "max_auc_drop": 1.0},
+            kubeconfig=kubeconfig(cluster["base"] / "kubeconfig", api.url),
+        )  # fmt: skip
+    finally:
+        api.server.shutdown()
+        api.server.server_close()
     start2, end2, _ = _window(second["tasks"]["features"])
     assert (start2, end2) == ("2026-11-05T00:00:00+00:00", "2026-11-09T00:00:00+00:00")
     # gated against the model the first run pushed (scored on the second run's eval rows)
@@ -680,6 +742,20 @@ def test_the_compiled_pipeline_runs_as_in_the_cluster(cluster):
     assert {"validate", "features", "train", "evaluate"} <= set(second["tasks"])
     assert "require-valid-data" not in second["tasks"]
     assert second["applied"].keys() >= {"validate", "features"}
+    # the rollout: KServe now sends 10% of the traffic to the model the second run pushed
+    assert second["applied"]["rollout"] == {"env": [], "mounts": []}
+    pushed = second["tasks"]["push"]["parameterValues"]["Output"]
+    assert read_current(f"gs://{BUCKET}/deepfm")["uri"] == pushed != current["uri"]
+    version = second["tasks"]["rollout"]["parameterValues"]["Output"]
+    predictor = api.isvc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["STORAGE_URI"] == pushed
+    assert predictor["canaryTrafficPercent"] == 10
+    assert api.isvc["metadata"]["annotations"]["deepfm.io/model-version"] == version
+    # every request it made is one the rendered RBAC grants the pipeline's service account
+    methods = [(method, path) for method, path, _, _ in api.requests]
+    assert methods == [("GET", ISVC_PATH), ("PATCH", ISVC_PATH)]
+    assert _granted(cluster["objs"], "deepfm-pipeline", "deepfm") >= {"get", "patch"}
     print(
         f"rehearsal: image {cluster['timings']['image']:.0f} s, Feast set-up "
         f"{cluster['timings']['feast']:.0f} s, runs {first['seconds']:.0f} s and "
