@@ -80,6 +80,12 @@ VERTEX_SETTINGS = {
 }
 VERTEX_GCS_MOUNT = "/gcs"
 VERTEX_FLAG = "deepfm pipeline compile --platform vertex --store-setting"
+# The Spark profile on a cluster (manifests/spark, deepfm pipeline compile --spark):
+# validate and features mount its ConfigMap instead of feast-config and run the Spark
+# driver in their pod: its address (the pod's IP, downward API) and the executors' image.
+FEAST_SPARK_CONFIGMAP = "feast-config-spark"
+SPARK_DRIVER_HOST_ENV = "SPARK_DRIVER_HOST"
+SPARK_IMAGE_ENV = "DEEPFM_IMAGE"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNRESOLVED = "{{$."  # a KFP placeholder the runner did not resolve (kfp.local)
 
@@ -122,6 +128,11 @@ def check_cluster_settings(
         value = env.get(name, "")
         if not value:
             by = f", which {referenced_by} references" if referenced_by else ""
+            if name in (SPARK_DRIVER_HOST_ENV, SPARK_IMAGE_ENV):
+                raise ClusterSettingError(
+                    f"{name} is not set{by}: the Spark profile's pipeline spec sets it "
+                    "(deepfm pipeline compile --spark)"
+                )
             if overlay == VERTEX:
                 raise ClusterSettingError(f"{name} is not set{by}: {VERTEX_FLAG} {name}=VALUE")
             raise ClusterSettingError(
@@ -150,6 +161,11 @@ def check_cluster_settings(
             f"the ConfigMap {FEAST_CONFIGMAP} key {FEAST_CONFIG_FILE} "
             f"(manifests/overlays/{overlay}/{FEAST_CONFIG_FILE})"
         )
+        if SPARK_IMAGE_ENV in env:  # compiled with --spark
+            where = (
+                f"the ConfigMap {FEAST_SPARK_CONFIGMAP} key {FEAST_CONFIG_FILE} "
+                "(manifests/spark/feature-store.yaml)"
+            )
         if overlay == VERTEX:
             where = (
                 f"a feature_store.yaml on Cloud Storage ({VERTEX_FLAG} {FEAST_CONFIG_ENV}=gs://...)"

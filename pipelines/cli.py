@@ -277,6 +277,7 @@ def _pipeline_options(args: argparse.Namespace):
         overlay=args.overlay or "",
         data_mount=args.data_mount or "",
         feast_config_mount=args.feast_config_mount,
+        spark=args.spark,
         store_settings=parse_assignments(
             args.store_setting,
             "--store-setting",
@@ -587,6 +588,13 @@ def _add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         default=defaults.FEAST_CONFIG_MOUNT,
         help=f"where feast-config is mounted (default {defaults.FEAST_CONFIG_MOUNT})",
+    )
+    comp.add_argument(
+        "--spark",
+        action="store_true",
+        help="the Spark profile (kubectl apply -k manifests/spark): validate and features "
+        "mount feast-config-spark and run the Spark driver in their pod (SPARK_DRIVER_HOST: "
+        "the pod's IP; DEEPFM_IMAGE: --image, for the executors)",
     )
     comp.add_argument(
         "--store-setting",

@@ -30,6 +30,9 @@ from components.push import push, record_not_pushed
 from components.rollout import rollout
 from components.settings import (
     FEAST_CONFIG_ENV,
+    FEAST_SPARK_CONFIGMAP,
+    SPARK_DRIVER_HOST_ENV,
+    SPARK_IMAGE_ENV,
     VERTEX,
     VERTEX_SETTINGS,
     gcs_path,
@@ -135,6 +138,10 @@ class PipelineOptions:
     # gs:// paths become Vertex AI's /gcs/ mount), over components.settings.VERTEX_SETTINGS
     # (on the push destination's bucket). On kubeflow the overlay's ConfigMaps give them.
     store_settings: dict[str, str] = field(default_factory=dict)
+    # The Spark profile (manifests/spark): validate and features mount feast-config-spark
+    # instead of feast-config and run the Spark driver in their pod (SPARK_DRIVER_HOST = the
+    # pod's IP, DEEPFM_IMAGE = image for the executors). Kubeflow with an overlay only.
+    spark: bool = False
     # window_end "" = the run's scheduled time, which KFP and Vertex AI resolve per run;
     # False: "" = now (kfp.local cannot resolve the placeholder)
     scheduled_window: bool = True
@@ -183,12 +190,18 @@ class PipelineOptions:
                 f"--store-setting {', '.join(self.store_settings)}: Vertex AI only; on "
                 f"kubeflow the overlay's ConfigMap {SETTINGS_CONFIGMAP} gives them"
             )
+        if self.spark and self.cluster_overlay == "none":
+            raise ValueError(
+                "spark: the Spark profile runs its executors as pods of the cluster "
+                "(manifests/spark); compile for kubeflow with an overlay (gcp, local)"
+            )
         if self.platform == "vertex":
             kubernetes_only = {
                 "node selectors": self.node_selector,
                 "tolerations": self.tolerations,
                 "timeouts": self.timeouts,
                 "the trainjob trainer": self.trainer == "trainjob",
+                "the Spark profile": self.spark,
                 f"the {self.overlay} overlay's ConfigMaps and volumes": self.overlay
                 not in ("", "none"),
             }
@@ -312,11 +325,19 @@ def _cluster_inputs(task, step: str, opts: PipelineOptions) -> None:
             config_map_key_to_env={k: k for k in STORE_SETTINGS},
             optional=True,
         )
-    if step == "features":
+    if step == "features" or (opts.spark and step == "validate"):
+        # the Spark profile: validation reads the sources through Spark too
         kubernetes.use_config_map_as_volume(
-            task, FEAST_CONFIGMAP, mount_path=opts.feast_config_mount, optional=True
+            task,
+            FEAST_SPARK_CONFIGMAP if opts.spark else FEAST_CONFIGMAP,
+            mount_path=opts.feast_config_mount,
+            optional=True,
         )
         task.set_env_variable(FEAST_CONFIG_ENV, f"{opts.feast_config_mount}/{FEAST_CONFIG_FILE}")
+    if opts.spark and step in ("validate", "features"):
+        # the driver runs in the step's pod (client mode): executors reach it at its IP
+        kubernetes.use_field_path_as_env(task, SPARK_DRIVER_HOST_ENV, "status.podIP")
+        task.set_env_variable(SPARK_IMAGE_ENV, opts.image)
     volume = OVERLAY_VOLUMES[overlay]
     if step in volume["steps"]:
         kubernetes.mount_pvc(task, volume["claim"], opts.data_mount or volume["mount"])

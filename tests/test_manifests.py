@@ -659,3 +659,53 @@ def test_the_compiled_pipeline_mounts_what_the_overlay_defines(rendered, overlay
         for name in ("exec-validate", "exec-features"):
             annotations = executors[name]["podMetadata"]["annotations"]
             assert annotations == {"gke-gcsfuse/volumes": "true"}
+
+
+def test_the_spark_profile_step_gets_every_variable_its_feast_config_references(rendered, tmp_path):
+    """compile --spark: validate and features mount manifests/spark's feast-config-spark,
+    get SPARK_DRIVER_HOST from their pod's IP (downward API) and DEEPFM_IMAGE = the
+    compiled image; with the gcp overlay's settings, every ${VAR} of that config is set
+    (the step's own first-second check passes), and the driver's service account may start
+    executor pods."""
+    from components.settings import ClusterSettingError, check_cluster_settings
+    from pipelines.pipeline import PipelineOptions, compile_pipeline
+
+    spark = render(MANIFESTS / "spark")
+    image = "registry.example/deepfm:2"
+    path = compile_pipeline(str(tmp_path / "p.yaml"), PipelineOptions(spark=True, image=image))
+    spec, platform = yaml.safe_load_all(Path(path).read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    config = one(spark, "ConfigMap", "feast-config-spark")
+    assert (
+        config["metadata"]["namespace"]
+        == one(rendered["gcp"], "Namespace", NAMESPACE)["metadata"]["name"]
+    )
+    binding = one(spark, "RoleBinding", "deepfm-spark-driver")
+    assert [s["name"] for s in binding["subjects"]] == ["deepfm-pipeline"]
+    (pods,) = [
+        r for r in one(spark, "Role", "deepfm-spark-driver")["rules"] if "pods" in r["resources"]
+    ]
+    assert {"create", "delete", "watch"} <= set(pods["verbs"])
+    data = settings(rendered["gcp"])
+    for step in ("validate", "features"):
+        k8s = executors[f"exec-{step}"]
+        (volume,) = k8s["configMapAsVolume"]
+        assert volume["configMapName"] == "feast-config-spark", step
+        assert k8s["fieldPathAsEnv"] == [{"fieldPath": "status.podIP", "name": "SPARK_DRIVER_HOST"}]
+        container = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["DEEPFM_IMAGE"] == image
+        # the pod's environment: the spec's variables, the ConfigMap keys, the pod's IP
+        for source in k8s["configMapAsEnv"]:
+            env |= {k["envVar"]: data[k["configMapKey"]] for k in source["keyToEnv"]}
+        env["SPARK_DRIVER_HOST"] = "10.8.0.17"
+        mount = tmp_path / step / volume["mountPath"].lstrip("/")
+        mount.mkdir(parents=True)
+        (mount / "feature_store.yaml").write_text(config["data"]["feature_store.yaml"])
+        env["FEAST_FS_YAML_FILE_PATH"] = str(mount / "feature_store.yaml")
+        env["DEEPFM_DATA_DIR"] = str(tmp_path)  # the claim's mount
+        assert check_cluster_settings(True, env) == "gcp", step
+        del env["SPARK_DRIVER_HOST"]
+        with pytest.raises(ClusterSettingError, match="SPARK_DRIVER_HOST is not set.*--spark"):
+            check_cluster_settings(True, env)
+    assert "fieldPathAsEnv" not in executors["exec-train"]

@@ -474,6 +474,8 @@ def test_mount_paths_are_compile_options(tmp_path):
         ({"overlay": "aws"}, "overlay must be one of gcp, local, none, got 'aws'"),
         ({"data_mount": "data"}, "data_mount must be an absolute path, got 'data'"),
         ({"platform": "vertex", "overlay": "gcp"}, "the gcp overlay's ConfigMaps and volumes"),
+        ({"spark": True, "overlay": "none"}, "spark: the Spark profile runs its executors"),
+        ({"platform": "vertex", "spark": True}, "compile for kubeflow with an overlay"),
     ],
 )
 def test_bad_cluster_options_are_refused(options, message):
@@ -612,3 +614,33 @@ def test_the_rollout_step_outside_a_cluster_names_what_is_missing(tmp_path, monk
     artifact = Artifact(name="pushed_model", uri=str(tmp_path / "pushed"), metadata={})
     with pytest.raises(SystemExit, match="no Kubernetes API to reach"):
         rollout.python_func(pushed_model=artifact, destination="gs://b/deepfm")
+
+
+def test_cli_compile_spark_sets_the_driver_host_and_the_executors_image(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    argv = ["pipeline", "compile", "-o", str(out), "--image", "reg.example/deepfm:3"]
+    assert main([*argv, "--spark", "--overlay", "local"]) in (0, None)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    platform = _platform(docs)
+    for step in ("validate", "features"):
+        assert platform[f"exec-{step}"]["fieldPathAsEnv"] == [
+            {"fieldPath": "status.podIP", "name": "SPARK_DRIVER_HOST"}
+        ]
+        assert platform[f"exec-{step}"]["configMapAsVolume"][0]["configMapName"] == (
+            "feast-config-spark"
+        )
+        assert _env(docs, step)["DEEPFM_IMAGE"] == "reg.example/deepfm:3"
+        assert _env(docs, step)["FEAST_FS_YAML_FILE_PATH"] == "/etc/feast/feature_store.yaml"
+    for step in ("train", "evaluate", "push"):
+        assert "fieldPathAsEnv" not in platform[f"exec-{step}"]
+        assert "DEEPFM_IMAGE" not in _env(docs, step)
+    # without --spark: feast-config, no driver settings
+    assert main(argv) in (0, None)
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert "fieldPathAsEnv" not in _platform(docs)["exec-features"]
+    assert _platform(docs)["exec-features"]["configMapAsVolume"][0]["configMapName"] == (
+        "feast-config"
+    )
+    assert "DEEPFM_IMAGE" not in _env(docs, "features")
+    assert main([*argv, "--spark", "--overlay", "none"]) == 2
+    assert "spark: the Spark profile" in capsys.readouterr().err
