@@ -709,3 +709,30 @@ def test_the_spark_profile_step_gets_every_variable_its_feast_config_references(
         with pytest.raises(ClusterSettingError, match="SPARK_DRIVER_HOST is not set.*--spark"):
             check_cluster_settings(True, env)
     assert "fieldPathAsEnv" not in executors["exec-train"]
+
+
+def test_the_rollout_step_may_patch_the_inference_service_and_nothing_else(rendered, tmp_path):
+    """The compiled rollout step runs as deepfm-pipeline in the overlay's namespace (its
+    default inference_service_namespace) and patches InferenceService deepfm: the gcp
+    overlay's deepfm-rollout Role grants exactly get and patch on that one object."""
+    from pipelines.pipeline import compile_pipeline
+
+    objs = rendered["gcp"]
+    isvc = one(objs, "InferenceService", "deepfm")
+    role = one(objs, "Role", "deepfm-rollout")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": [isvc["metadata"]["name"]],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    binding = one(objs, "RoleBinding", "deepfm-rollout")
+    assert binding["roleRef"]["name"] == "deepfm-rollout"
+    assert [s["name"] for s in binding["subjects"]] == ["deepfm-pipeline"]
+    assert binding["metadata"]["namespace"] == isvc["metadata"]["namespace"] == NAMESPACE
+    spec = next(yaml.safe_load_all(Path(compile_pipeline(str(tmp_path / "p.yaml"))).read_text()))
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["inference_service_namespace"]["defaultValue"] == NAMESPACE
+    assert params["inference_service"]["defaultValue"] == ""  # no rollout unless named
