@@ -14,9 +14,11 @@ in a cluster set up as in ``manifests/``.
 
 What a step reads from the cluster is declared here (``_cluster_inputs``, kfp-kubernetes):
 the ``deepfm-settings`` keys, ``feast-config`` and the overlay's data claim, by the names of
-``manifests/``; the steps check them (``components/settings.py``). An empty ``window_end``
-is the run's scheduled time, resolved by KFP per run, so runs over different windows never
-share a cached step.
+``manifests/``; the steps check them (``components/settings.py``). With ``spark`` they mount
+the Spark profile's ConfigMap and get the driver's pod IP and the executors' image. On
+Vertex AI (no platform document) the same settings are the steps' own variables. An empty
+``window_end`` is the run's scheduled time, resolved by KFP per run, so runs over different
+windows never share a cached step.
 """
 
 import re
@@ -72,8 +74,8 @@ from pipelines.defaults import (
     VERTEX_ACCELERATOR_TYPES,
 )
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
 # A Kubernetes extended resource name: vendor-domain/resource, e.g. nvidia.com/gpu.
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _K8S_RESOURCE = re.compile(
     r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
