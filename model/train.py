@@ -41,12 +41,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model import kernels
 from model.config import Config, check_columns
-from model.deepfm import DeepFM, score_of, to_predictions
+from model.deepfm import DeepFM, score_of
 from model.features import EncodedFeatures, FeatureEncoder
 from model.fused import FusedForward
 from model.losses import compute_loss
 from model.metrics import binary_metrics
-from model.optim import build_dense_optimizer, build_sparse_optimizer
+from model.optim import build_dense_optimizer, build_sparse_optimizer, optimizer_step
 
 CHECKPOINT_DIR = "checkpoints"
 _KEEP_CHECKPOINTS = 3
@@ -355,6 +355,7 @@ class _Run:
     train_samples: int = 0
     validation_split: bool = False  # a validation split was held out of the training rows
     last_checkpoint: float = field(default_factory=time.monotonic)
+    params: list[nn.Parameter] = field(default_factory=list)  # the model's, for the step
 
 
 # ------------------------------------------------------------------------- train
@@ -577,6 +578,7 @@ def _build_run(
         scaler=torch.amp.GradScaler(dev.type) if tc.mixed_precision == "fp16" else None,
         ckpt_root=Path(model_dir) if model_dir is not None else None,
         show_bar=show_bar and rank == 0,
+        params=list(model.parameters()),
     )
 
 
@@ -852,10 +854,10 @@ def _train_step(
     with _autocast(run.dev, run.cfg.train.mixed_precision):
         logits = run.forward(batch.sparse, batch.multi, batch.dense)
     # losses in fp32, also under autocast
-    predictions = to_predictions(logits.float(), run.model.loss_kind)
+    predictions = _loss_inputs(logits.float(), run.model.loss_kind)
     loss = compute_loss(predictions, labels, run.cfg.model.losses[0], weights)
-    run.sparse_opt.zero_grad(set_to_none=True)
-    run.dense_opt.zero_grad(set_to_none=True)
+    for p in run.params:  # both optimizers' zero_grad(set_to_none=True), without their Python
+        p.grad = None
     scaler = run.scaler
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -868,9 +870,19 @@ def _train_step(
         scaler.step(run.sparse_opt)
         scaler.update()
     else:
-        run.dense_opt.step()
-        run.sparse_opt.step()
+        optimizer_step(run.dense_opt)
+        optimizer_step(run.sparse_opt)
     return loss
+
+
+def _loss_inputs(logits: torch.Tensor, loss_kind: str) -> dict[str, torch.Tensor]:
+    """What ``compute_loss`` reads of ``to_predictions(logits, loss_kind)``: the same tensors,
+    without the probabilities it does not use (each one more autograd node a step)."""
+    if loss_kind == "binary_cross_entropy":
+        return {"logits": logits.squeeze(1)}
+    if loss_kind == "softmax_cross_entropy":
+        return {"logits": logits}
+    return {"y": logits.squeeze(1)}
 
 
 @contextmanager
