@@ -113,20 +113,21 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
         overrides["train.batch_size"] = request.batch_size
     cfg = load_config(resolve_config_path(request.config), overrides)
     train_name, eval_name = request.data_names
-    train_df = read_table(request.train_data, train_name)
-    if request.eval_data is not None:
-        eval_df = read_table(request.eval_data, eval_name)
-    elif request.eval_fraction > 0:
-        if not cfg.data.timestamp:
-            raise ValueError(
-                f"data.timestamp: a time split needs it in the config (or give {eval_name})"
-            )
-        train_df, eval_df = time_split(train_df, cfg.data.timestamp, request.eval_fraction)
-    else:
-        eval_df = None
-    check_columns(cfg, train_df.columns, "the training data")
-    if eval_df is not None:
-        check_columns(cfg, eval_df.columns, "the evaluation data")
+    if request.eval_fraction > 0 and request.eval_data is None and not cfg.data.timestamp:
+        raise ValueError(
+            f"data.timestamp: a time split needs it in the config (or give {eval_name})"
+        )
+    streamed = _streamed_inputs(request, cfg)
+    train_df = eval_df = None
+    if streamed is None:
+        train_df = read_table(request.train_data, train_name)
+        if request.eval_data is not None:
+            eval_df = read_table(request.eval_data, eval_name)
+        elif request.eval_fraction > 0:
+            train_df, eval_df = time_split(train_df, cfg.data.timestamp, request.eval_fraction)
+        check_columns(cfg, train_df.columns, "the training data")
+        if eval_df is not None:
+            check_columns(cfg, eval_df.columns, "the evaluation data")
     overwrite = request.overwrite or request.resume
     _prepare_model_dir(Path(request.model_dir), overwrite, request.resume)
     if request.resume and os.environ.get("RANK", "0") == "0":
@@ -141,14 +142,31 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
     import torch.distributed as dist  # loaded by the model package already
 
     try:
-        result = train(
-            cfg,
-            train_df,
-            eval_df,
-            model_dir=request.model_dir,
-            device=request.device,
-            resume=request.resume,
-        )
+        if streamed is None:
+            result = train(
+                cfg,
+                train_df,
+                eval_df,
+                model_dir=request.model_dir,
+                device=request.device,
+                resume=request.resume,
+            )
+            rows_train, rows_eval = len(train_df), 0 if eval_df is None else len(eval_df)
+        else:
+            from model.stream import total_rows, train_streamed
+
+            train_pieces, eval_pieces, columns = streamed
+            result = train_streamed(
+                cfg,
+                train_pieces,
+                eval_pieces,
+                columns=columns,
+                model_dir=request.model_dir,
+                device=request.device,
+                resume=request.resume,
+            )
+            rows_train = total_rows(train_pieces)
+            rows_eval = 0 if eval_pieces is None else total_rows(eval_pieces)
         if dist.is_initialized() and dist.get_rank() != 0:
             return None
         summary = {
@@ -157,9 +175,9 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
             "global_step": result.global_step,
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
-            "rows_train": len(train_df),
+            "rows_train": rows_train,
             "rows_valid": result.rows_valid,
-            "rows_eval": 0 if eval_df is None else len(eval_df),
+            "rows_eval": rows_eval,
             "history": result.history,
         }
         save_model_dir(
@@ -169,6 +187,59 @@ def run_training(request: TrainRequest) -> dict[str, Any] | None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _streamed_inputs(request: TrainRequest, cfg) -> tuple | None:
+    """(training pieces, evaluation pieces or None, the training files' columns) when the
+    training data is a shard folder that ``data.streaming`` streams
+    (``model.stream.should_stream``: auto from ``data.stream_min_rows`` rows of the
+    manifest), else None (the in-memory path). The evaluation data may be a shard folder or
+    a parquet file; without it ``eval_fraction`` holds out the trailing rows."""
+    import pyarrow.parquet as pq
+
+    from feature_repo import shards
+    from model.config import check_columns
+    from model.stream import file_pieces, row_range, should_stream, total_rows
+
+    train_name, eval_name = request.data_names
+    path = Path(request.train_data)
+    if not shards.is_shard_folder(path):
+        return None
+    try:
+        manifest = shards.read_manifest(path)
+    except shards.ShardError as e:
+        raise ValueError(f"{train_name} {e}") from None
+    if not should_stream(cfg, manifest.rows):
+        return None
+    train_pieces = file_pieces([str(p) for p in manifest.paths()], [f.rows for f in manifest.files])
+    columns = list(manifest.schema)
+    eval_pieces = None
+    if request.eval_data is not None:
+        e = Path(request.eval_data)
+        if not e.exists():
+            raise FileNotFoundError(f"{eval_name} {e} does not exist")
+        try:
+            if shards.is_shard_folder(e):
+                m = shards.read_manifest(e)
+                eval_pieces = file_pieces([str(p) for p in m.paths()], [f.rows for f in m.files])
+                eval_columns = list(m.schema)
+            else:
+                eval_pieces = file_pieces([str(e)])
+                eval_columns = pq.read_schema(e).names
+        except Exception as err:  # pyarrow raises several unrelated types for a bad file
+            raise ValueError(f"{eval_name} {e} is not a readable parquet file: {err}") from None
+        check_columns(cfg, eval_columns, "the evaluation data")
+    elif request.eval_fraction > 0:
+        n = total_rows(train_pieces)
+        if not 0.0 < request.eval_fraction < 1.0:
+            raise ValueError(f"eval fraction must be in (0, 1), got {request.eval_fraction}")
+        cut = int(round(n * (1.0 - request.eval_fraction)))
+        if cut <= 0 or cut >= n:
+            raise ValueError(f"a time split of {n} rows leaves one side empty")
+        # the shards are in time order: the trailing rows are time_split's
+        train_pieces, eval_pieces = row_range(train_pieces, 0, cut), row_range(train_pieces, cut, n)
+    check_columns(cfg, columns, "the training data")
+    return train_pieces, eval_pieces, columns
 
 
 def _prepare_model_dir(model_dir: Path, overwrite: bool, resume: bool) -> None:
