@@ -30,12 +30,8 @@ from train_throughput import add_config_args, bound_step, build_config  # noqa: 
 
 from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
-from model.deepfm import DeepFM, to_predictions  # noqa: E402
 from model.features import FeatureEncoder  # noqa: E402
-from model.fused import FusedForward  # noqa: E402
-from model.losses import compute_loss  # noqa: E402
-from model.optim import build_dense_optimizer, build_sparse_optimizer  # noqa: E402
-from model.train import encode_dataset  # noqa: E402
+from model.train import _build_run, _train_step, _training_forward, encode_dataset  # noqa: E402
 
 
 def main() -> None:
@@ -55,14 +51,11 @@ def main() -> None:
     encoder = FeatureEncoder(cfg).fit(df)
     data = encode_dataset(cfg, encoder, df, "the data")
     torch.manual_seed(0)
-    model = DeepFM(cfg.model, cfg.feature_groups, encoder.input_spec())
-    sparse_opt = build_sparse_optimizer(model.embedding_parameters(), cfg.train.sparse_optimizer)
-    dense_opt = build_dense_optimizer(
-        model.dense_parameters(), cfg.train.dense_optimizer, torch.device("cpu")
-    )
-    # the trainer's choice (model.train._training_forward): the kernels where they serve
-    # the model, else its own forward
-    forward = FusedForward.attach(model) or model
+    # the trainer's own step: its model, optimizers and forward (the kernels where they
+    # serve the model, else the model's own forward; model.train._training_forward)
+    run = _build_run(cfg, encoder, torch.device("cpu"), 0, 1, None, False)
+    run.forward, run.sync_sparse = _training_forward(run)
+    model = run.model
     model.train()
     batch = args.batch_size
     perm = torch.randperm(len(data))
@@ -73,16 +66,8 @@ def main() -> None:
     def deepfm_step() -> None:
         start = (state["step"] % steps) * batch
         state["step"] += 1
-        b = features.slice(start, start + batch)
-        logits = forward(b.sparse, b.multi, b.dense)
-        predictions = to_predictions(logits, model.loss_kind)
-        loss = compute_loss(predictions, labels[start : start + batch], cfg.model.losses[0])
-        sparse_opt.zero_grad(set_to_none=True)
-        dense_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        dense_opt.step()
-        sparse_opt.step()
-        loss.item()
+        stop = start + batch
+        _train_step(run, features.slice(start, stop), labels[start:stop], None).item()
 
     hidden = [int(h) for h in args.hidden.split(",")]
     bound = bound_step(model.deep_in_features, hidden, batch, torch.device("cpu"), "fp32")
@@ -105,7 +90,8 @@ def main() -> None:
         json.dumps(
             {
                 "cpu_kernels": kernels.available(),
-                "fused_forward": forward is not model,
+                "fused_forward": run.forward is not model,
+                "sparse_optimizer": args.sparse_optimizer,
                 "threads": args.threads,
                 "batch_size": batch,
                 "deepfm_step_ms": round(statistics.median(ours), 3),
