@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.curves import calibration_table, confusion_at_base_rate, roc_curve
+from evaluation.curves import (
+    CALIBRATION_BINS,
+    ROC_POINTS,
+    calibration_table,
+    confusion_at_base_rate,
+    roc_curve,
+)
 from evaluation.gate import gate
 
 
@@ -71,6 +77,14 @@ def _score(model_dir: str | Path, eval_df):
     return binary_metrics(labels, scores, names, groups), labels, scores, model.cfg.data.label
 
 
+def _streams(model_dir: str | Path, rows: int) -> bool:
+    """Whether the candidate's ``data.streaming`` streams ``rows`` rows."""
+    from model.export import load
+    from model.stream import should_stream
+
+    return should_stream(load(model_dir).cfg, rows)
+
+
 def evaluate_model(
     model_dir: str | Path,
     eval_path: str | Path,
@@ -79,13 +93,18 @@ def evaluate_model(
     max_auc_drop: float,
 ) -> Evaluation:
     """Score the candidate and the destination's current blessed model on ``eval_path``
-    (a parquet file or a shard folder) and apply the gate."""
+    (a parquet file or a shard folder) and apply the gate. A shard folder that the
+    candidate's ``data.streaming`` streams (``model.stream.should_stream``) is scored a
+    batch at a time (``_evaluate_streamed``), never loaded whole."""
     import pandas as pd
 
     from feature_repo import shards
     from registry.model_registry import fetch_model, read_current
 
     if shards.is_shard_folder(eval_path):
+        manifest = shards.read_manifest(eval_path)
+        if _streams(model_dir, manifest.rows):
+            return _evaluate_streamed(model_dir, manifest, destination, min_auc, max_auc_drop)
         eval_df = shards.load_frame(eval_path)
     else:
         eval_df = pd.read_parquet(eval_path)
@@ -131,3 +150,110 @@ def evaluate_model(
         baseline_calibration=calibration_table(labels, baseline_scores) if has_baseline else [],
         history=read_history(model_dir),
     )
+
+
+def _evaluate_streamed(
+    model_dir: str | Path, manifest, destination: str, min_auc: float, max_auc_drop: float
+) -> Evaluation:
+    """``evaluate_model`` on a shard folder read a batch at a time: the candidate and the
+    blessed model score each batch into ``model.stream.StreamedMetrics`` (memory: one batch
+    and the score histograms, whatever the rows). The AUC comes with ``auc_error_bound``
+    (the most it can differ from the exact AUC); ROC points, the confusion matrix at the
+    base rate and the calibration deciles are read off the same histograms, at the
+    resolution of a bin (1/``AUC_BINS`` of the score range): the deciles split at bin
+    edges, the threshold is a bin's lower edge. ``grouped_auc`` is not computed."""
+    from model.export import load
+    from model.stream import StreamedMetrics, file_pieces, iter_frames
+    from registry.model_registry import fetch_model, read_current
+
+    pieces = file_pieces([str(p) for p in manifest.paths()], [f.rows for f in manifest.files])
+    if not pieces:
+        raise ValueError(f"eval data {manifest.folder}: no rows; the AUC cannot be computed")
+    candidate = load(model_dir)
+    label = candidate.cfg.data.label
+    names = [m for m in candidate.cfg.model.metrics if m != "grouped_auc"]
+    ours = StreamedMetrics()
+    theirs, baseline, baseline_version, note = None, None, None, ""
+    current = read_current(destination) if destination else None
+    with tempfile.TemporaryDirectory() as tmp:
+        if current is not None:
+            baseline_version = current["version"]
+            baseline = load(fetch_model(destination, Path(tmp) / "baseline"))
+            theirs = StreamedMetrics()
+        for df in iter_frames(pieces):
+            if label not in df.columns:
+                raise ValueError(f"eval data {manifest.folder}: column {label!r} is missing")
+            ours.add(df[label].to_numpy(dtype=np.float64), candidate.predict(df))
+            if theirs is not None:
+                try:
+                    y = df[baseline.cfg.data.label].to_numpy(dtype=np.float64)
+                    theirs.add(y, baseline.predict(df))
+                except (KeyError, ValueError) as e:  # its features are not in this data
+                    note = f" (blessed model {baseline_version} cannot score this data: {e})"
+                    theirs = None
+    metrics = ours.result(names)
+    if not np.isfinite(metrics["auc"]):
+        raise ValueError(
+            f"eval data {manifest.folder}: the AUC is undefined: column {label!r} holds one "
+            f"class only in {ours.count:,} rows"
+        )
+    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    baseline_metrics = None if theirs is None else theirs.result(names)
+    baseline_auc = None if baseline_metrics is None else baseline_metrics["auc"]
+    blessed, reason = gate(metrics["auc"], baseline_auc, min_auc, max_auc_drop)
+    threshold, matrix = _histogram_confusion(ours)
+    return Evaluation(
+        blessed=blessed,
+        reason=reason + note,
+        auc=metrics["auc"],
+        baseline_auc=baseline_auc,
+        metrics=metrics,
+        baseline_metrics=baseline_metrics,
+        baseline_version=baseline_version,
+        min_auc=min_auc,
+        max_auc_drop=max_auc_drop,
+        roc=_histogram_roc(ours),
+        confusion_threshold=threshold,
+        confusion_matrix=matrix,
+        calibration=_histogram_calibration(ours),
+        baseline_roc=[] if theirs is None else _histogram_roc(theirs),
+        baseline_calibration=[] if theirs is None else _histogram_calibration(theirs),
+        history=read_history(model_dir),
+    )
+
+
+def _histogram_roc(m, points: int = ROC_POINTS) -> list[tuple[float, float, float]]:
+    """(fpr, tpr, threshold) at each non-empty bin's lower edge, from the top, thinned to
+    about ``points`` points (as ``evaluation.curves.roc_curve``)."""
+    filled = np.flatnonzero(m.pos + m.neg)[::-1]
+    tps, fps = np.cumsum(m.pos[filled]), np.cumsum(m.neg[filled])
+    pos, neg = max(int(m.pos.sum()), 1), max(int(m.neg.sum()), 1)
+    fpr, tpr = np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+    thr = np.r_[1.0, filled / m.bins]
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).round().astype(int))
+    return [(float(fpr[i]), float(tpr[i]), float(thr[i])) for i in keep]
+
+
+def _histogram_confusion(m) -> tuple[float, list[list[int]]]:
+    """``confusion_at_base_rate`` at bin resolution: the threshold is the lower edge of the
+    highest bin from which down as many rows as there are positives are predicted positive."""
+    k = int(m.pos.sum())
+    from_top = np.cumsum((m.pos + m.neg)[::-1])
+    b = m.bins - 1 - int(np.searchsorted(from_top, max(k, 1)))
+    tp, fp = int(m.pos[b:].sum()), int(m.neg[b:].sum())
+    fn, tn = k - tp, int(m.neg.sum()) - fp
+    return float(b / m.bins), [[tn, fp], [fn, tp]]
+
+
+def _histogram_calibration(m, bins: int = CALIBRATION_BINS) -> list[tuple[float, float, int]]:
+    """Per score decile (split at bin edges): (mean prediction, positive rate, rows)."""
+    counts = m.pos + m.neg
+    cum = np.cumsum(counts)
+    edges = np.searchsorted(cum, np.linspace(0, cum[-1], bins + 1)[1:-1], side="left") + 1
+    out = []
+    for lo, hi in zip(np.r_[0, edges], np.r_[edges, m.bins], strict=True):
+        rows = int(counts[lo:hi].sum())
+        if rows:
+            mean = float(m.score_sums[lo:hi].sum() / rows)
+            out.append((mean, float(m.pos[lo:hi].sum() / rows), rows))
+    return out

@@ -392,6 +392,7 @@ class StreamedMetrics:
         self.regression, self.bins = regression, bins
         self.pos = np.zeros(bins, dtype=np.int64)
         self.neg = np.zeros(bins, dtype=np.int64)
+        self.score_sums = np.zeros(bins)  # per bin: the sum of its scores (calibration)
         self.count = 0
         self.sums = dict.fromkeys(("label", "score", "logloss", "sq", "abs"), 0.0)
 
@@ -412,6 +413,7 @@ class StreamedMetrics:
         positive = y > 0.5
         self.pos += np.bincount(at[positive], minlength=self.bins)
         self.neg += np.bincount(at[~positive], minlength=self.bins)
+        self.score_sums += np.bincount(at, weights=s, minlength=self.bins)
 
     def auc(self) -> tuple[float, float]:
         """(AUC, the most it can differ from the exact AUC); NaN with one class."""

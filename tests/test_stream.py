@@ -186,6 +186,25 @@ def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_pa
     auto = summary("auto", "a")
     assert "auc_error_bound" not in auto  # 2,400 rows is under the default threshold
 
+    # the evaluate step streams a shard folder for a model whose data.streaming says so,
+    # with the in-memory evaluation's figures (of the same model, from one parquet file)
+    from evaluation.evaluate import evaluate_model
+
+    single = tmp_path / "eval.parquet"
+    shards.load_frame(data["eval"].folder).to_parquet(single)
+    a = evaluate_model(tmp_path / "s", single, "", 0.5, 0.01)
+    b = evaluate_model(tmp_path / "s", data["eval"].folder, "", 0.5, 0.01)
+    assert "auc_error_bound" in b.metrics and "auc_error_bound" not in a.metrics
+    assert abs(a.auc - b.auc) <= b.metrics["auc_error_bound"] + 1e-9
+    assert a.auc == pytest.approx(streamed["auc"], abs=b.metrics["auc_error_bound"] + 1e-9)
+    for name in ("logloss", "positive_rate", "mean_prediction", "count"):
+        assert b.metrics[name] == pytest.approx(a.metrics[name], rel=1e-9), name
+    assert (a.blessed, a.reason) == (b.blessed, b.reason)
+    assert sum(map(sum, b.confusion_matrix)) == data["eval"].rows
+    assert b.confusion_matrix[1] == a.confusion_matrix[1]  # positives: same split at this size
+    assert sum(r for *_, r in b.calibration) == data["eval"].rows
+    assert b.roc[0][:2] == (0.0, 0.0) and b.roc[-1][:2] == (1.0, 1.0)
+
 
 def test_the_streamed_auc_is_sklearns_within_its_stated_bound():
     rng = np.random.default_rng(0)
