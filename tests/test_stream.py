@@ -168,13 +168,13 @@ def test_streamed_training_gives_the_in_memory_model_on_the_same_order_of_rows(d
 def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_path):
     from training.run import TrainRequest, run_training
 
-    def summary(streaming, name):
+    def summary(streaming, name, **more):
         request = TrainRequest(
             data["cfg"],
             data["train"].folder,
             tmp_path / name,
             eval_data=data["eval"].folder,
-            overrides={"data.streaming": streaming, "train.num_epochs": 1},
+            overrides={"data.streaming": streaming, "train.num_epochs": 1, **more},
         )
         return run_training(request)
 
@@ -185,6 +185,8 @@ def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_pa
     # auto: streams from data.stream_min_rows rows of the manifest on
     auto = summary("auto", "a")
     assert "auc_error_bound" not in auto  # 2,400 rows is under the default threshold
+    auto = summary("auto", "b", **{"data.stream_min_rows": data["train"].rows})
+    assert "auc_error_bound" in auto
 
     # the evaluate step streams a shard folder for a model whose data.streaming says so,
     # with the in-memory evaluation's figures (of the same model, from one parquet file)
