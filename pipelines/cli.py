@@ -419,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train DeepFM and write a model directory")
     tr.add_argument("--config", required=True, help="YAML config, e.g. configs/deepfm.yaml")
-    tr.add_argument("--data", required=True, help="flat training table (parquet)")
-    tr.add_argument("--eval-data", help="evaluation table (parquet); default: a time split")
+    tr.add_argument("--data", required=True, help="training table: parquet file or shard folder")
+    tr.add_argument("--eval-data", help="eval table (parquet or shards); default: a time split")
     tr.add_argument(
         "--eval-fraction",
         type=float,
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="metrics of a model directory on labelled rows")
     ev.add_argument("--model", required=True, help="model directory")
-    ev.add_argument("--data", required=True, help="labelled rows (parquet)")
+    ev.add_argument("--data", required=True, help="labelled rows (parquet file or shard folder)")
     ev.add_argument("--output", help="also write the metrics JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
