@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--engines", default="duckdb,spark")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
+    parser.add_argument(
+        "--streamed-only", action="store_true", help="only the streamed 1-process runs"
+    )
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # the child's task
     args = parser.parse_args()
     if args.prepare is not None:
@@ -182,6 +185,8 @@ def main() -> None:
             folders[n] = work / f"shards_{n}"
             emit({"run": "repeat", "rows": n, "seconds": round(time.perf_counter() - t0, 1)})
         runs = [(base, False, 1), (base, True, 1), (base, True, 2)]
+        if args.streamed_only:
+            runs = [(base, True, 1)]
         runs += [(n, True, 1) for n in sizes[1:]]
         for n, streaming, processes in runs:
             model_dir = work / "model"

@@ -76,6 +76,7 @@ log = logging.getLogger("deepfm.train")
 BATCH_ROWS = 65_536
 """Rows read (and encoded) at a time."""
 AUC_BINS = 2**20
+_MERGE_IDS = 250_000  # batches' id counts held before they are merged (beyond 2x merged)
 _EPS = 1e-7
 
 
@@ -180,7 +181,10 @@ class _IdFit:
             counts = pd.Series(values[~missing]).value_counts(sort=False)
             self.parts[kind].append(counts)
             self.pending += len(counts)
-            if self.pending > 4_000_000:
+            # merged when the batches' counts outgrow the merged ones: memory follows the
+            # distinct ids (which the tables hold anyway), not the rows
+            merged = sum(len(m) for m in self.merged.values() if m is not None)
+            if self.pending > 2 * merged + _MERGE_IDS:
                 self._merge()
         elif f.num_buckets is not None:
             self.enc.kind = kind

@@ -50,7 +50,9 @@ def data(request, tmp_path_factory) -> dict:
     }
 
 
-def test_the_one_pass_encoder_fit_equals_the_in_memory_fit(data):
+@pytest.mark.parametrize("merge_ids", [stream._MERGE_IDS, 10])  # 10: merged batch by batch
+def test_the_one_pass_encoder_fit_equals_the_in_memory_fit(data, merge_ids, monkeypatch):
+    monkeypatch.setattr(stream, "_MERGE_IDS", merge_ids)
     cfg = load_config(data["cfg"])
     frame = shards.load_frame(data["train"].folder)
     in_memory = FeatureEncoder(cfg).fit(frame)
