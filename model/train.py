@@ -357,6 +357,10 @@ class _Run:
     last_checkpoint: float = field(default_factory=time.monotonic)
     params: list[nn.Parameter] = field(default_factory=list)  # the model's, for the step
 
+    def __post_init__(self) -> None:
+        if not self.params:  # the step sets their gradients to None: never miss one
+            self.params = list(self.model.parameters())
+
 
 # ------------------------------------------------------------------------- train
 
@@ -578,7 +582,6 @@ def _build_run(
         scaler=torch.amp.GradScaler(dev.type) if tc.mixed_precision == "fp16" else None,
         ckpt_root=Path(model_dir) if model_dir is not None else None,
         show_bar=show_bar and rank == 0,
-        params=list(model.parameters()),
     )
 
 
