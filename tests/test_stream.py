@@ -208,6 +208,16 @@ def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_pa
     assert b.confusion_matrix[1] == a.confusion_matrix[1]  # positives: same split at this size
     assert sum(r for *_, r in b.calibration) == data["eval"].rows
     assert b.roc[0][:2] == (0.0, 0.0) and b.roc[-1][:2] == (1.0, 1.0)
+    # with a blessed model at the destination, both are scored on the same streamed rows
+    from registry.model_registry import push_model
+
+    push_model(tmp_path / "m", tmp_path / "registry", "v1")
+    c = evaluate_model(tmp_path / "s", data["eval"].folder, str(tmp_path / "registry"), 0.5, 1)
+    d = evaluate_model(tmp_path / "m", data["eval"].folder, "", 0.5, 1)  # in memory, alone
+    bound = c.baseline_metrics["auc_error_bound"] + 1e-9
+    assert c.baseline_version == "v1" and abs(c.baseline_auc - d.auc) <= bound
+    assert c.baseline_metrics["logloss"] == pytest.approx(d.metrics["logloss"], rel=1e-12)
+    assert len(c.baseline_roc) > 2 and c.auc == b.auc
 
 
 def test_the_streamed_auc_is_sklearns_within_its_stated_bound():
