@@ -5,6 +5,7 @@ is bounded and gives every row once an epoch, each process reads its own rows, t
 streamed model equals the in-memory one on the same order of rows, and the streamed AUC
 is the exact one within its stated bound."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,33 @@ def test_the_streamed_auc_is_sklearns_within_its_stated_bound():
     one.add(np.ones(5), np.linspace(0, 1, 5))
     assert np.isnan(one.result(["auc"])["auc"])
     assert pd.isna(one.auc()[0])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stream_their_own_shards(data, tmp_path):
+    """``torchrun`` with 2 processes (gloo): each streams its own files, both take the same
+    steps, rank 0 writes the model. One dataset suffices for the process wiring."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    if "retail" in str(data["cfg"]):
+        pytest.skip("the process wiring does not depend on the dataset")
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += ["2", "-m", "pipelines.cli", "train", "--config", str(data["cfg"])]
+    cmd += ["--data", str(data["train"].folder), "--eval-data", str(data["eval"].folder)]
+    cmd += ["--model-dir", str(tmp_path / "m"), "--device", "cpu", "--epochs", "1"]
+    cmd += ["--set", "data.streaming=true"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shares = stream.assign_pieces(data["pieces"], 2)
+    share = max(stream.total_rows(s) for s in shares)
+    assert min(stream.total_rows(s) for s in shares) > 0
+    assert f"({share:,} a process," in done.stderr  # each process its own share
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["global_step"] == math.ceil(share / 128)  # the same steps on both
+    assert metrics["rows_train"] == data["train"].rows and metrics["rows_eval"] > 0
+    assert 0.0 < metrics["auc"] < 1.0
