@@ -21,6 +21,8 @@ shards itself (``feature_repo.spark_engine.write_shards``) and ``finish`` writes
 manifest from the files' footers. Readers: ``read_manifest``, ``rank_files`` (each rank
 its own files, balanced by rows), ``iter_batches`` (bounded batches of one rank's files in
 order) and ``load_frame`` (the whole folder as one pandas frame, for the in-memory path).
+``split_tail`` splits a folder into its first rows and the rest (the features step's train
+and eval folders: ``model.train.time_split``'s rows), moving whole files.
 """
 
 from __future__ import annotations
