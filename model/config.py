@@ -328,7 +328,7 @@ class DataConfig(_Section):
     group_key: str | None = None
     # shard folders (feature_repo.shards) train streamed (model.stream) or in memory:
     # auto streams from stream_min_rows rows (the manifest's count) on
-    streaming: Literal["auto"] | bool = "auto"
+    streaming: Literal["auto", True, False] = "auto"
     stream_min_rows: int = Field(default=5_000_000, ge=1)
     shuffle_buffer_rows: int = Field(default=1_000_000, ge=0)
 
