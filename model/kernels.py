@@ -18,10 +18,11 @@ rows. Here:
 - ``value_sums`` and ``value_grads``: the ReLU's mask applied to the first layer's output
   gradient, the small fields' gradients (first layer, FM, wide) summed per table row, and
   from those the rows' gradients and the first layer's weight and bias gradients;
-- ``adagrad_update``: sums the gradients of duplicate rows without sorting (each thread
+- ``sum_duplicates``: sums the gradients of duplicate rows without sorting (each thread
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
-  merged) and applies Adagrad to each touched row once;
-- ``adam_update``: the tables' Adam (``model.optim.TableAdam``) in one call: the same
+  merged), for the two updates below;
+- ``adagrad_update``: applies Adagrad to each touched row once, after those sums;
+- ``adam_update``: the tables' Adam (``model.optim.TableAdam``) in one call: the
   duplicate sums, then one pass over the small fields' rows (every step, as dense Adam)
   and the touched rows of the large ones, instead of a dozen PyTorch passes and index
   copies, which at small batches cost more than the rest of the step's embedding work.
@@ -394,16 +395,13 @@ if numba is not None:
                         grad_b1[j] += bt[j]
 
     @_jit
-    def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
-        """Adagrad on the rows of a sparse gradient (``rows [N]``, ``grads [N, C]``, rows may
-        repeat): per distinct row ``g = sum of its gradients``, ``acc += g^2`` (or the mean
-        of ``g^2`` into ``acc[:, 0]`` when ``rowwise``), ``w -= lr * g / (sqrt(acc) + eps)``.
-
-        ``P = slot.shape[0]`` threads each sum the duplicates in one slice of the lookups,
-        numbering their distinct rows in their own slot map ``slot[t] [R]`` (int32, -1
-        everywhere on entry and on exit); a row also seen by an earlier slice is then added
-        into that one, and every distinct row is updated once. ``uniq [N]``,
-        ``gsum [N, C]`` and ``ends [P]`` are scratch."""
+    def sum_duplicates(rows, grads, slot, uniq, gsum, ends):
+        """Sum the gradients of repeated rows (``rows [N]``, ``grads [N, C]``): ``P =
+        slot.shape[0]`` threads each number the distinct rows of one slice of ``chunk`` lookups
+        in their own slot map ``slot[t]`` (``uniq[i]`` the row, ``gsum[i]`` its sum, slice ``t``
+        in ``t * chunk .. ends[t]``); a row also seen by an earlier slice is then added into
+        that one and marked ``uniq[i] = -1 - row``. Returns ``chunk``; the caller updates each
+        distinct row once and resets ``slot`` to -1."""
         N, C = grads.shape
         parts = slot.shape[0]
         chunk = (N + parts - 1) // parts
@@ -436,6 +434,22 @@ if numba is not None:
                             gsum[u, c] += gsum[i, c]
                         uniq[i] = -1 - r  # merged: skip below
                         break
+        return chunk
+
+    @_jit
+    def adagrad_update(weight, acc, rows, grads, lr, eps, rowwise, slot, uniq, gsum, ends):
+        """Adagrad on the rows of a sparse gradient (``rows [N]``, ``grads [N, C]``, rows may
+        repeat): per distinct row ``g = sum of its gradients``, ``acc += g^2`` (or the mean
+        of ``g^2`` into ``acc[:, 0]`` when ``rowwise``), ``w -= lr * g / (sqrt(acc) + eps)``.
+
+        ``P = slot.shape[0]`` threads each sum the duplicates in one slice of the lookups,
+        numbering their distinct rows in their own slot map ``slot[t] [R]`` (int32, -1
+        everywhere on entry and on exit); a row also seen by an earlier slice is then added
+        into that one, and every distinct row is updated once. ``uniq [N]``,
+        ``gsum [N, C]`` and ``ends [P]`` are scratch."""
+        N, C = grads.shape
+        parts = slot.shape[0]
+        chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
         for t in prange(parts):
             for i in range(t * chunk, ends[t]):
                 if i + _AHEAD < ends[t] and uniq[i + _AHEAD] >= 0:
@@ -477,36 +491,9 @@ if numba is not None:
         and on exit) is scratch."""
         N, C = grads.shape
         parts = slot.shape[0]
-        chunk = (N + parts - 1) // parts
+        chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
         step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
         one_b2, eps, l2 = coef[4], coef[5], coef[6]
-        for t in prange(parts):
-            lo = t * chunk
-            end = lo
-            for n in range(lo, min(N, lo + chunk)):
-                r = rows[n]
-                u = slot[t, r]
-                if u < 0:
-                    u = end
-                    slot[t, r] = u
-                    uniq[u] = r
-                    end += 1
-                    for c in range(C):
-                        gsum[u, c] = grads[n, c]
-                else:
-                    for c in range(C):
-                        gsum[u, c] += grads[n, c]
-            ends[t] = end
-        for t in range(1, parts):  # few rows: serial
-            for i in range(t * chunk, ends[t]):
-                r = uniq[i]
-                for earlier in range(t):
-                    u = slot[earlier, r]
-                    if u >= 0:
-                        for c in range(C):
-                            gsum[u, c] += gsum[i, c]
-                        uniq[i] = -1 - r  # merged: skip below
-                        break
         for t in prange(parts):  # the touched lazy rows; the dense ones are found below
             for i in range(t * chunk, ends[t]):
                 r = uniq[i]
