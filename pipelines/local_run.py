@@ -173,6 +173,14 @@ _TASK_RECORD = re.compile(r"^\[KFP Executor [^\]]* (\w+)\]: ?(.*)$")
 # a Python warning as the warnings module prints it: "path.py:332: DeprecationWarning: msg"
 _WARNING = re.compile(r"^\S.*:\d+: (\w+Warning): ")
 _LIBRARY_WARNINGS = {"DeprecationWarning", "PendingDeprecationWarning", "FutureWarning"}
+
+
+def _library_warning(text: str) -> bool:
+    """Whether ``text`` is an installed library's deprecation-like warning (noise here)."""
+    warning = _WARNING.match(text)
+    return bool(warning) and warning.group(1) in _LIBRARY_WARNINGS and "site-packages" in text
+
+
 _QUIET_LEVELS = {"DEBUG", "INFO"}
 
 
@@ -280,13 +288,13 @@ class ConciseKfpOutput(io.TextIOBase):
         record = _TASK_RECORD.match(line)
         if record:
             level, message = record.groups()
-            self._dropping = level in _QUIET_LEVELS
+            # a library's warning may come through logging (py.warnings) as well
+            self._dropping = level in _QUIET_LEVELS or _library_warning(message)
             if not self._dropping:
                 self._emit(f"  {level}: {message}")
             return
-        warning = _WARNING.match(line)
-        if warning:
-            self._dropping = warning.group(1) in _LIBRARY_WARNINGS and "site-packages" in line
+        if _WARNING.match(line):
+            self._dropping = _library_warning(line)
             if not self._dropping:
                 self._emit(f"  {line}")
             return

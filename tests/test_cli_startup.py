@@ -135,6 +135,9 @@ KFP_TASK = """\
     }
     [KFP Executor 2026-12-02 20:25:55,445 INFO]: Skipping registering function get_context
     [KFP Executor 2026-12-02 20:25:55,500 WARNING]: the registry is old
+    [KFP Executor 2026-12-02 20:25:55,510 WARNING]: /x/site-packages/great_expectations/d.py:6: \
+DeprecationWarning: module 'sre_constants' is deprecated
+      import sre_constants
     /x/site-packages/ibis/backends/duckdb/__init__.py:332: DeprecationWarning: fetch_arrow_table
       meta = result.fetch_arrow_table()
     [train] encoded 27,000 training rows
