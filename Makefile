@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/deepfm pipeline run-local
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
