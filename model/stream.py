@@ -14,12 +14,13 @@ bounded number of rows:
 - **Epochs** (``StreamedRows``): each process reads its own pieces (``assign_pieces``: the
   next piece in time order to the process with the fewest rows so far, the rule of
   ``feature_repo.shards.rank_files``), encodes a batch of rows at a time and passes them
-  through a **shuffle buffer** of ``buffer_rows`` rows: when it holds more, it is
-  permuted and all but half of it is trained on; at the end of the epoch the rest,
-  permuted. Every row is trained on once an epoch; the rows held are at most
-  ``buffer_rows`` plus one read batch. Every process trains the same number of rows
-  (the largest share; a process with fewer rows starts its pieces again for the rest),
-  so the processes take the same steps.
+  through a **shuffle buffer**: ``buffer_rows`` rows (at most the rows of the epoch),
+  allocated once and filled in place. Once it is full, each read batch's rows take the
+  places of as many rows drawn at random from it, which are trained on; at the end of
+  the epoch the rows it holds, permuted. Every row is trained on once an epoch, and the
+  memory is the buffer plus a read batch in and one out, whatever the number of rows.
+  Every process trains the same number of rows (the largest share; a process with fewer
+  rows starts its pieces again for the rest), so the processes take the same steps.
   The permutations come from the generator the in-memory path seeds for the epoch, so
   with a buffer of at least the rows (one process) the order of the rows, and hence the
   model, is the in-memory path's. ``buffer_rows=0`` trains in file order.
@@ -297,6 +298,30 @@ def _slice(data: EncodedDataset, start: int, stop: int) -> EncodedDataset:
     return EncodedDataset(data.features.slice(start, stop), data.labels[start:stop], weights)
 
 
+def _empty_like(data: EncodedDataset, rows: int) -> EncodedDataset:
+    """A dataset of ``rows`` rows shaped like ``data``'s, to be filled by ``_put``."""
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty((rows, *t.shape[1:]), dtype=t.dtype)
+
+    f = data.features
+    weights = None if data.weights is None else empty(data.weights)
+    return EncodedDataset(
+        EncodedFeatures(empty(f.sparse), empty(f.multi), empty(f.dense)),
+        empty(data.labels),
+        weights,
+    )
+
+
+def _put(into: EncodedDataset, rows: torch.Tensor, data: EncodedDataset) -> None:
+    """Writes ``data``'s rows at ``rows`` of ``into`` (in place)."""
+    f, g = into.features, data.features
+    f.sparse[rows], f.multi[rows], f.dense[rows] = g.sparse, g.multi, g.dense
+    into.labels[rows] = data.labels
+    if into.weights is not None:
+        into.weights[rows] = data.weights
+
+
 class StreamedRows:
     """One process's training rows, streamed (the module docstring): ``rows_per_rank``
     rows an epoch from ``pieces``, through a shuffle buffer of ``buffer_rows`` rows."""
@@ -343,19 +368,26 @@ class StreamedRows:
         if self.buffer_rows <= 0:
             yield from self._encoded()
             return
-        held: list[EncodedDataset] = []
-        n = 0
-        keep = self.buffer_rows // 2
+        cap = min(self.buffer_rows, self.rows_per_rank)
+        buf: EncodedDataset | None = None
+        held = 0
         for chunk in self._encoded():
-            held.append(chunk)
-            n += len(chunk)
-            self.peak_buffered = max(self.peak_buffered, n)
-            if n > self.buffer_rows:
-                data = _take(_cat(held), torch.randperm(n, generator=gen))
-                yield _slice(data, 0, n - keep)
-                held, n = [_slice(data, n - keep, n)], keep
-        if n:
-            yield _take(_cat(held), torch.randperm(n, generator=gen))
+            if buf is None:
+                buf = _empty_like(chunk, cap)
+            fill = min(cap - held, len(chunk))
+            _put(buf, torch.arange(held, held + fill), _slice(chunk, 0, fill))
+            held += fill
+            self.peak_buffered = max(self.peak_buffered, held)
+            for start in range(fill, len(chunk), cap):  # full: rows in, random rows out
+                rest = _slice(chunk, start, min(start + cap, len(chunk)))
+                slots = torch.randperm(cap, generator=gen)[: len(rest)]
+                out = _take(buf, slots)
+                _put(buf, slots, rest)
+                yield out
+        if held:
+            order = torch.randperm(held, generator=gen)
+            for start in range(0, held, self.batch_rows):
+                yield _take(buf, order[start : start + self.batch_rows])
 
     def batches(
         self, epoch: int, first: int, dev: torch.device

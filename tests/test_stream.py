@@ -103,7 +103,7 @@ def test_the_shuffle_buffer_holds_a_bounded_number_of_rows_and_gives_each_row_on
         assert sorted(order.tolist()) == list(range(n))  # every row once
         assert torch.equal(batches[0][0].dense.view(-1), batches[0][1])  # rows kept whole
         epochs.append(order)
-    assert rows.peak_buffered <= buffer_rows + chunk
+    assert rows.peak_buffered == buffer_rows  # filled, never more
     assert not torch.equal(epochs[0], epochs[1])  # another shuffle each epoch
     # mixed across read chunks: rows move by more than half a buffer, both ways
     moved = epochs[0] - torch.arange(n)
@@ -115,6 +115,11 @@ def test_the_shuffle_buffer_holds_a_bounded_number_of_rows_and_gives_each_row_on
     whole = _rows(n, n)
     order = torch.cat([b[1] for b in whole.batches(1, 0, torch.device("cpu"))]).long()
     assert torch.equal(order, torch.randperm(n, generator=torch.Generator().manual_seed(3001)))
+    # a buffer smaller than a read chunk: still every row once
+    small = _rows(n, 30)
+    order = torch.cat([b[1] for b in small.batches(0, 0, torch.device("cpu"))]).long()
+    assert sorted(order.tolist()) == list(range(n)) and small.peak_buffered == 30
+    assert not torch.equal(order, torch.arange(n))
     # no buffer: file order
     plain = _rows(n, 0)
     order = torch.cat([b[1] for b in plain.batches(0, 0, torch.device("cpu"))]).long()
