@@ -34,8 +34,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
-    """Group-size-weighted mean of per-group AUC; groups with one class are skipped."""
+def grouped_auc_parts(
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
+) -> tuple[float, float]:
+    """``grouped_auc``'s sums: (sum of group size x group AUC, sum of group sizes) over the
+    groups with both classes; (0, 0) when none has. Parts of disjoint sets of groups add
+    up (``model.group_spill`` sums them over hash partitions). Rows whose key is missing
+    are in no group."""
     df = pd.DataFrame(
         {"g": np.asarray(groups), "y": np.asarray(labels) > 0.5, "s": np.asarray(scores)}
     )
@@ -45,9 +50,16 @@ def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
     per["neg"] = per["n"] - per["pos"]
     per = per[(per["pos"] > 0) & (per["neg"] > 0)]
     if per.empty:
-        return float("nan")
+        return 0.0, 0.0
     g_auc = (per["rank_pos"] - per["pos"] * (per["pos"] + 1) / 2.0) / (per["pos"] * per["neg"])
-    return float(np.average(g_auc, weights=per["n"]))
+    n = per["n"].to_numpy(dtype=np.float64)
+    return float((g_auc.to_numpy(dtype=np.float64) * n).sum()), float(n.sum())
+
+
+def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Group-size-weighted mean of per-group AUC; groups with one class are skipped."""
+    total, weight = grouped_auc_parts(labels, scores, groups)
+    return total / weight if weight > 0 else float("nan")
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> float:
