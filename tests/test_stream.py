@@ -18,9 +18,10 @@ from test_datasets import DATASETS, make_repo, window
 from feature_repo import shards, store
 from feature_repo.spec import SPEC_FILE, load_spec
 from model import stream
+from model import train as train_module
 from model.features import EncodedFeatures, FeatureEncoder, IdEncoder
 from model.metrics import auc, logloss
-from model.train import EncodedDataset, train
+from model.train import EncodedDataset, latest_checkpoint, train
 from training.config import load_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "deepfm.yaml"
@@ -171,6 +172,56 @@ def test_streamed_training_gives_the_in_memory_model_on_the_same_order_of_rows(d
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
         bound = y["valid_auc_error_bound"] + 1e-9  # inclusive, to float rounding
         assert y["valid_auc"] == pytest.approx(x["valid_auc"], abs=bound)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_streamed_run_resumed_in_the_middle_of_an_epoch_ends_as_the_uninterrupted_one(
+    data, tmp_path, monkeypatch
+):
+    # 1,944 training rows, 16 steps an epoch: the buffer of 500 rows is full and being
+    # swapped when the run stops at step 22 (epoch 2) and when it resumes there
+    cfg = load_config(
+        data["cfg"],
+        {"data.shuffle_buffer_rows": 500, "train.save_checkpoints_steps": 11},
+    )
+    columns = list(data["train"].schema)
+
+    def run(out, **more):
+        return stream.train_streamed(
+            cfg,
+            data["pieces"],
+            data["eval_pieces"],
+            columns=columns,
+            model_dir=out,
+            progress=False,
+            **more,
+        )
+
+    full = run(tmp_path / "full")
+    real = train_module._save_checkpoint
+
+    def save_then_stop(root, state):
+        real(root, state)
+        if state["global_step"] == 22:
+            raise _Interrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "_save_checkpoint", save_then_stop)
+        with pytest.raises(_Interrupt):
+            run(tmp_path / "cut")
+    state = torch.load(latest_checkpoint(tmp_path / "cut"), weights_only=True)
+    per_epoch = full.global_step // 2
+    # one epoch done, in the middle of the second
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 22 - per_epoch)
+    assert 0 < state["step_in_epoch"] < per_epoch
+    resumed = run(tmp_path / "cut", resume=True)
+    assert resumed.global_step == full.global_step
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    assert resumed.metrics == full.metrics
 
 
 def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_path):
