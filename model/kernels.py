@@ -476,6 +476,22 @@ if numba is not None:
                         acc[r, c] = a
                         weight[r, c] -= lr * g / (np.sqrt(a) + eps)
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _adam_row(weight, m, v, r, gsum, i, coef):
+        """Adam on row ``r`` of ``weight`` with the gradient ``gsum[i]`` (zero when ``i`` is
+        -1), in ``torch.optim.Adam``'s order of operations (``coef``: ``adam_update``'s)."""
+        step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
+        one_b2, eps, l2 = coef[4], coef[5], coef[6]
+        for c in range(weight.shape[1]):
+            g = gsum[i, c] if i >= 0 else np.float32(0.0)
+            if l2 != 0:
+                g = g + l2 * weight[r, c]
+            mc = m[r, c] + one_b1 * (g - m[r, c])
+            vc = v[r, c] * b2 + one_b2 * g * g
+            m[r, c] = mc
+            v[r, c] = vc
+            weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+
     @_jit
     def adam_update(
         weight, m, v, rows, grads, dense_rows, dense_pos, coef, slot, uniq, gsum, ends, dmap
@@ -489,11 +505,8 @@ if numba is not None:
         ``[step_size, sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``, each computed in
         float64 first as PyTorch does with Python scalars; ``dmap [D]`` (int64, -1 on entry
         and on exit) is scratch."""
-        N, C = grads.shape
         parts = slot.shape[0]
         chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
-        step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
-        one_b2, eps, l2 = coef[4], coef[5], coef[6]
         for t in prange(parts):  # the touched lazy rows; the dense ones are found below
             for i in range(t * chunk, ends[t]):
                 r = uniq[i]
@@ -505,28 +518,11 @@ if numba is not None:
                 if d >= 0:
                     dmap[d] = i
                     continue
-                for c in range(C):
-                    g = gsum[i, c]
-                    if l2 != 0:
-                        g = g + l2 * weight[r, c]
-                    mc = m[r, c] + one_b1 * (g - m[r, c])
-                    vc = v[r, c] * b2 + one_b2 * g * g
-                    m[r, c] = mc
-                    v[r, c] = vc
-                    weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+                _adam_row(weight, m, v, r, gsum, i, coef)
         for d in prange(dense_rows.shape[0]):  # every dense row, touched or not
-            r = dense_rows[d]
             i = dmap[d]
             dmap[d] = -1
-            for c in range(C):
-                g = gsum[i, c] if i >= 0 else np.float32(0.0)
-                if l2 != 0:
-                    g = g + l2 * weight[r, c]
-                mc = m[r, c] + one_b1 * (g - m[r, c])
-                vc = v[r, c] * b2 + one_b2 * g * g
-                m[r, c] = mc
-                v[r, c] = vc
-                weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+            _adam_row(weight, m, v, dense_rows[d], gsum, i, coef)
 
 
 def _warm_up() -> bool:
