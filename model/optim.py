@@ -106,19 +106,10 @@ class SparseAdagrad(torch.optim.Optimizer):
         """The CPU path: ``model.kernels.adagrad_update`` sums duplicate rows without a sort
         and updates each row once. False when it does not apply (GPU, not float32, no
         kernels), and the PyTorch path below runs instead."""
-        if p.device.type != "cpu" or p.dtype != torch.float32 or p.dim() != 2:
+        inputs = _kernel_inputs(p, grad)
+        if inputs is None:
             return False
-        if grad.sparse_dim() != 1:  # rows of values, as an embedding's gradient
-            return False
-        from model import kernels
-
-        if not kernels.available():
-            return False
-        rows = grad._indices()[0].contiguous()
-        values = grad._values().float().contiguous()
-        # threads sum duplicates in parallel, each with its own row -> slot map; a few
-        # suffice (the maps cost 4 bytes per table row each)
-        parts = min(kernels.set_threads(torch.get_num_threads()), 4)
+        kernels, rows, values, parts = inputs
         n, width = values.shape
         scratch = self._scratch.get(p)
         if scratch is None or scratch[0].shape[0] != parts or scratch[1].shape[0] < n:
@@ -137,6 +128,26 @@ class SparseAdagrad(torch.optim.Optimizer):
             values.numpy(), np.float32(lr), np.float32(eps), bool(rowwise), *scratch,
         )  # fmt: skip
         return True
+
+
+def _kernel_inputs(p: torch.Tensor, grad: torch.Tensor):
+    """``(model.kernels, rows [N], values [N, C] float32, parts)`` for a compiled kernel's
+    update of the table ``p`` from its sparse gradient (rows of values, as an embedding's);
+    None where the kernels do not apply (GPU, not float32, no kernels). ``parts``: the
+    threads that sum duplicate rows in parallel, each with its own row -> slot map (a few
+    suffice: the maps cost 4 bytes per table row each)."""
+    if p.device.type != "cpu" or p.dtype != torch.float32 or p.dim() != 2:
+        return None
+    if grad.sparse_dim() != 1:
+        return None
+    from model import kernels
+
+    if not kernels.available():
+        return None
+    rows = grad._indices()[0].contiguous()
+    values = grad._values().float().contiguous()
+    parts = min(kernels.set_threads(torch.get_num_threads()), 4)
+    return kernels, rows, values, parts
 
 
 def _sum_duplicate_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,23 +275,14 @@ class TableAdam(torch.optim.Optimizer):
         """The CPU path: ``model.kernels.adam_update`` does the whole step in one call (the
         duplicate sums, every dense row, the touched lazy rows). False when it does not
         apply (GPU, not float32, no kernels), and the PyTorch path runs instead."""
-        if (
-            p.device.type != "cpu"
-            or p.dtype != torch.float32
-            or p.dim() != 2
-            or grad.sparse_dim() != 1
-            or not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous())
-            or m.dtype != torch.float32
-            or v.dtype != torch.float32
-        ):
+        if not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
             return False
-        from model import kernels
-
-        if not kernels.available():
+        if m.dtype != torch.float32 or v.dtype != torch.float32:
             return False
-        rows = grad._indices()[0].contiguous()
-        values = grad._values().float().contiguous()
-        parts = min(kernels.set_threads(torch.get_num_threads()), 4)
+        inputs = _kernel_inputs(p, grad)
+        if inputs is None:
+            return False
+        kernels, rows, values, parts = inputs
         n, width = values.shape
         scratch = self._scratch.get(p)
         if scratch is None or scratch["slot"].shape[0] != parts or scratch["uniq"].shape[0] < n:
