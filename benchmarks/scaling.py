@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,10 +40,42 @@ sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "configs" / "deepfm.yaml"
 
 
-def _run_rss(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, str]:
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants now."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/statm") as f:
+                pages = int(f.read().split()[1])
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        rss[int(entry)] = pages * PAGE
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def run_measured(
+    cmd: list[str], env: dict | None = None, *, tree: bool = False
+) -> tuple[float, float, float, str, str]:
     """Run ``cmd``: (wall seconds, peak RSS in GB of it or its largest waited-for child, by
-    ``wait4``, stdout, stderr). Raises on a non-zero exit."""
+    ``wait4``, with ``tree`` the peak of its whole process tree's summed RSS in GB sampled
+    every 0.2 s (else 0), stdout, stderr). Raises on a non-zero exit."""
     t0 = time.perf_counter()
+    peak = [0]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         pid = os.posix_spawn(
             cmd[0],
@@ -53,15 +86,27 @@ def _run_rss(cmd: list[str], env: dict | None = None) -> tuple[float, float, str
                 (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
             ],
         )
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                peak[0] = max(peak[0], tree_rss(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if tree:
+            sampler.start()
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - t0
+        done.set()
+        if tree:
+            sampler.join()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     code = os.waitstatus_to_exitcode(status)
     if code:
         raise RuntimeError(f"{' '.join(cmd[:8])} ... exit {code}:\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024**2, stdout, stderr
+    return seconds, usage.ru_maxrss / 1024**2, peak[0] / 1024**3, stdout, stderr
 
 
 def prepare(rows: int, folder: Path) -> dict:
@@ -127,7 +172,7 @@ def train(data: Path, model_dir: Path, streaming: bool, processes: int = 1) -> d
         cmd += ["--nproc_per_node", str(processes), *cli]
     else:
         cmd = [sys.executable, *cli]
-    seconds, rss, _, _ = _run_rss(cmd, env)
+    seconds, rss, _, _, _ = run_measured(cmd, env)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     return {
         "wall_s": round(seconds, 1),
@@ -166,14 +211,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scaling_", dir=args.workdir) as tmp:
         work = Path(tmp)
         script = str(Path(__file__).resolve())
-        _, rss, out, _ = _run_rss(
+        _, rss, _, out, _ = run_measured(
             [sys.executable, script, "--rows", str(base), "--prepare", str(work)]
         )
         emit({"run": "prepare", **json.loads(out), "peak_rss_gb": round(rss, 2)})
         if args.engines:
             retrieval = ROOT / "benchmarks" / "retrieval_engines.py"
             cmd = [sys.executable, str(retrieval), "--rows", str(base)]
-            _, _, out, _ = _run_rss(cmd + ["--engines", args.engines, "--shards-only"])
+            _, _, _, out, _ = run_measured(cmd + ["--engines", args.engines, "--shards-only"])
             for line in out.splitlines():
                 if line.startswith("{"):
                     emit({"run": "retrieval", **json.loads(line)})

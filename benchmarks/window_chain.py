@@ -38,80 +38,25 @@ import json
 import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scaling import run_measured  # noqa: E402  (benchmarks/, the script's folder)
+
 CONFIG = ROOT / "configs" / "deepfm.yaml"
 EVAL_FRACTION = 0.1  # the pipeline's defaults (pipelines/pipeline.py)
 MIN_AUC, MAX_AUC_DROP = 0.70, 0.005
 STEPS = ("write", "validate", "features", "train", "evaluate")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants now."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/statm") as f:
-                pages = int(f.read().split()[1])
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = pages * PAGE
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo += children.get(pid, [])
-    return total
 
 
 def _run(cmd: list[str]) -> tuple[float, float, float, str]:
     """Run ``cmd``: (wall seconds, its peak RSS in GB by ``wait4``, the peak of its process
     tree's summed RSS in GB, sampled, stdout). Raises on a non-zero exit."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", DEEPFM_PROGRESS="0")
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        pid = os.posix_spawn(
-            cmd[0],
-            cmd,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
-            ],
-        )
-        peak = [0]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.2):
-                peak[0] = max(peak[0], _tree_rss(pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(pid, 0)
-        seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... exit {code}:\n{stderr[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024**2, peak[0] / 1024**3, stdout
+    seconds, rss, tree, stdout, _ = run_measured(cmd, env, tree=True)
+    return seconds, rss, tree, stdout
 
 
 def _window(work: Path) -> tuple[str, float]:
