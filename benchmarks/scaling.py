@@ -17,7 +17,8 @@
    peak RSS from ``wait4``: at the smallest size in memory (``data.streaming=false``),
    streamed, and streamed in 2 processes under torchrun (gloo, one thread each, each
    reading its own shards; the peak is the largest process's); at each larger size
-   streamed. Throughput is the run's ``train_samples_per_s`` (metrics.json).
+   streamed (``--processes``: in 1 or more processes). Throughput is the run's
+   ``train_samples_per_s`` (metrics.json).
 
 Prints one JSON line per run (appended to ``--out``). Each run's figures depend on what
 else the machine runs: say so next to them.
@@ -189,7 +190,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder")
     parser.add_argument(
-        "--streamed-only", action="store_true", help="only the streamed 1-process runs"
+        "--streamed-only",
+        action="store_true",
+        help="only the streamed runs (no in-memory run at the smallest size)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="the process counts of the streamed runs (more than 1: gloo under torchrun, "
+        "one thread and its own shards each); without --streamed-only the smallest size "
+        "also runs 1 and 2",
     )
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)  # the child's task
     args = parser.parse_args()
@@ -229,10 +241,11 @@ def main() -> None:
             assert rows == n, (rows, n)
             folders[n] = work / f"shards_{n}"
             emit({"run": "repeat", "rows": n, "seconds": round(time.perf_counter() - t0, 1)})
-        runs = [(base, False, 1), (base, True, 1), (base, True, 2)]
-        if args.streamed_only:
-            runs = [(base, True, 1)]
-        runs += [(n, True, 1) for n in sizes[1:]]
+        runs = [(n, True, p) for n in sizes for p in args.processes]
+        if not args.streamed_only:
+            runs = [(base, False, 1), (base, True, 1), (base, True, 2)] + [
+                r for r in runs if r[0] != base
+            ]
         for n, streaming, processes in runs:
             model_dir = work / "model"
             record = train(folders[n], model_dir, streaming, processes)
