@@ -10,8 +10,9 @@ encoder fitted on the training rows), embedding dim, MLP hidden units, batch siz
 threads and seed; the test set is the last ``--test-fraction`` by time (or ``split``).
 
 - ours: the project's DeepFM through the project's training loop (``model.train.train``,
-  the config of ``benchmarks/train_throughput.py``); samples/s of its training loop
-  (encoding and evaluation excluded, batch assembly included);
+  the config of ``benchmarks/train_throughput.py``, no validation split: every epoch runs
+  on every training row); samples/s of its training loop (encoding and evaluation
+  excluded, batch assembly included);
 - FuxiCTR: its DeepFM as its paper and docs define it, assembled here from the FuxiCTR
   wheel's own parts (the wheel does not ship ``model_zoo``): one ``FeatureEmbedding`` over
   all fields -> ``FactorizationMachine`` (LR + FM) + ``MLP_Block`` (flattened embeddings ->
@@ -20,6 +21,9 @@ threads and seed; the test set is the last ``--test-fraction`` by time (or ``spl
   ``BaseModel.compile``'s optimizer). Numeric columns are FuxiCTR ``numeric`` fields (an
   embedding of the value, in the FM and the MLP), its own treatment. Each epoch's shuffled
   batches are built before its clock starts: only ``train_step`` is timed.
+
+Both run in one process, so under the same OpenMP wait policy: ``model.threads`` (imported
+first) makes idle threads sleep unless ``OMP_WAIT_POLICY`` is set; the JSON records it.
 
 Prints ONE JSON line (``ours_train_samples_per_s``, ``fuxictr_train_samples_per_s``, their
 ``ratio``, each one's ``test_auc`` / ``test_logloss``, batch size, threads, rows) and appends
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -141,9 +146,9 @@ def column_dict(names: list[str], sparse, dense, cats: int) -> dict[str, torch.T
 
 
 def train_fuxictr(model, columns: dict, y: torch.Tensor, label: str, batch: int, epochs: int):
-    """``epochs`` passes of ``BaseModel.train_step`` over shuffled batches; returns the
-    seconds inside ``train_step`` only (the batches of an epoch are built before its clock)."""
-    n, seconds = len(y), 0.0
+    """``epochs`` passes of ``BaseModel.train_step`` over shuffled batches; returns each
+    epoch's seconds inside ``train_step`` only (its batches are built before its clock)."""
+    n, seconds = len(y), []
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
@@ -153,7 +158,7 @@ def train_fuxictr(model, columns: dict, y: torch.Tensor, label: str, batch: int,
         t0 = time.perf_counter()
         for b in batches:
             model.train_step(b)
-        seconds += time.perf_counter() - t0
+        seconds.append(time.perf_counter() - t0)
     return seconds
 
 
@@ -221,7 +226,9 @@ def main(argv=None) -> dict:
             test_df = df[df["split"] == "test"].reset_index(drop=True)
         else:
             train_df, test_df = time_split(df, args.timestamp, args.test_fraction)
-        cfg = config_from_dict(tt.build_config(args))
+        settings = tt.build_config(args)
+        settings["train"]["validation_fraction"] = 0.0  # every epoch on every row, as FuxiCTR
+        cfg = config_from_dict(settings)
         labels = test_df[args.label].to_numpy()
 
         enc = FeatureEncoder(cfg).fit(train_df)
@@ -240,7 +247,7 @@ def main(argv=None) -> dict:
             ours_sps.append(result.samples_per_s)
             model = fuxictr_deepfm(fmap, args.embedding_dim, hidden, args.dense_lr, args.seed, tmp)
             seconds = train_fuxictr(model, train_cols, y, args.label, args.batch_size, args.epochs)
-            fuxi_sps.append(len(y) * args.epochs / seconds)
+            fuxi_sps.append(len(y) * args.epochs / sum(seconds))
             if r == 0:
                 ours_p = score(result.model, result.encoder.transform(test_df), 65536)
                 fuxi_p = predict_fuxictr(model, test_cols, 65536)
@@ -249,6 +256,10 @@ def main(argv=None) -> dict:
                     "fuxictr_test_auc": round(auc(labels, fuxi_p), 5),
                     "ours_test_logloss": round(logloss(labels, ours_p), 5),
                     "fuxictr_test_logloss": round(logloss(labels, fuxi_p), 5),
+                    "ours_epoch_samples_per_s": [
+                        round(h["train_samples_per_s"], 1) for h in result.history
+                    ],
+                    "fuxictr_epoch_samples_per_s": [round(len(y) / s, 1) for s in seconds],
                 }
     import fuxictr
 
@@ -261,6 +272,8 @@ def main(argv=None) -> dict:
         **first,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_runtime_spins": tt.threads.torch_runtime_spins(),
         "rows_train": len(train_df),
         "rows_test": len(test_df),
         "epochs": args.epochs,
