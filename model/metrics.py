@@ -40,20 +40,39 @@ def grouped_auc_parts(
     """``grouped_auc``'s sums: (sum of group size x group AUC, sum of group sizes) over the
     groups with both classes; (0, 0) when none has. Parts of disjoint sets of groups add
     up (``model.group_spill`` sums them over hash partitions). Rows whose key is missing
-    are in no group."""
-    df = pd.DataFrame(
-        {"g": np.asarray(groups), "y": np.asarray(labels) > 0.5, "s": np.asarray(scores)}
-    )
-    df["r"] = df.groupby("g", sort=False)["s"].rank(method="average")
-    df["rp"] = df["r"].where(df["y"], 0.0)
-    per = df.groupby("g", sort=False).agg(n=("y", "size"), pos=("y", "sum"), rank_pos=("rp", "sum"))
-    per["neg"] = per["n"] - per["pos"]
-    per = per[(per["pos"] > 0) & (per["neg"] > 0)]
-    if per.empty:
+    are in no group. One sort by (group, score): the midranks within each group, their
+    sums over each group's positives (no loop per group or row)."""
+    codes, _ = pd.factorize(np.asarray(groups))  # groups in order of appearance; -1: missing
+    keep = codes >= 0
+    g = codes[keep]
+    y = np.asarray(labels)[keep] > 0.5
+    s = np.asarray(scores, dtype=np.float64)[keep]
+    if not len(g):
         return 0.0, 0.0
-    g_auc = (per["rank_pos"] - per["pos"] * (per["pos"] + 1) / 2.0) / (per["pos"] * per["neg"])
-    n = per["n"].to_numpy(dtype=np.float64)
-    return float((g_auc.to_numpy(dtype=np.float64) * n).sum()), float(n.sum())
+    order = np.lexsort((s, g))
+    g, y, s = g[order], y[order], s[order]
+    n = len(g)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_run = new_group | np.r_[True, s[1:] != s[:-1]]  # a run of tied scores in a group
+    at = np.arange(n)
+    pos = at - np.maximum.accumulate(np.where(new_group, at, 0)) + 1  # 1-based, in group
+    run = np.cumsum(new_run) - 1
+    first = pos[new_run]
+    last = np.r_[first[1:] - 1, 0]  # a run ends where the next starts, or at its group's end
+    size = np.bincount(g)
+    run_group = g[new_run]
+    ends_group = np.r_[run_group[1:] != run_group[:-1], True]
+    last = np.where(ends_group, size[run_group], last)
+    midrank = ((first + last) / 2.0)[run]
+    n_pos = np.bincount(g, weights=y, minlength=len(size))
+    rank_pos = np.bincount(g, weights=np.where(y, midrank, 0.0), minlength=len(size))
+    n_neg = size - n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    if not both.any():
+        return 0.0, 0.0
+    p, q, w = n_pos[both], n_neg[both], size[both].astype(np.float64)
+    g_auc = (rank_pos[both] - p * (p + 1) / 2.0) / (p * q)
+    return float((g_auc * w).sum()), float(w.sum())
 
 
 def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
