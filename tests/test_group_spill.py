@@ -87,6 +87,7 @@ def test_partitions_are_spilled_while_adding_read_one_at_a_time_and_removed():
     files = spill.files()
     assert len(files) == 8 and folder.is_dir()
     size = group_spill.RECORD.itemsize
+    assert size == 17  # bytes a row on disk (the README)
     assert all(f.stat().st_size % size == 0 for f in files)  # whole records
     sizes = [f.stat().st_size // size for f in files]
     assert sum(sizes) == n
