@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_datasets import check_the_pushed_model_serves_as_evaluated
 
 from feature_repo import store
 from feature_repo.sample_data import generate
@@ -23,6 +24,9 @@ from registry.model_registry import POINTER, read_current
 pytestmark = pytest.mark.slow
 
 ROWS = 40_000
+# One epoch per run (the run's `epochs` parameter): on the sample early stopping keeps the
+# first epoch's weights anyway (the same AUCs as up to 10 epochs with early stopping).
+EPOCHS = 1
 REPO_FILES = ["features.yaml", "feature_store.yaml", ".feastignore"]
 # Names come from the project's spec (the sample's).
 SPEC = load_spec()
@@ -98,6 +102,7 @@ def test_a_blessed_model_is_pushed_then_a_worse_one_is_not(tmp_path, repo):
         model_config=_config(tmp_path, "good"),
         min_auc=0.6,
         max_auc_drop=0.01,
+        epochs=EPOCHS,
     )
     assert first["blessed"] is True and first["pushed"] is True
     assert first["baseline_auc"] is None  # nothing to compare with: the threshold alone
@@ -123,15 +128,23 @@ def test_a_blessed_model_is_pushed_then_a_worse_one_is_not(tmp_path, repo):
         repo,
         registry,
         model_config=_weak_config(tmp_path),
-        min_auc=0.5,
+        min_auc=0.0,  # no threshold: only the comparison with the blessed model can refuse
         max_auc_drop=0.01,
+        epochs=EPOCHS,
     )
     assert second["blessed"] is False and second["pushed"] is False
     assert second["baseline_auc"] == pytest.approx(first["auc"])
     assert second["auc"] < first["auc"] - 0.01
     assert (registry / POINTER).read_bytes() == pointer_before
     assert (Path(second["run_dir"]) / "record-not-pushed").is_dir()
-    assert "NOT BLESSED" in Path(second["report"]).read_text()
+    report = Path(second["report"]).read_text()
+    assert "NOT BLESSED" in report and "worse than the blessed model" in report
+
+    # the sample's whole pipeline run (test_datasets runs none of its own): the blessed
+    # model, still the current one, scores as evaluated, offline, online and served
+    check_the_pushed_model_serves_as_evaluated(
+        load_spec(repo / "features.yaml"), repo, registry, first
+    )
 
 
 def test_corrupted_data_stops_at_validation_with_the_report(tmp_path, repo):
