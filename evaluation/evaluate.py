@@ -161,7 +161,10 @@ def _evaluate_streamed(
     (the most it can differ from the exact AUC); ROC points, the confusion matrix at the
     base rate and the calibration deciles are read off the same histograms, at the
     resolution of a bin (1/``AUC_BINS`` of the score range): the deciles split at bin
-    edges, the threshold is a bin's lower edge. ``grouped_auc`` is not computed."""
+    edges, the threshold is a bin's lower edge. ``grouped_auc`` is exact, as in memory
+    (where the data has the model's ``data.group_key`` column): the rows' group key hashes,
+    labels and scores are spilled to hash partitions on disk, read back one at a time
+    (``model.group_spill``)."""
     from model.export import load
     from model.stream import StreamedMetrics, file_pieces, iter_frames
     from registry.model_registry import fetch_model, read_current
@@ -171,34 +174,45 @@ def _evaluate_streamed(
         raise ValueError(f"eval data {manifest.folder}: no rows; the AUC cannot be computed")
     candidate = load(model_dir)
     label = candidate.cfg.data.label
-    names = [m for m in candidate.cfg.model.metrics if m != "grouped_auc"]
-    ours = StreamedMetrics()
+    key = _group_key(candidate, manifest)
+    names = [m for m in candidate.cfg.model.metrics if m != "grouped_auc" or key]
+    ours = StreamedMetrics(grouped=key is not None, rows=manifest.rows)
     theirs, baseline, baseline_version, note = None, None, None, ""
+    their_key = None
     current = read_current(destination) if destination else None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ours:
         if current is not None:
             baseline_version = current["version"]
             baseline = load(fetch_model(destination, Path(tmp) / "baseline"))
-            theirs = StreamedMetrics()
-        for df in iter_frames(pieces):
-            if label not in df.columns:
-                raise ValueError(f"eval data {manifest.folder}: column {label!r} is missing")
-            ours.add(df[label].to_numpy(dtype=np.float64), candidate.predict(df))
+            their_key = _group_key(baseline, manifest)
+            theirs = StreamedMetrics(grouped=their_key is not None, rows=manifest.rows)
+        try:
+            for df in iter_frames(pieces):
+                if label not in df.columns:
+                    raise ValueError(f"eval data {manifest.folder}: column {label!r} is missing")
+                groups = None if key is None else df[key].to_numpy()
+                ours.add(df[label].to_numpy(dtype=np.float64), candidate.predict(df), groups)
+                if theirs is not None:
+                    try:
+                        y = df[baseline.cfg.data.label].to_numpy(dtype=np.float64)
+                        groups = None if their_key is None else df[their_key].to_numpy()
+                        theirs.add(y, baseline.predict(df), groups)
+                    except (KeyError, ValueError) as e:  # its features are not in this data
+                        note = f" (blessed model {baseline_version} cannot score this data: {e})"
+                        theirs.close()
+                        theirs = None
+            metrics = ours.result(names)
+            their_names = [m for m in names if m != "grouped_auc" or their_key]
+            baseline_metrics = None if theirs is None else theirs.result(their_names)
+        finally:
             if theirs is not None:
-                try:
-                    y = df[baseline.cfg.data.label].to_numpy(dtype=np.float64)
-                    theirs.add(y, baseline.predict(df))
-                except (KeyError, ValueError) as e:  # its features are not in this data
-                    note = f" (blessed model {baseline_version} cannot score this data: {e})"
-                    theirs = None
-    metrics = ours.result(names)
+                theirs.close()
     if not np.isfinite(metrics["auc"]):
         raise ValueError(
             f"eval data {manifest.folder}: the AUC is undefined: column {label!r} holds one "
             f"class only in {ours.count:,} rows"
         )
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
-    baseline_metrics = None if theirs is None else theirs.result(names)
     baseline_auc = None if baseline_metrics is None else baseline_metrics["auc"]
     blessed, reason = gate(metrics["auc"], baseline_auc, min_auc, max_auc_drop)
     threshold, matrix = _histogram_confusion(ours)
@@ -220,6 +234,14 @@ def _evaluate_streamed(
         baseline_calibration=[] if theirs is None else _histogram_calibration(theirs),
         history=read_history(model_dir),
     )
+
+
+def _group_key(model, manifest) -> str | None:
+    """The model's grouping key when it reports ``grouped_auc`` and the data has the column
+    (as ``_score`` in memory), else None."""
+    key = model.cfg.data.group_key
+    wanted = "grouped_auc" in model.cfg.model.metrics
+    return key if wanted and key and key in manifest.schema else None
 
 
 def _histogram_roc(m, points: int = ROC_POINTS) -> list[tuple[float, float, float]]:

@@ -29,8 +29,9 @@ bounded number of rows:
   [0, 1] per class; pairs in different bins are counted exactly, pairs in one bin as
   half, so the error is at most ``auc_error_bound`` = (pairs of a positive and a negative
   in one bin) / (2 x all such pairs), reported with it), logloss, normalized entropy,
-  calibration, the positive rate, mean prediction and count exactly (sums);
-  ``grouped_auc`` is left out (it needs every group's rows together).
+  calibration, the positive rate, mean prediction and count exactly (sums), and
+  ``grouped_auc`` exactly: each row's group key hash, label and score spilled to hash
+  partitions on disk, read back one partition at a time (``model.group_spill``).
 
 ``train_streamed`` is ``model.train.train`` on pieces: the validation split is the
 trailing ``train.validation_fraction`` of the rows (the pieces are in time order), the
@@ -60,6 +61,7 @@ from model.features import (
     _id_kind,
     _id_values,
 )
+from model.group_spill import GroupSpill
 from model.train import (
     EncodedDataset,
     TrainResult,
@@ -421,20 +423,35 @@ def _on(data: EncodedDataset, dev: torch.device):
 
 class StreamedMetrics:
     """Metrics accumulated over batches of (labels, scores) (the module docstring): the
-    binary ones of ``model.metrics.binary_metrics`` (but ``grouped_auc``) with the AUC by
-    score histogram and its ``auc_error_bound``, or ``mse`` / ``mae`` for regression."""
+    binary ones of ``model.metrics.binary_metrics`` with the AUC by score histogram and
+    its ``auc_error_bound``, or ``mse`` / ``mae`` for regression. ``grouped``: each batch
+    comes with its rows' group keys, spilled for an exact ``grouped_auc``
+    (``model.group_spill.GroupSpill``, sized for ``rows`` rows); ``close`` (or leaving a
+    ``with`` block) removes the spill, ``result`` too once it has read it."""
 
-    def __init__(self, regression: bool = False, bins: int = AUC_BINS) -> None:
+    def __init__(
+        self,
+        regression: bool = False,
+        bins: int = AUC_BINS,
+        *,
+        grouped: bool = False,
+        rows: int | None = None,
+    ) -> None:
         self.regression, self.bins = regression, bins
+        self.groups = GroupSpill(rows=rows) if grouped and not regression else None
         self.pos = np.zeros(bins, dtype=np.int64)
         self.neg = np.zeros(bins, dtype=np.int64)
         self.score_sums = np.zeros(bins)  # per bin: the sum of its scores (calibration)
         self.count = 0
         self.sums = dict.fromkeys(("label", "score", "logloss", "sq", "abs"), 0.0)
 
-    def add(self, labels: np.ndarray, scores: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, scores: np.ndarray, groups=None) -> None:
         y = np.asarray(labels, dtype=np.float64)
         s = np.asarray(scores, dtype=np.float64)
+        if self.groups is not None:
+            if groups is None:
+                raise ValueError("grouped_auc needs the grouping key's values")
+            self.groups.add(y, s, groups)
         self.count += len(y)
         self.sums["label"] += float(y.sum())
         self.sums["score"] += float(s.sum())
@@ -473,6 +490,10 @@ class StreamedMetrics:
                 out["auc"], out["auc_error_bound"] = self.auc()
             elif name == "logloss":
                 out["logloss"] = self.sums["logloss"] / n
+            elif name == "grouped_auc":
+                if self.groups is None:
+                    raise ValueError("grouped_auc needs the grouping key's values")
+                out["grouped_auc"] = self.groups.result()
             elif name == "normalized_entropy":
                 r = float(np.clip(rate, _EPS, 1 - _EPS))
                 out["normalized_entropy"] = (self.sums["logloss"] / n) / -(
@@ -484,6 +505,16 @@ class StreamedMetrics:
         out["mean_prediction"] = self.sums["score"] / n
         out["count"] = float(self.count)
         return out
+
+    def close(self) -> None:
+        if self.groups is not None:
+            self.groups.close()
+
+    def __enter__(self) -> StreamedMetrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class StreamedEval:
@@ -507,13 +538,14 @@ class StreamedEval:
         return self.rows
 
     def evaluate(self, model: DeepFM) -> dict[str, float]:
-        metrics = StreamedMetrics(regression=model.loss_kind == "l2_loss")
-        for df in iter_frames(self.pieces, self.columns, self.batch_rows):
-            data = encode_dataset(self.cfg, self.encoder, df, self.where)
-            metrics.add(
-                data.labels.numpy(), score(model, data.features, self.cfg.train.eval_batch_size)
-            )
-        return metrics.result(m for m in self.cfg.model.metrics if m != "grouped_auc")
+        regression = model.loss_kind == "l2_loss"
+        grouped = "grouped_auc" in self.cfg.model.metrics  # encode_dataset reads the key
+        with StreamedMetrics(regression, grouped=grouped, rows=self.rows) as metrics:
+            for df in iter_frames(self.pieces, self.columns, self.batch_rows):
+                data = encode_dataset(self.cfg, self.encoder, df, self.where)
+                scores = score(model, data.features, self.cfg.train.eval_batch_size)
+                metrics.add(data.labels.numpy(), scores, data.groups)
+            return metrics.result(self.cfg.model.metrics)
 
 
 # ------------------------------------------------------------------------ train

@@ -330,3 +330,63 @@ def test_two_gloo_processes_stream_their_own_shards(data, tmp_path):
     assert metrics["global_step"] == math.ceil(share / 128)  # the same steps on both
     assert metrics["rows_train"] == data["train"].rows and metrics["rows_eval"] > 0
     assert 0.0 < metrics["auc"] < 1.0
+
+
+def test_streamed_grouped_auc_is_the_in_memory_one(data, tmp_path, monkeypatch):
+    """``grouped_auc`` streams exactly (model/group_spill.py): streamed training's
+    validation and evaluation (``StreamedEval``) and the evaluate step on a shard folder
+    report the in-memory value for the same model, the rows spilled to several hash
+    partitions, kept on disk only until read."""
+    import tempfile
+
+    from evaluation.evaluate import evaluate_model
+    from model import group_spill
+    from model.export import save_model_dir
+    from model.train import encode_dataset, evaluate
+
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    monkeypatch.setattr(group_spill, "ROWS_PER_PARTITION", 100)  # several partitions
+    spills, parts = [], group_spill.GroupSpill.parts
+
+    def counted(spill):  # the files each spill holds before its partitions are read
+        spills.append((len(spill.files()), spill.partitions, spill.rows))
+        return parts(spill)
+
+    monkeypatch.setattr(group_spill.GroupSpill, "parts", counted)
+    cfg = load_config(data["cfg"], {"data.streaming": True})  # the evaluate step streams
+    assert "grouped_auc" in cfg.model.metrics and cfg.train.num_epochs == 2
+    columns = list(data["train"].schema)
+    result = stream.train_streamed(
+        cfg, data["pieces"], data["eval_pieces"], columns=columns, progress=False
+    )
+    assert [("valid_grouped_auc" in r, "eval_grouped_auc" in r) for r in result.history] == [
+        (True, True)
+    ] * 2  # reported each epoch, under the in-memory path's names
+    eval_rows = data["eval"].rows
+    assert spills and all(1 < files <= k for files, k, _ in spills)
+    assert (6, eval_rows) in {(k, rows) for _, k, rows in spills}  # 600 eval rows / 100
+
+    frame = shards.load_frame(data["eval"].folder)
+    whole = encode_dataset(cfg, result.encoder, frame, "the eval data")
+    want = evaluate(cfg, result.model, whole)[0]["grouped_auc"]
+    assert 0.0 < want < 1.0
+    assert result.metrics["grouped_auc"] == pytest.approx(want, abs=1e-12)
+    read = stream.needed_columns(cfg, columns)  # in batches of 97 rows: groups split
+    valid = stream.StreamedEval(
+        cfg, result.encoder, data["eval_pieces"], columns=read, where="v", batch_rows=97
+    )
+    assert valid.evaluate(result.model)["grouped_auc"] == pytest.approx(want, abs=1e-12)
+
+    model_dir = save_model_dir(
+        tmp_path / "m", cfg, result.encoder, result.model, export_program=False
+    )
+    single = tmp_path / "eval.parquet"
+    frame.to_parquet(single)
+    in_memory = evaluate_model(model_dir, single, "", 0.5, 1).metrics
+    streamed = evaluate_model(model_dir, data["eval"].folder, "", 0.5, 1).metrics
+    assert "auc_error_bound" in streamed and "auc_error_bound" not in in_memory
+    assert in_memory["grouped_auc"] == pytest.approx(want, abs=1e-6)  # the exported model
+    assert streamed["grouped_auc"] == pytest.approx(in_memory["grouped_auc"], abs=1e-12)
+    assert not list(spill_root.glob("deepfm-grouped-auc-*"))  # every spill removed
