@@ -19,6 +19,8 @@ bounded number of rows:
   places of as many rows drawn at random from it, which are trained on; at the end of
   the epoch the rows it holds, permuted. Every row is trained on once an epoch, and the
   memory is the buffer plus a read batch in and one out, whatever the number of rows.
+  The next read batch is read and encoded in a background thread while the current one
+  trains (``read_ahead``; validation and evaluation score the same way).
   Every process trains the same number of rows (the largest share; a process with fewer
   rows starts its pieces again for the rest), so the processes take the same steps.
   The permutations come from the generator the in-memory path seeds for the epoch, so
@@ -43,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -300,6 +303,25 @@ def _slice(data: EncodedDataset, start: int, stop: int) -> EncodedDataset:
     return EncodedDataset(data.features.slice(start, stop), data.labels[start:stop], weights)
 
 
+_END = object()
+
+
+def read_ahead(items: Iterator):
+    """``items``, each produced in a background thread while the previous one is used:
+    reading and encoding the next batch of rows overlaps training on this one (pyarrow,
+    pandas and the training step release the GIL for their heavy parts). The same items
+    in the same order; an error in producing one is raised where it would be used. At
+    most one item is ahead, so memory grows by one read batch."""
+    with ThreadPoolExecutor(1, thread_name_prefix="deepfm-read-ahead") as pool:
+        ahead = pool.submit(next, items, _END)
+        while True:
+            item = ahead.result()
+            if item is _END:
+                return
+            ahead = pool.submit(next, items, _END)
+            yield item
+
+
 def _empty_like(data: EncodedDataset, rows: int) -> EncodedDataset:
     """A dataset of ``rows`` rows shaped like ``data``'s, to be filled by ``_put``."""
 
@@ -368,12 +390,12 @@ class StreamedRows:
     def shuffled(self, gen: torch.Generator) -> Iterator[EncodedDataset]:
         """The epoch's rows through the shuffle buffer (module docstring), in chunks."""
         if self.buffer_rows <= 0:
-            yield from self._encoded()
+            yield from read_ahead(self._encoded())
             return
         cap = min(self.buffer_rows, self.rows_per_rank)
         buf: EncodedDataset | None = None
         held = 0
-        for chunk in self._encoded():
+        for chunk in read_ahead(self._encoded()):
             if buf is None:
                 buf = _empty_like(chunk, cap)
             fill = min(cap - held, len(chunk))
@@ -541,8 +563,9 @@ class StreamedEval:
         regression = model.loss_kind == "l2_loss"
         grouped = "grouped_auc" in self.cfg.model.metrics  # encode_dataset reads the key
         with StreamedMetrics(regression, grouped=grouped, rows=self.rows) as metrics:
-            for df in iter_frames(self.pieces, self.columns, self.batch_rows):
-                data = encode_dataset(self.cfg, self.encoder, df, self.where)
+            frames = iter_frames(self.pieces, self.columns, self.batch_rows)
+            encoded = (encode_dataset(self.cfg, self.encoder, df, self.where) for df in frames)
+            for data in read_ahead(encoded):
                 scores = score(model, data.features, self.cfg.train.eval_batch_size)
                 metrics.add(data.labels.numpy(), scores, data.groups)
             return metrics.result(self.cfg.model.metrics)

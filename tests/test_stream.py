@@ -6,6 +6,7 @@ streamed model equals the in-memory one on the same order of rows, and the strea
 is the exact one within its stated bound."""
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,35 @@ def _ids(n: int, chunk: int):
             ids.long().view(k, 1), torch.zeros(k, 0, 1, dtype=torch.long), ids.view(k, 1)
         )
         yield EncodedDataset(features, ids.clone(), None)
+
+
+def test_read_ahead_makes_the_next_item_in_another_thread_and_raises_where_it_is_used():
+    made_in, second_started = [], threading.Event()
+
+    def items():
+        for i in range(5):
+            made_in.append(threading.current_thread().name)
+            if i == 1:
+                second_started.set()
+            yield i
+
+    got = stream.read_ahead(items())
+    assert next(got) == 0
+    assert second_started.wait(10)  # made while the first is in use
+    assert [0, *got] == list(range(5))  # the same items, in order
+    assert all(name.startswith("deepfm-read-ahead") for name in made_in)
+
+    def failing():
+        yield 1
+        raise ValueError("part-3.parquet: bad row group")
+
+    got = stream.read_ahead(failing())
+    assert next(got) == 1
+    with pytest.raises(ValueError, match="part-3.parquet"):
+        next(got)
+    endless = stream.read_ahead(iter(range(10**9)))
+    assert next(endless) == 0
+    endless.close()  # stops at once: one item ahead, never the rest
 
 
 def _rows(n: int, buffer_rows: int, batch_size: int = 64, chunk: int = 100):
