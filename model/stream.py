@@ -142,9 +142,18 @@ def iter_frames(
             lo, hi = max(p.skip - seen, 0), min(end - seen, batch.num_rows)
             seen += batch.num_rows
             if hi > lo:
-                yield pa.Table.from_batches([batch.slice(lo, hi - lo)]).to_pandas()
+                table = pa.Table.from_batches([batch.slice(lo, hi - lo)])
+                yield table.to_pandas(types_mapper=_lists_as_arrow)
             if seen >= end:
                 break
+
+
+def _lists_as_arrow(t: pa.DataType):
+    """List columns stay Arrow arrays in the frame (``pd.ArrowDtype``): the encoder reads
+    them back as Arrow without building a Python object per row and per value."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pd.ArrowDtype(t)
+    return None
 
 
 def needed_columns(cfg: Config, available: list[str]) -> list[str]:
