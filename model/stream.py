@@ -16,8 +16,9 @@ bounded number of rows:
   ``feature_repo.shards.rank_files``), encodes a batch of rows at a time and passes them
   through a **shuffle buffer**: ``buffer_rows`` rows (at most the rows of the epoch),
   allocated once and filled in place. Once it is full, each read batch's rows take the
-  places of as many rows drawn at random from it, which are trained on; at the end of
-  the epoch the rows it holds, permuted. Every row is trained on once an epoch, and the
+  places of as many rows drawn at random from it (distinct slots drawn in time
+  proportional to the read batch, not to the buffer), which are trained on; at the end
+  of the epoch the rows it holds, permuted. Every row is trained on once an epoch, and the
   memory is the buffer plus a read batch in and one out, whatever the number of rows.
   The next read batch is read and encoded in a background thread while the current one
   trains (``read_ahead``; validation and evaluation score the same way).
@@ -404,6 +405,7 @@ class StreamedRows:
         cap = min(self.buffer_rows, self.rows_per_rank)
         buf: EncodedDataset | None = None
         held = 0
+        swap: np.random.Generator | None = None  # seeded from ``gen`` at the first swap
         for chunk in read_ahead(self._encoded()):
             if buf is None:
                 buf = _empty_like(chunk, cap)
@@ -413,7 +415,10 @@ class StreamedRows:
             self.peak_buffered = max(self.peak_buffered, held)
             for start in range(fill, len(chunk), cap):  # full: rows in, random rows out
                 rest = _slice(chunk, start, min(start + cap, len(chunk)))
-                slots = torch.randperm(cap, generator=gen)[: len(rest)]
+                if swap is None:
+                    swap = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)[0]))
+                # distinct random slots in O(rows in), not a permutation of the whole buffer
+                slots = torch.from_numpy(swap.choice(cap, len(rest), replace=False))
                 out = _take(buf, slots)
                 _put(buf, slots, rest)
                 yield out
