@@ -272,6 +272,7 @@ def main(argv=None) -> dict:
         **first,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "host": tt.host(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_runtime_spins": tt.threads.torch_runtime_spins(),
         "rows_train": len(train_df),

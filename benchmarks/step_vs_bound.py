@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_throughput import add_config_args, bound_step, build_config  # noqa: E402
+from train_throughput import add_config_args, bound_step, build_config, host  # noqa: E402
 
 from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
@@ -93,6 +93,7 @@ def main() -> None:
                 "fused_forward": run.forward is not model,
                 "sparse_optimizer": args.sparse_optimizer,
                 "threads": args.threads,
+                "host": host(),
                 "batch_size": batch,
                 "deepfm_step_ms": round(statistics.median(ours), 3),
                 "bound_step_ms": round(statistics.median(bounds), 3),

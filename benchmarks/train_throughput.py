@@ -49,7 +49,7 @@ from model import kernels  # noqa: E402
 from model.config import config_from_dict  # noqa: E402
 from model.metrics import auc, logloss  # noqa: E402
 from model.modules import MLP  # noqa: E402
-from model.train import score, time_split, train  # noqa: E402
+from model.train import native_precision, score, time_split, train  # noqa: E402
 
 
 def build_config(args: argparse.Namespace) -> dict:
@@ -282,6 +282,27 @@ def neighbour_figures(cfg, train_df, quiet) -> dict:
     }
 
 
+def host() -> dict:
+    """The CPU the figures were taken on (hosts of one machine type differ: a bf16 figure
+    means little where bf16 is emulated): its model name, PyTorch's vector capability, and
+    whether bf16 / fp16 matrix products run natively (``model.train.native_precision``)."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    cpu = torch.device("cpu")
+    return {
+        "cpu": name,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_precision(cpu, "bf16"),
+        "native_fp16": native_precision(cpu, "fp16"),
+    }
+
+
 def quiet_device(result) -> str:
     return str(next(result.model.parameters()).device)
 
@@ -338,6 +359,7 @@ def main() -> None:
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_runtime_spins": threads.torch_runtime_spins(),
+        "host": host(),
         "precision": args.precision,
         "batch_size": args.batch_size,
         "epochs": args.epochs,

@@ -227,6 +227,23 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def native_precision(device: torch.device, precision: str | None) -> bool:
+    """False when ``precision`` (``train.mixed_precision``: bf16 or fp16) would run its
+    matrix products emulated: on a CPU where oneDNN, which runs PyTorch's low-precision
+    CPU matrix products, has no native kernels for it (bf16: AVX512 or AMX; fp16:
+    AVX512-FP16 or AMX-FP16). True for fp32, for GPUs, and where PyTorch cannot say."""
+    if precision is None or device.type != "cpu":
+        return True
+    check = {
+        "bf16": "_is_mkldnn_bf16_supported",
+        "fp16": "_is_mkldnn_fp16_supported",
+    }[precision]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # a build without oneDNN or without the check
+        return True
+
+
 def _autocast(device: torch.device, precision: str | None):
     if precision is None:
         return nullcontext()
@@ -566,6 +583,14 @@ def _build_run(
         )
         sparse_grads = dev.type != "cuda" or table_values > _DENSE_GRADIENT_MAX_VALUES
     model = DeepFM(cfg.model, cfg.feature_groups, spec, sparse_gradients=sparse_grads).to(dev)
+    if rank == 0 and not native_precision(dev, tc.mixed_precision):
+        log.warning(
+            f"train.mixed_precision is {tc.mixed_precision}, but this CPU has no native "
+            f"{tc.mixed_precision} matrix instructions (PyTorch reports "
+            f"{torch.backends.cpu.get_cpu_capability()}; native needs AVX512 or AMX): its "
+            "matrix products are emulated and training runs many times slower than in fp32 "
+            "(20x and more on AVX2 CPUs); leave train.mixed_precision unset on this CPU"
+        )
     return _Run(
         cfg=cfg,
         dev=dev,

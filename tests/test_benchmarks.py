@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from feature_repo.spec import load_spec
 from pipelines.cli import main
@@ -57,6 +58,10 @@ def test_train_throughput_prints_consistent_figures(flat):
     assert 0.5 < out["test_auc"] < 1.0  # the generator's clicks are learnable
     assert out["test_logloss"] > 0
     assert out["cpu_kernels"] is True
+    # the host, since figures from hosts without native bf16 do not compare
+    assert out["host"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert out["host"]["native_bf16"] is torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert out["host"]["cpu"]  # the model name, on Linux
     # each id embedded (dim 16), each number as it is
     assert len(CATEGORICAL) == 13 and len(NUMERIC) == 1
     assert out["deep_input_width"] == len(CATEGORICAL) * 16 + len(NUMERIC)
@@ -68,6 +73,7 @@ def test_step_vs_bound_prints_per_pair_ratios(flat):
     assert out["rounds"] == 3 and out["chunk"] == 2 and out["batch_size"] == 512
     assert out["deepfm_step_ms"] > 0 and out["bound_step_ms"] > 0
     assert out["ratio_min"] <= out["ratio_median"] <= out["ratio_max"]
+    assert out["host"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_step_vs_bound_refuses_settings_it_does_not_interleave(flat):

@@ -228,6 +228,34 @@ def test_logs_go_to_stderr_when_the_application_configured_no_logging(monkeypatc
         logger.setLevel(logging.NOTSET)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("native", [True, False])
+def test_low_precision_on_a_cpu_without_native_kernels_is_named_before_training(
+    small, monkeypatch, caplog, precision, native
+):
+    # the check is oneDNN's (the library of PyTorch's low-precision CPU matrix products)
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}
+    real = getattr(torch.ops.mkldnn, check[precision])()
+    assert train_module.native_precision(torch.device("cpu"), precision) is real
+    monkeypatch.setattr(torch.ops.mkldnn, check[precision], lambda: native)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert train_module.native_precision(cpu, precision) is native
+    assert train_module.native_precision(cpu, None)  # fp32
+    assert train_module.native_precision(gpu, precision)  # GPUs: not this check's business
+
+    caplog.set_level(logging.WARNING, logger="deepfm.train")
+    cfg = config(**dotted(train__mixed_precision=precision, model__deep__hidden_units=[8]))
+    result = train(cfg, small[0].head(1024), None, progress=False)
+    assert result.global_step == 2  # it still trains, in the precision asked for
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if native:
+        assert not warned
+    else:
+        (message,) = warned
+        assert f"train.mixed_precision is {precision}" in message
+        assert "emulated" in message and "unset" in message
+
+
 # ------------------------------------------------------------------ model directory
 
 
