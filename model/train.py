@@ -227,6 +227,13 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+# oneDNN's checks for native low-precision matrix kernels, and what each needs
+ONEDNN_NATIVE = {
+    "bf16": ("_is_mkldnn_bf16_supported", "AVX512 or AMX"),
+    "fp16": ("_is_mkldnn_fp16_supported", "AVX512-FP16 or AMX-FP16"),
+}
+
+
 def native_precision(device: torch.device, precision: str | None) -> bool:
     """False when ``precision`` (``train.mixed_precision``: bf16 or fp16) would run its
     matrix products emulated: on a CPU where oneDNN, which runs PyTorch's low-precision
@@ -234,10 +241,7 @@ def native_precision(device: torch.device, precision: str | None) -> bool:
     AVX512-FP16 or AMX-FP16). True for fp32, for GPUs, and where PyTorch cannot say."""
     if precision is None or device.type != "cpu":
         return True
-    check = {
-        "bf16": "_is_mkldnn_bf16_supported",
-        "fp16": "_is_mkldnn_fp16_supported",
-    }[precision]
+    check = ONEDNN_NATIVE[precision][0]
     try:
         return bool(getattr(torch.ops.mkldnn, check)())
     except (AttributeError, RuntimeError):  # a build without oneDNN or without the check
@@ -587,7 +591,8 @@ def _build_run(
         log.warning(
             f"train.mixed_precision is {tc.mixed_precision}, but this CPU has no native "
             f"{tc.mixed_precision} matrix instructions (PyTorch reports "
-            f"{torch.backends.cpu.get_cpu_capability()}; native needs AVX512 or AMX): its "
+            f"{torch.backends.cpu.get_cpu_capability()}; native needs "
+            f"{ONEDNN_NATIVE[tc.mixed_precision][1]}): its "
             "matrix products are emulated and training runs many times slower than in fp32 "
             "(20x and more on AVX2 CPUs); leave train.mixed_precision unset on this CPU"
         )

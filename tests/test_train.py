@@ -234,10 +234,10 @@ def test_low_precision_on_a_cpu_without_native_kernels_is_named_before_training(
     small, monkeypatch, caplog, precision, native
 ):
     # the check is oneDNN's (the library of PyTorch's low-precision CPU matrix products)
-    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}
-    real = getattr(torch.ops.mkldnn, check[precision])()
+    check, needs = train_module.ONEDNN_NATIVE[precision]
+    real = getattr(torch.ops.mkldnn, check)()
     assert train_module.native_precision(torch.device("cpu"), precision) is real
-    monkeypatch.setattr(torch.ops.mkldnn, check[precision], lambda: native)
+    monkeypatch.setattr(torch.ops.mkldnn, check, lambda: native)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert train_module.native_precision(cpu, precision) is native
     assert train_module.native_precision(cpu, None)  # fp32
@@ -253,7 +253,7 @@ def test_low_precision_on_a_cpu_without_native_kernels_is_named_before_training(
     else:
         (message,) = warned
         assert f"train.mixed_precision is {precision}" in message
-        assert "emulated" in message and "unset" in message
+        assert "emulated" in message and "unset" in message and needs in message
 
 
 # ------------------------------------------------------------------ model directory
