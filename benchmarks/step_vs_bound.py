@@ -6,8 +6,9 @@
 ``train_throughput.py`` times one epoch, then the bound: on a machine whose speed drifts
 within minutes (a shared VM) the two figures can come from different speeds. Here chunks
 of ``--chunk`` DeepFM training steps alternate with chunks of bound steps (the deep MLP
-and output layer alone, forward + backward + Adam, on random input of the same width), so
-each pair of chunks runs at one speed. Prints ONE JSON line: the median step times and
+and output layer alone, forward + backward + Adam, on random input of the same width; with
+``--precision bf16|fp16`` both under that autocast), so each pair of chunks runs at one
+speed. Prints ONE JSON line: the median step times and
 the median, min and max of the per-pair ratios (bound time / DeepFM step time).
 """
 
@@ -42,8 +43,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--chunk", type=int, default=20)
     args = p.parse_args()
-    if args.precision != "fp32" or args.compile:
-        p.error("the interleaved steps run in fp32 and eager: leave --precision and --compile")
+    if args.compile:
+        p.error("the interleaved steps run eager: leave --compile")
     torch.set_num_threads(args.threads)
 
     df = pd.read_parquet(args.data)
@@ -70,7 +71,8 @@ def main() -> None:
         _train_step(run, features.slice(start, stop), labels[start:stop], None).item()
 
     hidden = [int(h) for h in args.hidden.split(",")]
-    bound = bound_step(model.deep_in_features, hidden, batch, torch.device("cpu"), "fp32")
+    # the bound in the same precision (autocast to bf16 / fp16 as the trainer does)
+    bound = bound_step(model.deep_in_features, hidden, batch, torch.device("cpu"), args.precision)
 
     def timed(step) -> float:
         t0 = time.perf_counter()
@@ -91,7 +93,9 @@ def main() -> None:
             {
                 "cpu_kernels": kernels.available(),
                 "fused_forward": run.forward is not model,
-                "sparse_optimizer": args.sparse_optimizer,
+                "sparse_optimizer": run.cfg.train.sparse_optimizer.type,
+                "sparse_lr": run.cfg.train.sparse_optimizer.lr,
+                "precision": args.precision,
                 "threads": args.threads,
                 "host": host(),
                 "batch_size": batch,

@@ -162,10 +162,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--sparse-optimizer", default="adagrad")
-    # 0.01: the best of 0.01/0.015/0.02/0.03 on a validation split (the last 10% of the
-    # training period of the 1M-row sample), seeds 1-3; see README "Performance"
-    p.add_argument("--sparse-lr", type=float, default=0.01)
+    # the library's defaults (model.config.SparseOptimizerConfig): Adam on the tables, its
+    # learning rate the one that optimizer's type defaults to
+    p.add_argument("--sparse-optimizer", default="adam")
+    p.add_argument("--sparse-lr", type=float, default=None, help="default: the type's")
     p.add_argument("--sparse-initial-accumulator", type=float, default=0.0)
     p.add_argument("--init-fn", help='embedding init, e.g. "nn.init.normal_,std=0.0001"')
     p.add_argument("--dense-lr", type=float, default=0.001)

@@ -31,6 +31,16 @@ from model.modules import MLP
 # the per-value fields may hold at least this many table rows (or a quarter of the batch)
 MIN_VALUE_BUDGET = 64
 _EMPTY = torch.empty(0, 0)
+# the first layer's output (and its gradient) dtypes the kernels read and write directly
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as numpy: bfloat16 (which numpy lacks) as its uint16 bits,
+    which the kernels read and write as bfloat16 (``kernels.load`` / ``kernels.store``)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 def split_first_linear(mlp: MLP) -> tuple[nn.Linear, nn.Sequential, nn.Sequential | None]:
@@ -104,7 +114,7 @@ class BatchPlan:
     computed once per table row (their "value rows", field by field); ``x`` is the matrix
     product's input: the other deep fields' embeddings, then the dense columns."""
 
-    relu: bool  # the first layer's ReLU runs in the kernels (Linear -> ReLU, fp32)
+    relu: bool  # the first layer's ReLU runs in the kernels (it is Linear -> ReLU)
     deep_pos: np.ndarray  # [F] each field's slot in x (-1: small or not in deep)
     x_cols: torch.Tensor  # x's columns among the deep input's (rows of W1^T)
     small_lookup: np.ndarray  # [S] the small fields (each is its own lookup column)
@@ -121,14 +131,11 @@ class BatchPlan:
     lookups: np.ndarray  # the lookups whose gradient is written per sample (not small)
 
     @classmethod
-    def build(
-        cls, layout: TableLayout, batch: int, lookups: int, per_value: bool, min_budget: int
-    ) -> BatchPlan:
-        """Choose the small fields (none without ``per_value``): smallest first, while their
-        rows together stay a small fraction of the batch (projecting V rows costs like V
-        samples)."""
+    def build(cls, layout: TableLayout, batch: int, lookups: int, min_budget: int) -> BatchPlan:
+        """Choose the small fields: smallest first, while their rows together stay a small
+        fraction of the batch (projecting V rows costs like V samples)."""
         dim, sizes, offsets = layout.dim, layout.sizes, layout.offsets
-        budget = max(batch // 4, min_budget) if per_value else 0
+        budget = max(batch // 4, min_budget)
         small, rows_used = [], 0
         for f in sorted(range(layout.num_sparse), key=lambda f: sizes[f]):
             if rows_used + sizes[f] > budget:
@@ -155,7 +162,7 @@ class BatchPlan:
         }
         segments = [seg[(f in deep_index, bool(layout.fm_mask[f]))] for f in small]
         return cls(
-            relu=layout.first_is_relu and per_value,
+            relu=layout.first_is_relu,
             deep_pos=deep_pos,
             x_cols=torch.tensor(w1_cols + dense_cols, dtype=torch.long),
             small_lookup=np.array(small, dtype=np.int64),
@@ -203,7 +210,7 @@ class FusedForward:
         self.layout = layout
         self.min_value_budget = min_value_budget
         self.first_linear, self.after_linear, self.after_relu = split_first_linear(model.deep)
-        self.batch_plans: dict[tuple[int, int, bool], BatchPlan] = {}
+        self.batch_plans: dict[tuple[int, int], BatchPlan] = {}
         self._lookup_fields: dict[int, np.ndarray] = {}
         self._finish = torch.compile(self.finish, dynamic=False) if compile else self.finish
 
@@ -239,9 +246,7 @@ class FusedForward:
         whether ``h1`` has been through its ReLU."""
         table = self.model.tables[0]
         rows, pool_weight, field = self.lookup_rows(sparse, multi)
-        # under autocast the first layer runs in its dtype over all fields, as in Linear
-        per_value = not torch.is_autocast_enabled("cpu")
-        plan = self.batch_plan(*rows.shape, per_value)
+        plan = self.batch_plan(*rows.shape)
         linear = self.first_linear
         h1, y_fm, y_wide = _FusedFirstLayer.apply(
             table.embedding.weight,
@@ -264,12 +269,12 @@ class FusedForward:
         y_deep = (self.after_relu if relu else self.after_linear)(h1)
         return self.model.logits(y_wide, y_fm, y_deep)
 
-    def batch_plan(self, batch: int, lookups: int, per_value: bool) -> BatchPlan:
+    def batch_plan(self, batch: int, lookups: int) -> BatchPlan:
         """The (cached) ``BatchPlan`` of a batch of ``batch`` samples, ``lookups`` each."""
-        key = (batch, lookups, per_value)
+        key = (batch, lookups)
         plan = self.batch_plans.get(key)
         if plan is None:
-            plan = BatchPlan.build(self.layout, batch, lookups, per_value, self.min_value_budget)
+            plan = BatchPlan.build(self.layout, batch, lookups, self.min_value_budget)
             self.batch_plans[key] = plan
         return plan
 
@@ -321,9 +326,13 @@ class _FusedFirstLayer(torch.autograd.Function):
     the other fields, per-value rows for the small ones), so the sparse optimizers and the
     multi-process gradient exchange see what the PyTorch path gives them.
 
-    With ``plan.relu`` (the first layer is ``Linear -> ReLU``, fp32) ``h1`` is returned
-    through the ReLU and the backward applies its mask while summing per value: the MLP then
+    With ``plan.relu`` (the first layer is ``Linear -> ReLU``) ``h1`` is returned through
+    the ReLU and the backward applies its mask while summing per value: the MLP then
     continues after its first activation (``split_first_linear``'s ``after_relu``).
+
+    Under autocast (bf16 / fp16) the two matrix products over ``x`` run in its dtype, as the
+    ``Linear`` would run them, and ``h1`` is returned in it; the per-value projections, the
+    sums and the table's gradient stay float32 (few rows, and the table is float32).
     """
 
     @staticmethod
@@ -354,23 +363,27 @@ class _FusedFirstLayer(torch.autograd.Function):
             )  # fmt: skip
             w1t = w1.t().contiguous()  # [in, H]
             w1t_x = w1t.index_select(0, plan.x_cols)  # [x columns, H]
-            relu = plan.relu  # only without autocast: per_value in BatchPlan.build
-            if mm_dtype == torch.float32:
-                # the matrix product over x, then each sample adds its values' projected
-                # rows (and the ReLU, when the first layer has one)
-                h1 = torch.mm(x, w1t_x) if b1 is None else torch.addmm(b1.detach(), x, w1t_x)
-                proj = torch.empty(len(plan.value_rows), hidden)
-                kernels.project_values(
-                    table.numpy(), dim, plan.value_rows, plan.value_col, w1t.numpy(),
-                    proj.numpy(),
-                )  # fmt: skip
-                kernels.add_values(
-                    proj.numpy(), small_idx.numpy(), plan.deep_fields, h1.numpy(), relu
-                )
-            else:  # autocast (no per-value fields in the plan): the Linear in its dtype
-                bias = torch.zeros(hidden) if b1 is None else b1.detach().float()
-                h1 = torch.addmm(bias.to(mm_dtype), x.to(mm_dtype), w1t_x.to(mm_dtype))
-        ctx.save_for_backward(rows, pool, x, s, small_idx, w1t, w1t_x, h1 if relu else None)
+            relu = plan.relu
+            # the matrix product over x (in the autocast dtype: as the Linear would run it),
+            # then each sample adds its values' projected rows in float32, and the ReLU
+            # when the first layer has one; under autocast h1 returns in its dtype
+            x_mm, w1t_x_mm = x.to(mm_dtype), w1t_x.to(mm_dtype)
+            if b1 is None:
+                h1 = torch.mm(x_mm, w1t_x_mm)
+            else:
+                h1 = torch.addmm(b1.detach().to(mm_dtype), x_mm, w1t_x_mm)
+            proj = torch.empty(len(plan.value_rows), hidden)
+            kernels.project_values(
+                table.numpy(), dim, plan.value_rows, plan.value_col, w1t.numpy(), proj.numpy()
+            )
+            h1_k = h1 if h1.dtype in KERNEL_DTYPES else h1.float()  # what the kernels read
+            kernels.add_values(
+                proj.numpy(), small_idx.numpy(), plan.deep_fields, _numpy(h1_k), relu
+            )
+            h1 = h1_k.to(mm_dtype)
+        ctx.save_for_backward(
+            rows, pool, x, x_mm, s, small_idx, w1t, w1t_x_mm, h1 if relu else None
+        )
         ctx.field, ctx.layout, ctx.plan = field, layout, plan
         ctx.table, ctx.has_bias, ctx.relu = weight, b1 is not None, relu
         return h1, fm, wide
@@ -382,7 +395,7 @@ class _FusedFirstLayer(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_h1, grad_fm, grad_wide):
-        rows, pool, x, s, small_idx, w1t, w1t_x, act = ctx.saved_tensors
+        rows, pool, x, x_mm, s, small_idx, w1t, w1t_x_mm, act = ctx.saved_tensors
         layout, plan = ctx.layout, ctx.plan
         dim, wide_dim = layout.dim, layout.wide_dim
         batch, hidden = rows.shape[0], w1t.shape[1]
@@ -396,38 +409,39 @@ class _FusedFirstLayer(torch.autograd.Function):
         values = torch.empty(n_lookup + len(value_rows), dim + wide_dim)
         indices = torch.empty(n_lookup + len(value_rows), dtype=torch.long)
         grad_w1 = torch.empty(hidden, w1t.shape[0])  # every column is written below
-        if mm == torch.float32:
-            # the small fields' per-value sums first: they also write the first layer's
-            # output gradient (through the ReLU's mask) that the matrix products use
-            parts = min(torch.get_num_threads(), 4)
-            grad = grad_h1.float().contiguous()
-            ext = torch.empty(batch, hidden + 2 * dim)
-            g_sum = torch.empty(parts, len(value_rows), hidden + 2 * dim)
-            w_sum = torch.empty(parts, len(value_rows))
-            b_sum = torch.empty(parts, hidden)
-            bias_field = 0 if len(plan.deep_fields) else -1
-            kernels.value_sums(
-                small_idx.numpy(), plan.seg_lo, plan.seg_hi, plan.wide_fields,
-                grad.numpy(), (grad if act is None else act).numpy(), ctx.relu, gfm.numpy(),
-                s.numpy(), gwide.numpy(), ext.numpy(), g_sum.numpy(), w_sum.numpy(),
-                b_sum.numpy(), ctx.has_bias and bias_field < 0,
-            )  # fmt: skip
-            gh = ext[:, :hidden]
-            grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
-            kernels.value_grads(
-                value_rows, plan.value_col, plan.deep_lo, plan.deep_hi,
-                plan.deep_col, table.numpy(), w1t.numpy(), g_sum.numpy(), w_sum.numpy(),
-                b_sum.numpy(), bias_field, values[n_lookup:].numpy(), grad_w1.numpy(),
-                grad_b1.numpy(), np.empty((len(plan.deep_fields) * dim, hidden), np.float32),
-            )  # fmt: skip
-            if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
-                grad_w1.index_copy_(1, plan.x_cols, (x.t() @ gh).t())
-            gx = gh @ w1t_x.t()
-        else:  # autocast: as the Linear's backward, in its dtype; no per-value fields
-            gh = grad_h1.to(mm)
-            grad_w1.index_copy_(1, plan.x_cols, (gh.t() @ x.to(mm)).float())
-            gx = (gh @ w1t_x.t().to(mm)).float()
-            grad_b1 = gh.float().sum(0)
+        # the small fields' per-value sums first (in float32): they also write the first
+        # layer's output gradient (through the ReLU's mask) that the matrix products use,
+        # in their dtype (float32 in ext; bfloat16 straight into gh; else cast from ext)
+        parts = min(torch.get_num_threads(), 4)
+        direct = mm in KERNEL_DTYPES
+        grad = grad_h1.to(mm if direct else torch.float32).contiguous()
+        act = grad if act is None else (act if direct else act.float())
+        bf16 = mm == torch.bfloat16
+        ext = torch.empty(0 if bf16 else batch, hidden + 2 * dim)
+        gh = torch.empty(batch if bf16 else 0, hidden, dtype=torch.bfloat16)
+        g_sum = torch.empty(parts, len(value_rows), hidden + 2 * dim)
+        w_sum = torch.empty(parts, len(value_rows))
+        b_sum = torch.empty(parts, hidden)
+        bias_field = 0 if len(plan.deep_fields) else -1
+        kernels.value_sums(
+            small_idx.numpy(), plan.seg_lo, plan.seg_hi, plan.wide_fields,
+            _numpy(grad), _numpy(act), ctx.relu, gfm.numpy(), s.numpy(), gwide.numpy(),
+            ext.numpy(), _numpy(gh), g_sum.numpy(), w_sum.numpy(), b_sum.numpy(),
+            ctx.has_bias and bias_field < 0,
+        )  # fmt: skip
+        grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
+        kernels.value_grads(
+            value_rows, plan.value_col, plan.deep_lo, plan.deep_hi,
+            plan.deep_col, table.numpy(), w1t.numpy(), g_sum.numpy(), w_sum.numpy(),
+            b_sum.numpy(), bias_field, values[n_lookup:].numpy(), grad_w1.numpy(),
+            grad_b1.numpy(), np.empty((len(plan.deep_fields) * dim, hidden), np.float32),
+        )  # fmt: skip
+        # the other columns' products in the autocast dtype (float32 without it)
+        if not bf16:
+            gh = ext[:, :hidden].to(mm)
+        if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
+            grad_w1.index_copy_(1, plan.x_cols, (x_mm.t() @ gh).t().float())
+        gx = (gh @ w1t_x_mm.t()).float()
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan.deep_pos, layout.fm_mask,
             layout.wide_mask, dim, wide_dim, table.numpy(), x.numpy(),

@@ -49,12 +49,13 @@ try:  # numba is a dependency, but the PyTorch path must keep working without it
     from llvmlite import ir
     from numba import njit, prange, types
     from numba.core import cgutils
-    from numba.extending import intrinsic
+    from numba.extending import intrinsic, overload
 except Exception:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 _lock = threading.Lock()
 _AHEAD = 4  # how many samples (or rows) ahead the kernels prefetch table rows
+_BLOCK = 64  # samples a thread takes at a time where it needs a scratch row for them
 _ready: bool | None = None
 
 
@@ -115,6 +116,56 @@ if numba is not None:
             return context.get_dummy_value()
 
         return types.void(array, row), codegen
+
+    @intrinsic
+    def _bits(typingctx, value):
+        """A float32's bits as a uint32."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.uint32(types.float32), codegen
+
+    @intrinsic
+    def _float(typingctx, bits):
+        """The float32 with these bits (a uint32)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.uint32), codegen
+
+    def load(row, j):
+        """``row[j]`` as a float32: ``row`` holds float32, or bfloat16 as uint16 (a bfloat16
+        tensor's memory, ``bf16_numpy``)."""
+
+    def store(row, j, value):
+        """``row[j] = value`` (a float32), rounded to the nearest bfloat16 (ties to even,
+        NaN kept: as PyTorch converts) when ``row`` holds bfloat16 as uint16."""
+
+    @overload(load, inline="always")
+    def _load(row, j):
+        if row.dtype == types.uint16:
+            return lambda row, j: _float(np.uint32(np.uint32(row[j]) << np.uint32(16)))
+        return lambda row, j: row[j]
+
+    @overload(store, inline="always")
+    def _store(row, j, value):
+        if row.dtype == types.uint16:
+
+            def to_bf16(row, j, value):
+                bits = _bits(value)
+                if (bits & 0x7FFFFFFF) > 0x7F800000:  # NaN: a quiet NaN
+                    row[j] = np.uint16(0x7FC0)
+                else:  # round to nearest, ties to even
+                    row[j] = np.uint16((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)
+
+            return to_bf16
+
+        def plain(row, j, value):
+            row[j] = value
+
+        return plain
 
     @_jit
     def pooled_forward(
@@ -241,32 +292,39 @@ if numba is not None:
     def add_values(proj, idx, deep_fields, h1, relu):
         """``h1[b] += sum of proj[idx[b, i]]`` over the small fields ``i`` in
         ``deep_fields``, then ``h1 = max(h1, 0)`` when ``relu`` (the first layer's ReLU;
-        NaN stays NaN, as in ``torch.relu``). ``h1`` holds the rest of the first layer."""
+        NaN stays NaN, as in ``torch.relu``). ``h1`` holds the rest of the first layer, in
+        float32 or bfloat16 (as uint16: the sum is taken in float32 and rounded once)."""
         B = idx.shape[0]
         F = deep_fields.shape[0]
         H = h1.shape[1]
-        for b in prange(B):
-            o = h1[b]
-            i = 0
-            while i + 1 < F:  # two rows per pass over h1[b]
-                p = proj[idx[b, deep_fields[i]]]
-                q = proj[idx[b, deep_fields[i + 1]]]
+        blocks = (B + _BLOCK - 1) // _BLOCK
+        for blk in prange(blocks):
+            acc = np.empty(H, np.float32)
+            for b in range(blk * _BLOCK, min(B, blk * _BLOCK + _BLOCK)):
+                o = h1[b]
                 for j in range(H):
-                    o[j] += p[j] + q[j]
-                i += 2
-            if i < F:
-                p = proj[idx[b, deep_fields[i]]]
+                    acc[j] = load(o, j)
+                i = 0
+                while i + 1 < F:  # two rows per pass over the sum
+                    p = proj[idx[b, deep_fields[i]]]
+                    q = proj[idx[b, deep_fields[i + 1]]]
+                    for j in range(H):
+                        acc[j] += p[j] + q[j]
+                    i += 2
+                if i < F:
+                    p = proj[idx[b, deep_fields[i]]]
+                    for j in range(H):
+                        acc[j] += p[j]
                 for j in range(H):
-                    o[j] += p[j]
-            if relu:
-                for j in range(H):
-                    if o[j] < 0:
-                        o[j] = 0.0
+                    v = acc[j]
+                    if relu and v < 0:
+                        v = np.float32(0.0)
+                    store(o, j, v)
 
     @_jit
     def value_sums(
-        idx, seg_lo, seg_hi, wide_fields, g, act, relu, gfm, s, gwide, ext, g_sum, w_sum,
-        b_sum, bias_per_sample,
+        idx, seg_lo, seg_hi, wide_fields, g, act, relu, gfm, s, gwide, ext, gh, g_sum,
+        w_sum, b_sum, bias_per_sample,
     ):  # fmt: skip
         """First half of the small fields' backward: the per-sample gradient row ``ext[b] =
         [gh | gfm * s | gfm]`` (``gh`` is ``g`` through the ReLU's mask when ``relu``:
@@ -275,13 +333,20 @@ if numba is not None:
         seg_hi[i]]``: the first-layer part if it is deep, the FM part if it is in FM),
         ``w_sum[t, v]`` the wide gradient's sums, ``b_sum[t]`` the bias's when
         ``bias_per_sample`` (else it is read off ``g_sum``). ``ext[:, :H]`` is the first
-        layer's output gradient for the matrix products of the other columns."""
+        layer's output gradient for the matrix products of the other columns.
+
+        ``g`` and ``act`` hold float32 or bfloat16 (as uint16). With ``gh [B, H]`` (bfloat16
+        as uint16, for products in bfloat16) the first layer's output gradient is written
+        there instead, rounded, and ``ext`` may be ``[0, 0]``: each row is then scratch.
+        Without, ``gh`` is ``[0, 0]``; the sums are float32 either way."""
         B = idx.shape[0]
         T = g_sum.shape[0]
         H = g.shape[1]
         dim = s.shape[1]
         F = seg_lo.shape[0]
         chunk = (B + T - 1) // T
+        keep = ext.shape[0] > 0
+        narrow = gh.shape[0] > 0
         for t in prange(T):
             g_t = g_sum[t]
             w_t = w_sum[t]
@@ -289,16 +354,21 @@ if numba is not None:
             g_t[:] = 0
             w_t[:] = 0
             b_t[:] = 0
+            row = np.empty(H + 2 * dim, np.float32)
             for b in range(t * chunk, min(B, (t + 1) * chunk)):
-                eb = ext[b]
+                eb = ext[b] if keep else row
                 src = g[b]
                 if relu:
                     ab = act[b]
                     for j in range(H):
-                        eb[j] = np.float32(0.0) if ab[j] <= 0 else src[j]
+                        eb[j] = np.float32(0.0) if load(ab, j) <= 0 else load(src, j)
                 else:
                     for j in range(H):
-                        eb[j] = src[j]
+                        eb[j] = load(src, j)
+                if narrow:
+                    out = gh[b]
+                    for j in range(H):
+                        store(out, j, eb[j])
                 gf = gfm[b]
                 sb = s[b]
                 for d in range(dim):
@@ -509,6 +579,12 @@ if numba is not None:
         chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
         for t in prange(parts):  # the touched lazy rows; the dense ones are found below
             for i in range(t * chunk, ends[t]):
+                if i + _AHEAD < ends[t]:
+                    ahead = uniq[i + _AHEAD]
+                    if ahead >= 0 and dense_pos[ahead] < 0:
+                        prefetch_row(weight, ahead)
+                        prefetch_row(m, ahead)
+                        prefetch_row(v, ahead)
                 r = uniq[i]
                 if r < 0:
                     slot[t, -1 - r] = -1
@@ -567,7 +643,14 @@ def _warm_up() -> bool:
         g_sum, w_sum, b_sum = np.empty((2, 2, 7), f32), np.empty((2, 2), f32), np.empty((2, 3), f32)
         value_sums(
             idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((2, 7), f32),
-            g_sum, w_sum, b_sum, False,
+            np.empty((0, 0), np.uint16), g_sum, w_sum, b_sum, False,
+        )  # fmt: skip
+        # bfloat16 (as uint16) first-layer outputs and gradients, for autocast
+        h16 = np.full((2, 3), 0x3F80, np.uint16)  # 1.0
+        add_values(proj, idx, small, h16, True)
+        value_sums(
+            idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide,
+            np.empty((0, 0), f32), h16.copy(), g_sum, w_sum, b_sum, False,
         )  # fmt: skip
         value_grads(
             field, value_col, small, ends - 1, small, weight, weight, g_sum, w_sum, b_sum, 0,

@@ -67,23 +67,27 @@ def test_train_throughput_prints_consistent_figures(flat):
     assert out["deep_input_width"] == len(CATEGORICAL) * 16 + len(NUMERIC)
 
 
-def test_step_vs_bound_prints_per_pair_ratios(flat):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_step_vs_bound_prints_per_pair_ratios(flat, precision):
     out = run_script("step_vs_bound.py", "--data", str(flat), *COLUMNS, "--rounds", "3",
-                     "--chunk", "2")  # fmt: skip
+                     "--chunk", "2", "--precision", precision)  # fmt: skip
     assert out["rounds"] == 3 and out["chunk"] == 2 and out["batch_size"] == 512
     assert out["deepfm_step_ms"] > 0 and out["bound_step_ms"] > 0
     assert out["ratio_min"] <= out["ratio_median"] <= out["ratio_max"]
     assert out["host"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # both steps in the precision asked for; the tables on the library's default optimizer
+    assert out["precision"] == precision and out["fused_forward"] is True
+    assert out["sparse_optimizer"] == "adam" and out["sparse_lr"] == 0.001
 
 
 def test_step_vs_bound_refuses_settings_it_does_not_interleave(flat):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "step_vs_bound.py"), "--data", str(flat),
-         *COLUMNS, "--precision", "bf16"],
+         *COLUMNS, "--compile"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "--precision" in proc.stderr
+    assert "--compile" in proc.stderr
 
 
 def test_train_throughput_with_a_busy_neighbour_reports_both_runs(flat):

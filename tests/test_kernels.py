@@ -116,15 +116,107 @@ def test_fused_lookup_equals_the_pytorch_path(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_lookup_under_bf16_autocast_equals_the_pytorch_path():
-    model, spec = build(make_cfg(FEATURES, GROUPS), seed=5)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("value_budget", [64, 0], ids=["all-small", "none-small"])
+@pytest.mark.parametrize(
+    "features, groups, model_cfg",
+    [
+        (FEATURES, GROUPS, {}),
+        (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5, 3], "bias": False}}),
+        (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5], "activation": "nn.Tanh"}}),
+    ],
+    ids=["multi-valued", "relu-no-bias", "tanh"],
+)
+def test_fused_lookup_under_autocast_equals_the_pytorch_path(
+    features, groups, model_cfg, value_budget, dtype
+):
+    """Under autocast the products over the per-sample columns run in its dtype, the
+    per-value fields' share in float32: the logits come back in the autocast dtype, close
+    to the PyTorch path's, and the table's gradient in float32."""
+    model, spec = build(make_cfg(features, groups, **model_cfg), seed=5)
+    fused_forward = FusedForward.attach(model, min_value_budget=value_budget)
     inputs = random_inputs(spec, seed=6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         torch_path = step(copy.deepcopy(model), inputs)
-        fused = step(model, inputs, FusedForward.attach(model))
+        fused = step(model, inputs, fused_forward)
+    assert [len(p.value_rows) > 0 for p in fused_forward.batch_plans.values()] == [value_budget > 0]
+    assert fused["logits"].dtype == torch_path["logits"].dtype
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-2, atol=1e-3)
     assert fused["table_grad"].dtype == torch.float32
+    assert torch_path["table_grad"].abs().sum() > 0
+    for a, b in zip(fused["dense_grads"], torch_path["dense_grads"], strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def _bf16_bits(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_add_values_on_bfloat16_rounds_once_as_pytorch_does(relu):
+    """``h1`` in bfloat16: each sample's sum is taken in float32 and rounded once to the
+    nearest bfloat16, ties to even, NaN and infinities kept: bit for bit what PyTorch gives
+    for the same float32 sum."""
+    gen = torch.Generator().manual_seed(0)
+    h1 = torch.randn(70, 33, generator=gen).bfloat16()  # more rows than one block of 64
+    h1[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    proj = torch.randn(5, 33, generator=gen)
+    # exact ties between two bfloat16 values: 1 + 2^-8 (rounds down to even) and
+    # 1 + 3 * 2^-8 (rounds up)
+    proj[0, :2] = torch.tensor([2.0**-8, 3 * 2.0**-8])
+    proj[3, :2] = 0.0
+    idx = torch.randint(0, 5, (70, 3), generator=gen)
+    idx[1] = torch.tensor([0, 1, 3])
+    h1[1, :2] = 1.0
+    deep = np.array([0, 2], dtype=np.int64)  # small fields 0 and 2 of the three are deep
+    expected = h1.float() + proj[idx[:, 0]] + proj[idx[:, 2]]
+    if relu:
+        expected = torch.relu(expected)
+    expected = expected.bfloat16()
+    out = h1.clone()
+    kernels.add_values(proj.numpy(), idx.numpy(), deep, _bf16_bits(out), relu)
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(out), nan)  # NaN stays NaN (its payload may differ)
+    assert torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+    assert out[1, 0] == 1.0 and out[1, 1] == 1.0 + 2.0**-6  # the ties, to even
+    assert nan[0, 0] and out[0, 1] == float("inf")
+
+
+def test_value_sums_on_bfloat16_equal_the_float32_sums_and_round_the_gradient():
+    """The first layer's output gradient and activation in bfloat16: the per-value sums are
+    the float32 path's on the same (widened) values, and the masked gradient comes back
+    rounded to bfloat16 for the products."""
+    gen = torch.Generator().manual_seed(1)
+    batch, hidden, dim, values = 50, 12, 4, 6
+    g = torch.randn(batch, hidden, generator=gen).bfloat16()
+    act = torch.randn(batch, hidden, generator=gen).bfloat16()
+    idx = torch.randint(0, values, (batch, 2), generator=gen)
+    seg_lo = np.array([0, hidden], dtype=np.int64)  # field 0: deep and FM; field 1: FM only
+    seg_hi = np.array([hidden + 2 * dim, hidden + 2 * dim], dtype=np.int64)
+    wide = np.array([1], dtype=np.int64)
+    gfm, s = torch.randn(batch, dim, generator=gen), torch.randn(batch, dim, generator=gen)
+    gwide = torch.randn(batch, 1, generator=gen)
+
+    def run(g_in, act_in, ext, gh):
+        sums = [np.zeros((2, values, hidden + 2 * dim), np.float32),
+                np.zeros((2, values), np.float32), np.zeros((2, hidden), np.float32)]  # fmt: skip
+        kernels.value_sums(
+            idx.numpy(), seg_lo, seg_hi, wide, g_in, act_in, True, gfm.numpy(), s.numpy(),
+            gwide.numpy(), ext, gh, *sums, True,
+        )  # fmt: skip
+        return sums
+
+    ext = np.empty((batch, hidden + 2 * dim), np.float32)
+    reference = run(g.float().numpy(), act.float().numpy(), ext, np.empty((0, 0), np.uint16))
+    gh = torch.empty(batch, hidden, dtype=torch.bfloat16)
+    got = run(_bf16_bits(g), _bf16_bits(act), np.empty((0, 0), np.float32), _bf16_bits(gh))
+    for a, b in zip(got, reference, strict=True):
+        np.testing.assert_array_equal(a, b)
+    masked = torch.where(act.float() <= 0, 0.0, g.float())
+    assert torch.equal(gh, masked.bfloat16())
+    np.testing.assert_array_equal(ext[:, :hidden], masked.numpy())
+    assert np.abs(reference[0]).sum() > 0
 
 
 def test_the_model_forward_never_runs_the_kernels(monkeypatch):
