@@ -56,6 +56,7 @@ except Exception:  # pragma: no cover - exercised only where numba is missing
 _lock = threading.Lock()
 _AHEAD = 4  # how many samples (or rows) ahead the kernels prefetch table rows
 _BLOCK = 64  # samples a thread takes at a time where it needs a scratch row for them
+_DENSE_ROWS = 32  # rows of a dense table a thread updates as one flat slice
 _ready: bool | None = None
 
 
@@ -76,13 +77,20 @@ def set_threads(n: int) -> int:
     return n
 
 
-def _jit(fn, **options):
+def _jit(fn, parallel=True, **options):
     """``njit`` with numba's on-disk cache where it finds a writable place for it (next to
     this file or in the user's cache directory); without one, compile in each process."""
     try:
-        return njit(parallel=True, cache=True, nogil=True, **options)(fn)
+        return njit(parallel=parallel, cache=True, nogil=True, **options)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(parallel=True, cache=False, nogil=True, **options)(fn)
+        return njit(parallel=parallel, cache=False, nogil=True, **options)(fn)
+
+
+def _jit_serial(fn):
+    """``_jit`` for a kernel whose work is too small to share: waking the other threads
+    for a parallel region costs 10-80 microseconds (more on a virtual machine), more
+    than such a kernel's whole run."""
+    return _jit(fn, parallel=False)
 
 
 def _jit_reassoc(fn):
@@ -267,15 +275,16 @@ if numba is not None:
                 for i in range(wide_dim):
                     grad[n, dim + i] = gw
 
-    @_jit
+    @_jit_serial
     def project_values(weight, dim, value_rows, value_col, w1t, proj):
         """The deep MLP's first ``Linear`` per value row of the small-vocabulary fields:
         ``proj[v] = e_v W_f^T`` (table row ``value_rows[v]``, first-layer input columns from
         ``value_col[v]``, zeros for a field outside the deep group; ``w1t [in, H]`` is the
-        weight transposed)."""
+        weight transposed). Serial: a few hundred rows (``fused.BatchPlan`` keeps them at
+        most a quarter of the batch)."""
         V = value_rows.shape[0]
         H = proj.shape[1]
-        for v in prange(V):
+        for v in range(V):
             p = proj[v]
             for j in range(H):
                 p[j] = 0.0
@@ -562,22 +571,48 @@ if numba is not None:
             v[r, c] = vc
             weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _adam_flat(weight, m, v, g, coef):
+        """``_adam_row`` on flat slices of consecutive rows (``g`` their gradient, zeros where
+        the batch did not touch a row): one long loop instead of one per short row, so it
+        runs in full vectors."""
+        step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
+        one_b2, eps, l2 = coef[4], coef[5], coef[6]
+        for c in range(weight.shape[0]):
+            gc = g[c]
+            if l2 != 0:
+                gc = gc + l2 * weight[c]
+            mc = m[c] + one_b1 * (gc - m[c])
+            vc = v[c] * b2 + one_b2 * gc * gc
+            m[c] = mc
+            v[c] = vc
+            weight[c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
+
     @_jit
-    def adam_update(
-        weight, m, v, rows, grads, dense_rows, dense_pos, coef, slot, uniq, gsum, ends, dmap
-    ):
+    def adam_update(weight, m, v, rows, grads, dense_rows, dense_pos, coef, slot, uniq, gsum, ends):
         """``model.optim.TableAdam``'s step in one call: the rows of a sparse gradient
         (``rows [N]``, ``grads [N, C]``, rows may repeat) summed per distinct row as in
         ``adagrad_update`` (same scratch ``slot``, ``uniq``, ``gsum``, ``ends``), then Adam
-        on every dense row (``dense_rows [D]``, a zero gradient where the batch did not touch
-        it; ``dense_pos [R]`` each row's position among them, -1 for a lazy row) and on each
-        touched lazy row, in ``torch.optim.Adam``'s order of operations. ``coef`` (float32) is
-        ``[step_size, sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``, each computed in
-        float64 first as PyTorch does with Python scalars; ``dmap [D]`` (int64, -1 on entry
-        and on exit) is scratch."""
+        on every dense row (``dense_rows [D]``, sorted; a zero gradient where the batch did
+        not touch it; ``dense_pos [R]`` each row's position among them, -1 for a lazy row)
+        and on each touched lazy row, in ``torch.optim.Adam``'s order of operations.
+        ``coef`` (float32) is ``[step_size, sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``,
+        each computed in float64 first as PyTorch does with Python scalars.
+
+        One parallel pass after the sums (each wake-up of the threads costs about as much
+        as updating a thousand rows): each thread updates the touched lazy rows of its slice
+        of the lookups, then its share of the dense rows, whose summed gradient it finds in
+        the first slice's slot map that holds the row (where ``sum_duplicates`` merged it)."""
         parts = slot.shape[0]
         chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
-        for t in prange(parts):  # the touched lazy rows; the dense ones are found below
+        D = dense_rows.shape[0]
+        C = weight.shape[1]
+        blocks = (D + _DENSE_ROWS - 1) // _DENSE_ROWS
+        flat_w = weight.reshape(weight.size)
+        flat_m = m.reshape(m.size)
+        flat_v = v.reshape(v.size)
+        for t in prange(parts):
+            # the touched lazy rows of slice t (a dense row's slot entries are left to below)
             for i in range(t * chunk, ends[t]):
                 if i + _AHEAD < ends[t]:
                     ahead = uniq[i + _AHEAD]
@@ -586,19 +621,44 @@ if numba is not None:
                         prefetch_row(m, ahead)
                         prefetch_row(v, ahead)
                 r = uniq[i]
-                if r < 0:
-                    slot[t, -1 - r] = -1
+                merged = r < 0
+                if merged:
+                    r = -1 - r
+                if dense_pos[r] >= 0:
                     continue
                 slot[t, r] = -1
-                d = dense_pos[r]
-                if d >= 0:
-                    dmap[d] = i
-                    continue
-                _adam_row(weight, m, v, r, gsum, i, coef)
-        for d in prange(dense_rows.shape[0]):  # every dense row, touched or not
-            i = dmap[d]
-            dmap[d] = -1
-            _adam_row(weight, m, v, dense_rows[d], gsum, i, coef)
+                if not merged:
+                    _adam_row(weight, m, v, r, gsum, i, coef)
+            # every dense row, touched or not: by blocks of rows, a block of consecutive
+            # table rows (a field's rows are consecutive) as one flat slice
+            g = np.empty(_DENSE_ROWS * C, np.float32)
+            for blk in range(t, blocks, parts):
+                d0 = blk * _DENSE_ROWS
+                d1 = min(D, d0 + _DENSE_ROWS)
+                r0 = dense_rows[d0]
+                flat = dense_rows[d1 - 1] - r0 == d1 - 1 - d0
+                for d in range(d0, d1):
+                    r = dense_rows[d]
+                    i = -1
+                    for u in range(parts):
+                        if slot[u, r] >= 0:
+                            if i < 0:  # the first slice holding the row has its sum
+                                i = slot[u, r]
+                            slot[u, r] = -1
+                    if not flat:
+                        _adam_row(weight, m, v, r, gsum, i, coef)
+                        continue
+                    gd = g[(d - d0) * C : (d - d0 + 1) * C]
+                    if i >= 0:
+                        src = gsum[i]
+                        for c in range(C):
+                            gd[c] = src[c]
+                    else:
+                        for c in range(C):
+                            gd[c] = 0.0
+                if flat:
+                    lo, hi = r0 * C, (r0 + d1 - d0) * C
+                    _adam_flat(flat_w[lo:hi], flat_m[lo:hi], flat_v[lo:hi], g[: hi - lo], coef)
 
 
 def _warm_up() -> bool:
@@ -670,7 +730,7 @@ def _warm_up() -> bool:
         m, v = np.zeros((3, 3), f32), np.zeros((3, 3), f32)
         adam_update(
             weight, m, v, rows.reshape(-1), grad, dense_rows, dense_pos, coef, slot,
-            np.empty(4, i64), np.empty((4, 3), f32), np.empty(2, i64), np.full(2, -1, i64),
+            np.empty(4, i64), np.empty((4, 3), f32), np.empty(2, i64),
         )  # fmt: skip
         return True
     except Exception as err:  # noqa: BLE001 - any failure means: use the PyTorch path

@@ -293,7 +293,7 @@ class TableAdam(torch.optim.Optimizer):
         kernels.adam_update(
             p.detach().numpy(), m.numpy(), v.numpy(), rows.numpy(), values.numpy(),
             scratch["dense_rows"], scratch["dense_pos"], factors, scratch["slot"],
-            scratch["uniq"], scratch["gsum"], scratch["ends"], scratch["dmap"],
+            scratch["uniq"], scratch["gsum"], scratch["ends"],
         )  # fmt: skip
         return True
 
@@ -302,8 +302,8 @@ def _adam_scratch(rows: int, width: int, parts: int, n: int, dense) -> dict[str,
     """``kernels.adam_update``'s arrays for a table of ``rows`` rows: the dense rows and
     each row's position among them (``dense``: ``TableAdam._dense``'s entry), per thread a
     slot map row -> scratch position (the kernel leaves it all -1), the distinct rows and
-    their summed gradients for ``n`` lookups, the slices' ends and the dense rows' map
-    (also left -1). Kept between steps: fresh pages every step cost more than the update."""
+    their summed gradients for ``n`` lookups and the slices' ends. Kept between steps:
+    fresh pages every step cost more than the update."""
     if dense is None:
         dense_rows = np.arange(rows, dtype=np.int64)
         dense_pos = dense_rows
@@ -317,7 +317,6 @@ def _adam_scratch(rows: int, width: int, parts: int, n: int, dense) -> dict[str,
         "uniq": np.empty(n, dtype=np.int64),
         "gsum": np.empty((n, width), dtype=np.float32),
         "ends": np.empty(parts, dtype=np.int64),
-        "dmap": np.full(len(dense_rows), -1, dtype=np.int64),
     }
 
 
