@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import kernels
+from model import kernels, optim
 from model import train as train_module
 from model.config import config_from_dict
 from model.deepfm import DeepFM, to_predictions
@@ -121,6 +121,48 @@ def test_optimizer_step_is_step_bit_for_bit(kind: str) -> None:
     for a, b in zip(slow_params, fast_params, strict=True):
         for key, value in slow_opt.state[a].items():
             assert torch.equal(value, fast_opt.state[b][key]), key
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 20], ids=["threaded", "one-thread"])
+def test_small_fused_adam_steps_on_one_thread_bit_for_bit(limit: int, monkeypatch) -> None:
+    """A fused Adam this small steps on one thread (waking the others per tensor costs more
+    than the update), then gives the threads back; the weights are the threaded step's, bit
+    for bit (the tensors are large enough for PyTorch to split them across threads)."""
+    monkeypatch.setattr(optim, "SERIAL_ADAM_MAX_ELEMENTS", limit)
+    gen = torch.Generator().manual_seed(5)
+    w0 = [torch.randn(s, generator=gen) for s in [(300, 200), (300,), (70000,)]]
+    grads = [[torch.randn_like(w) for w in w0] for _ in range(4)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    params = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt = torch.optim.Adam(params, lr=0.01, fused=True)
+    step = torch._fused_adam_
+    monkeypatch.setattr(
+        torch, "_fused_adam_", lambda *a, **k: (seen.append(torch.get_num_threads()), step(*a, **k))
+    )
+    try:
+        for g in grads:
+            for p, gi in zip(params, g, strict=True):
+                p.grad = gi.clone()
+            optimizer_step(opt)
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(before)
+    # the first step is opt.step() (it makes the state), at the process's threads
+    assert seen == [2] + [1 if limit else 2] * 3
+    reference = [torch.nn.Parameter(w.clone()) for w in w0]
+    ref_opt = torch.optim.Adam(reference, lr=0.01, fused=True)
+    torch.set_num_threads(2)
+    try:
+        for g in grads:
+            for p, gi in zip(reference, g, strict=True):
+                p.grad = gi.clone()
+            ref_opt.step()
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(params, reference, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_optimizer_step_keeps_step_hooks() -> None:
