@@ -358,7 +358,8 @@ class _FusedFirstLayer(torch.autograd.Function):
             kernels.pooled_forward(
                 table.numpy(), rows.numpy(), field, pool.numpy(), plan.deep_pos,
                 layout.fm_mask, layout.wide_mask, dim, dense.numpy(),
-                plan.small_lookup, plan.small_shift, x.numpy(), s.numpy(), fm.numpy(),
+                plan.small_lookup, plan.small_shift, layout.num_sparse, x.numpy(), s.numpy(),
+                fm.numpy(),
                 wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
             w1t = w1.t().contiguous()  # [in, H]

@@ -178,15 +178,21 @@ if numba is not None:
     @_jit
     def pooled_forward(
         weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, dense,
-        small_lookup, small_shift, x, s, fm, wide, small_idx,
+        small_lookup, small_shift, singles, x, s, fm, wide, small_idx,
     ):  # fmt: skip
         """``weight [R, dim + W]``, ``rows [B, K]`` (K lookups per sample), ``field [K]``
         (the field of each lookup), ``pool_weight [B, K]`` or ``[0, 0]`` (all ones),
         ``deep_pos [F]`` (slot in ``x``, -1 if not there), ``fm_mask``/``wide_mask`` ``[F]``,
         ``dense [B, nd]``, ``small_lookup``/``small_shift [F_s]`` (the small fields' lookup
-        column and table row -> value row shift) -> ``x [B, slots * dim + nd]``, ``s [B,
-        dim]`` (sum of the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``,
-        ``small_idx [B, F_s]`` (value rows)."""
+        column and table row -> value row shift), ``singles`` (fields ``0 .. singles - 1``
+        are single-valued: lookup ``f`` is field ``f``) -> ``x [B, slots * dim + nd]``,
+        ``s [B, dim]`` (sum of the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``,
+        ``small_idx [B, F_s]`` (value rows).
+
+        One pass over a sample's lookups: each row read once is copied into its slot and,
+        for a single-valued field, added into the FM sums there; the pooled (multi-valued)
+        FM fields are added from their slots after (their lookups only pool). The FM adds
+        the fields in field order either way."""
         B, K = rows.shape
         F = deep_pos.shape[0]
         W = weight.shape[1] - dim
@@ -198,6 +204,11 @@ if numba is not None:
                 for k in range(K):
                     prefetch_row(weight, rows[b + _AHEAD, k])
             xb = x[b]
+            sb = s[b]
+            qb = fm[b]
+            for d in range(dim):
+                sb[d] = 0.0
+                qb[d] = 0.0
             if weighted:  # pooled fields add up several lookups into their slot
                 for j in range(base):
                     xb[j] = 0.0
@@ -206,34 +217,36 @@ if numba is not None:
                 e = weight[rows[b, k]]
                 f = field[k]
                 p = deep_pos[f]
+                single = f < singles
                 if p >= 0:
                     slot = xb[p * dim : p * dim + dim]
-                    if weighted:
+                    if single:  # one lookup: copy the row
+                        for d in range(dim):
+                            slot[d] = e[d]
+                    else:
                         w = pool_weight[b, k]
                         for d in range(dim):
                             slot[d] += w * e[d]
-                    else:  # one lookup per field: copy the row
-                        for d in range(dim):
-                            slot[d] = e[d]
+                if single and fm_mask[f]:  # FM: sum (s) and sum of squares (fm, for now)
+                    for d in range(dim):
+                        ed = e[d]
+                        sb[d] += ed
+                        qb[d] += ed * ed
                 if wide_mask[f]:
                     t = np.float32(0.0)
                     for j in range(W):
                         t += e[dim + j]
-                    wsum += pool_weight[b, k] * t if weighted else t
-            # FM: field by field into s (sum) and fm (sum of squares, then the FM output)
-            sb = s[b]
-            qb = fm[b]
-            for d in range(dim):
-                sb[d] = 0.0
-                qb[d] = 0.0
-            for f in range(F):
+                    wsum += t if single else pool_weight[b, k] * t
+            # the pooled FM fields, from their slots (a multi-valued FM field is in x:
+            # fused.TableLayout.of)
+            for f in range(singles, F):
                 if fm_mask[f]:
                     p = deep_pos[f]
-                    # a field outside x is single-valued (fused.TableLayout.of): lookup f
-                    e = xb[p * dim : p * dim + dim] if p >= 0 else weight[rows[b, f], :dim]
+                    e = xb[p * dim : p * dim + dim]
                     for d in range(dim):
-                        sb[d] += e[d]
-                        qb[d] += e[d] * e[d]
+                        ed = e[d]
+                        sb[d] += ed
+                        qb[d] += ed * ed
             for d in range(dim):
                 qb[d] = np.float32(0.5) * (sb[d] * sb[d] - qb[d])
             wide[b, 0] = wsum
@@ -687,7 +700,7 @@ def _warm_up() -> bool:
         for pool in (np.empty((0, 0), f32), np.ones((2, 2), f32)):
             pooled_forward(
                 weight, rows, field, pool, deep_pos, masks, masks, 2, np.ones((2, 1), f32),
-                small, small, x, s, fm, wide, idx,
+                small, small, 2 if pool.shape[0] == 0 else 1, x, s, fm, wide, idx,
             )  # fmt: skip
             grad = np.empty((4, 3), f32)
             pooled_backward(
