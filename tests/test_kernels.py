@@ -125,6 +125,8 @@ def test_fused_lookup_equals_the_pytorch_path(
         (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5, 3], "bias": False}}),
         (SINGLE_VALUED, SINGLE_GROUPS, {"deep": {"hidden_units": [5], "activation": "nn.Tanh"}}),
     ],
+    # (not batch norm: over these 6 samples it divides by a std of 0.06, and bf16's rounding
+    # of the first layer then moves a gradient by 2-7% either way, in both paths)
     ids=["multi-valued", "relu-no-bias", "tanh"],
 )
 def test_fused_lookup_under_autocast_equals_the_pytorch_path(
