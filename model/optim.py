@@ -22,6 +22,7 @@ row when it is touched). On a CPU both run as one compiled call per table
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -423,7 +424,12 @@ def _fused_adam_step(opt: torch.optim.Adam) -> bool:
             steps.append(state["step"])
         calls.append((group, params, grads, avgs, sqs, steps))
     numel = sum(p.numel() for _, params, *_ in calls for p in params)
-    serial = kind is not None and kind[0].type == "cpu" and numel <= SERIAL_ADAM_MAX_ELEMENTS
+    serial = (
+        kind is not None
+        and kind[0].type == "cpu"
+        and numel <= SERIAL_ADAM_MAX_ELEMENTS
+        and _openmp_backend()
+    )
     threads = torch.get_num_threads()
     if serial and threads > 1:
         torch.set_num_threads(1)
@@ -433,6 +439,13 @@ def _fused_adam_step(opt: torch.optim.Adam) -> bool:
         if serial and threads > 1:
             torch.set_num_threads(threads)
     return True
+
+
+@functools.cache
+def _openmp_backend() -> bool:
+    """PyTorch's intra-op threads are OpenMP's: ``set_num_threads`` may change them between
+    steps (the native backend refuses once parallel work has started, with a warning)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def _fused_adam_calls(calls) -> None:
