@@ -29,7 +29,11 @@ rows. Here:
 
 The gathers and the update prefetch the random table rows a few iterations ahead
 (``prefetch_row``), which matters once the matrix products have evicted the tables from
-the core's caches.
+the core's caches. ``add_values`` and ``value_sums`` take the first layer's output and its
+gradient in float32 or, under bf16 autocast, in bfloat16 (its bits as uint16: ``load``
+widens, ``store`` rounds to nearest even as PyTorch does), so no cast of ``[batch,
+hidden]`` runs between them and the bf16 matrix products. Work that stays small whatever
+the batch runs on one thread (``_jit_serial``): waking the others costs more.
 
 ``model.fused`` and ``model.optim`` use them when numba imports and compiles here (and
 fall back to PyTorch ops otherwise); the tests check both paths against each other.
