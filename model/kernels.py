@@ -573,26 +573,11 @@ if numba is not None:
                         weight[r, c] -= lr * g / (np.sqrt(a) + eps)
 
     @njit(cache=True, nogil=True, inline="always")
-    def _adam_row(weight, m, v, r, gsum, i, coef):
-        """Adam on row ``r`` of ``weight`` with the gradient ``gsum[i]`` (zero when ``i`` is
-        -1), in ``torch.optim.Adam``'s order of operations (``coef``: ``adam_update``'s)."""
-        step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
-        one_b2, eps, l2 = coef[4], coef[5], coef[6]
-        for c in range(weight.shape[1]):
-            g = gsum[i, c] if i >= 0 else np.float32(0.0)
-            if l2 != 0:
-                g = g + l2 * weight[r, c]
-            mc = m[r, c] + one_b1 * (g - m[r, c])
-            vc = v[r, c] * b2 + one_b2 * g * g
-            m[r, c] = mc
-            v[r, c] = vc
-            weight[r, c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
-
-    @njit(cache=True, nogil=True, inline="always")
-    def _adam_flat(weight, m, v, g, coef):
-        """``_adam_row`` on flat slices of consecutive rows (``g`` their gradient, zeros where
-        the batch did not touch a row): one long loop instead of one per short row, so it
-        runs in full vectors."""
+    def _adam(weight, m, v, g, coef):
+        """Adam on flat slices of ``weight`` and its moments with the gradient ``g`` (zeros
+        where the batch did not touch a row), in ``torch.optim.Adam``'s order of operations
+        (``coef``: ``adam_update``'s). One row, or several consecutive rows as one long
+        loop (full vectors instead of one short loop per row)."""
         step_size, bc2_sqrt, one_b1, b2 = coef[0], coef[1], coef[2], coef[3]
         one_b2, eps, l2 = coef[4], coef[5], coef[6]
         for c in range(weight.shape[0]):
@@ -645,7 +630,7 @@ if numba is not None:
                     continue
                 slot[t, r] = -1
                 if not merged:
-                    _adam_row(weight, m, v, r, gsum, i, coef)
+                    _adam(weight[r], m[r], v[r], gsum[i], coef)
             # every dense row, touched or not: by blocks of rows, a block of consecutive
             # table rows (a field's rows are consecutive) as one flat slice
             g = np.empty(_DENSE_ROWS * C, np.float32)
@@ -662,9 +647,6 @@ if numba is not None:
                             if i < 0:  # the first slice holding the row has its sum
                                 i = slot[u, r]
                             slot[u, r] = -1
-                    if not flat:
-                        _adam_row(weight, m, v, r, gsum, i, coef)
-                        continue
                     gd = g[(d - d0) * C : (d - d0 + 1) * C]
                     if i >= 0:
                         src = gsum[i]
@@ -673,9 +655,11 @@ if numba is not None:
                     else:
                         for c in range(C):
                             gd[c] = 0.0
+                    if not flat:
+                        _adam(weight[r], m[r], v[r], gd, coef)
                 if flat:
                     lo, hi = r0 * C, (r0 + d1 - d0) * C
-                    _adam_flat(flat_w[lo:hi], flat_m[lo:hi], flat_v[lo:hi], g[: hi - lo], coef)
+                    _adam(flat_w[lo:hi], flat_m[lo:hi], flat_v[lo:hi], g[: hi - lo], coef)
 
 
 def _warm_up() -> bool:

@@ -29,14 +29,17 @@ from toy_data import toy_config, toy_table  # noqa: E402
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba kernels do not compile")
 
 
-def _table_adam_run(kernel: bool, steps: int = 30, **kw) -> tuple[torch.Tensor, dict, TableAdam]:
-    """``steps`` TableAdam steps on a 4-field table (3, 7, 90 and 400 rows and a padding
-    row) from sparse gradients of 200 lookups each (many duplicate rows)."""
+def _table_adam_run(
+    kernel: bool, steps: int = 30, fields: tuple = (3, 7, 90, 400), **kw
+) -> tuple[torch.Tensor, dict, TableAdam]:
+    """``steps`` TableAdam steps on a 4-field table (``fields``: 3, 7, 90 and 400 rows by
+    default, and a padding row) from sparse gradients of 200 lookups each (many duplicate
+    rows)."""
     rows, width = 500, 5
     w0 = torch.randn(rows + 1, width, generator=torch.Generator().manual_seed(0)) * 0.1
     gen = torch.Generator().manual_seed(1)
     p = torch.nn.Parameter(w0.clone())
-    opt = TableAdam([p], lr=0.01, field_rows=[[3, 7, 90, 400]], **kw)
+    opt = TableAdam([p], lr=0.01, field_rows=[list(fields)], **kw)
     if not kernel:
         opt._kernel_update = lambda *args: False  # the PyTorch ops it replaces
     for _ in range(steps):
@@ -49,8 +52,16 @@ def _table_adam_run(kernel: bool, steps: int = 30, **kw) -> tuple[torch.Tensor, 
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"l2": 0.05}, {"dense_max_rows": 50}, {"lazy": True}, {"dense_max_rows": 10**9}],
-    ids=["default", "l2", "dense-and-lazy", "lazy", "all-dense"],
+    [
+        {},
+        {"l2": 0.05},
+        {"dense_max_rows": 50},
+        # dense rows 0-2 and 93-99: a block of dense rows that are not consecutive rows
+        {"dense_max_rows": 50, "fields": (3, 90, 7, 400)},
+        {"lazy": True},
+        {"dense_max_rows": 10**9},
+    ],
+    ids=["default", "l2", "dense-and-lazy", "dense-apart", "lazy", "all-dense"],
 )
 @pytest.mark.parametrize("threads", [1, 2], ids=["one-slice", "two-slices"])
 def test_table_adam_kernel_equals_its_pytorch_ops(kw: dict, threads: int) -> None:
