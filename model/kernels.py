@@ -655,11 +655,14 @@ if numba is not None:
                     else:
                         for c in range(C):
                             gd[c] = 0.0
-                    if not flat:
-                        _adam(weight[r], m[r], v[r], gd, coef)
                 if flat:
                     lo, hi = r0 * C, (r0 + d1 - d0) * C
                     _adam(flat_w[lo:hi], flat_m[lo:hi], flat_v[lo:hi], g[: hi - lo], coef)
+                else:  # row by row
+                    for d in range(d0, d1):
+                        r = dense_rows[d]
+                        gd = g[(d - d0) * C : (d - d0 + 1) * C]
+                        _adam(weight[r], m[r], v[r], gd, coef)
 
 
 def _warm_up() -> bool:
