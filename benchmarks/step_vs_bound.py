@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# first, as the library runs: idle OpenMP threads sleep (imported after PyTorch, its
+# runtime's threads would spin between parallel regions, and both steps would be timed
+# on a policy the trainer does not use; see model/threads.py)
+from model import threads  # noqa: E402, I001  # isort: skip
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from train_throughput import add_config_args, bound_step, build_config, host  # noqa: E402
 
 from model import kernels  # noqa: E402
@@ -97,6 +102,8 @@ def main() -> None:
                 "sparse_lr": run.cfg.train.sparse_optimizer.lr,
                 "precision": args.precision,
                 "threads": args.threads,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                "torch_runtime_spins": threads.torch_runtime_spins(),
                 "host": host(),
                 "batch_size": batch,
                 "deepfm_step_ms": round(statistics.median(ours), 3),

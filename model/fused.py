@@ -31,6 +31,8 @@ from model.modules import MLP
 # the per-value fields may hold at least this many table rows (or a quarter of the batch)
 MIN_VALUE_BUDGET = 64
 _EMPTY = torch.empty(0, 0)
+_EMPTY_BITS = np.empty((0, 0), np.uint16)  # no bfloat16 array (the kernels' uint16 bits)
+_NO_BIAS = torch.empty(0)
 # the first layer's output (and its gradient) dtypes the kernels read and write directly
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -70,6 +72,7 @@ class TableLayout:
     num_dense: int  # dense columns of the deep input (after the embeddings)
     hidden: int  # the first layer's width
     first_is_relu: bool  # the first layer is Linear -> ReLU
+    fm_summed: bool  # the logits take the FM output summed (no final MLP): [B, 1] is enough
 
     @classmethod
     def of(cls, model: DeepFM) -> TableLayout | None:
@@ -104,6 +107,7 @@ class TableLayout:
             num_dense=len(model.dense_fields),
             hidden=linear.out_features,
             first_is_relu=after_relu is not None,
+            fm_summed=model.final is None,
         )
 
 
@@ -242,8 +246,9 @@ class FusedForward:
     def first_layer(
         self, sparse: torch.Tensor, multi: torch.Tensor, dense: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """``y_wide [B, 1]``, ``y_fm [B, D]``, the first layer's output ``h1 [B, H]`` and
-        whether ``h1`` has been through its ReLU."""
+        """``y_wide [B, 1]``, ``y_fm [B, D]`` (``[B, 1]``, summed, when the logits sum it:
+        ``TableLayout.fm_summed``), the first layer's output ``h1 [B, H]`` and whether ``h1``
+        has been through its ReLU."""
         table = self.model.tables[0]
         rows, pool_weight, field = self.lookup_rows(sparse, multi)
         plan = self.batch_plan(*rows.shape)
@@ -287,8 +292,9 @@ class FusedForward:
         ``[K]``."""
         table = self.model.tables[0]
         parts, weights = [], []
-        if table.num_sparse > 0:
-            parts.append(table.sparse_rows(sparse))
+        if table.num_sparse > 0:  # table.sparse_rows, in numpy: one thread, no wake-up
+            idx = sparse if table.sparse_all else sparse.index_select(1, table.sparse_cols)
+            parts.append(torch.from_numpy(np.add(idx.numpy(), table.sparse_offsets.numpy())))
         length = 0
         if table.num_fields > table.num_sparse:
             rows, pool = table.multi_rows(multi)
@@ -351,35 +357,43 @@ class _FusedFirstLayer(torch.autograd.Function):
             dense = dense.float().contiguous()
             x = torch.empty(batch, len(plan.x_cols))  # big fields, then dense columns
             s = torch.empty(batch, dim)
-            fm = torch.empty(batch, dim)
+            fm = torch.empty(batch, 1 if layout.fm_summed else dim)
             wide = torch.empty(batch, 1)
             small_idx = torch.empty(batch, len(plan.small_lookup), dtype=torch.long)
             pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
+            # under bf16 autocast the gather also writes x in bfloat16 for the products
+            narrow = batch if mm_dtype == torch.bfloat16 else 0
+            x_mm = torch.empty(narrow, x.shape[1], dtype=mm_dtype)
             kernels.pooled_forward(
                 table.numpy(), rows.numpy(), field, pool.numpy(), plan.deep_pos,
                 layout.fm_mask, layout.wide_mask, dim, dense.numpy(),
-                plan.small_lookup, plan.small_shift, layout.num_sparse, x.numpy(), s.numpy(),
-                fm.numpy(),
+                plan.small_lookup, plan.small_shift, layout.num_sparse, x.numpy(),
+                _numpy(x_mm) if len(x_mm) else _EMPTY_BITS, s.numpy(), fm.numpy(),
                 wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
+            if len(x_mm) == 0:
+                x_mm = x.to(mm_dtype)
             w1t = w1.t().contiguous()  # [in, H]
             w1t_x = w1t.index_select(0, plan.x_cols)  # [x columns, H]
             relu = plan.relu
             # the matrix product over x (in the autocast dtype: as the Linear would run it),
-            # then each sample adds its values' projected rows in float32, and the ReLU
-            # when the first layer has one; under autocast h1 returns in its dtype
-            x_mm, w1t_x_mm = x.to(mm_dtype), w1t_x.to(mm_dtype)
-            if b1 is None:
-                h1 = torch.mm(x_mm, w1t_x_mm)
-            else:
-                h1 = torch.addmm(b1.detach().to(mm_dtype), x_mm, w1t_x_mm)
+            # then each sample adds the bias and its values' projected rows in float32, and
+            # the ReLU when the first layer has one; under autocast h1 returns in its dtype
+            w1t_x_mm = w1t_x.to(mm_dtype)
+            h1 = torch.mm(x_mm, w1t_x_mm)
             proj = torch.empty(len(plan.value_rows), hidden)
             kernels.project_values(
                 table.numpy(), dim, plan.value_rows, plan.value_col, w1t.numpy(), proj.numpy()
             )
             h1_k = h1 if h1.dtype in KERNEL_DTYPES else h1.float()  # what the kernels read
+            bias = _NO_BIAS if b1 is None else b1.detach().float().contiguous()
             kernels.add_values(
-                proj.numpy(), small_idx.numpy(), plan.deep_fields, _numpy(h1_k), relu
+                proj.numpy(),
+                small_idx.numpy(),
+                plan.deep_fields,
+                bias.numpy(),
+                _numpy(h1_k),
+                relu,
             )
             h1 = h1_k.to(mm_dtype)
         ctx.save_for_backward(
@@ -402,7 +416,12 @@ class _FusedFirstLayer(torch.autograd.Function):
         batch, hidden = rows.shape[0], w1t.shape[1]
         table = ctx.table.detach()
         mm = ctx.mm_dtype
-        gfm = torch.zeros_like(s) if grad_fm is None else grad_fm.float().contiguous()
+        if grad_fm is None:
+            gfm = torch.zeros(batch, 1)
+        elif grad_fm.stride(1) == 0:  # the same for every component (the FM output summed)
+            gfm = grad_fm[:, :1].float().contiguous()
+        else:
+            gfm = grad_fm.float().contiguous()
         gwide = torch.zeros(batch, 1) if grad_wide is None else grad_wide.float().contiguous()
         kernels.set_threads(torch.get_num_threads())
         lookups, value_rows = plan.lookups, plan.value_rows
@@ -442,11 +461,12 @@ class _FusedFirstLayer(torch.autograd.Function):
             gh = ext[:, :hidden].to(mm)
         if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
             grad_w1.index_copy_(1, plan.x_cols, (x_mm.t() @ gh).t().float())
-        gx = (gh @ w1t_x_mm.t()).float()
+        gx = gh @ w1t_x_mm.t()  # read in bfloat16 as it comes, else in float32
+        gx = (gx if gx.dtype in KERNEL_DTYPES else gx.float()).contiguous()
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan.deep_pos, layout.fm_mask,
             layout.wide_mask, dim, wide_dim, table.numpy(), x.numpy(),
-            s.numpy(), gx.contiguous().numpy(), gfm.numpy(), gwide.numpy(), lookups,
+            s.numpy(), _numpy(gx), gfm.numpy(), gwide.numpy(), lookups,
             values[:n_lookup].numpy(), indices[:n_lookup].numpy(),
         )  # fmt: skip
         indices[n_lookup:] = torch.from_numpy(value_rows)

@@ -97,9 +97,14 @@ def _jit_serial(fn):
     return _jit(fn, parallel=False)
 
 
-def _jit_reassoc(fn):
+def _jit_reassoc(fn, parallel=True):
     """``_jit`` allowing float sums to be reordered (so dot products vectorise)."""
-    return _jit(fn, fastmath={"reassoc", "contract"})
+    return _jit(fn, parallel=parallel, fastmath={"reassoc", "contract"})
+
+
+def _jit_serial_reassoc(fn):
+    """``_jit_serial`` allowing float sums to be reordered."""
+    return _jit_reassoc(fn, parallel=False)
 
 
 if numba is not None:
@@ -182,7 +187,7 @@ if numba is not None:
     @_jit
     def pooled_forward(
         weight, rows, field, pool_weight, deep_pos, fm_mask, wide_mask, dim, dense,
-        small_lookup, small_shift, singles, x, s, fm, wide, small_idx,
+        small_lookup, small_shift, singles, x, x16, s, fm, wide, small_idx,
     ):  # fmt: skip
         """``weight [R, dim + W]``, ``rows [B, K]`` (K lookups per sample), ``field [K]``
         (the field of each lookup), ``pool_weight [B, K]`` or ``[0, 0]`` (all ones),
@@ -190,7 +195,9 @@ if numba is not None:
         ``dense [B, nd]``, ``small_lookup``/``small_shift [F_s]`` (the small fields' lookup
         column and table row -> value row shift), ``singles`` (fields ``0 .. singles - 1``
         are single-valued: lookup ``f`` is field ``f``) -> ``x [B, slots * dim + nd]``,
-        ``s [B, dim]`` (sum of the FM fields), ``fm [B, dim]`` (FM output), ``wide [B, 1]``,
+        ``x16`` (``x`` rounded to bfloat16, as uint16, for the first layer's products under
+        bf16 autocast; ``[0, 0]`` for none), ``s [B, dim]`` (sum of the FM fields), ``fm [B,
+        dim]`` (FM output; ``[B, 1]``: summed over its components), ``wide [B, 1]``,
         ``small_idx [B, F_s]`` (value rows).
 
         One pass over a sample's lookups: each row read once is copied into its slot and,
@@ -203,61 +210,76 @@ if numba is not None:
         nd = dense.shape[1]
         base = x.shape[1] - nd
         weighted = pool_weight.shape[0] > 0
-        for b in prange(B):
-            if b + _AHEAD < B:  # the rows of a sample a few iterations ahead
+        narrow = x16.shape[0] > 0
+        summed = fm.shape[1] == 1 and dim > 1
+        blocks = (B + _BLOCK - 1) // _BLOCK
+        for blk in prange(blocks):
+            q = np.empty(dim, np.float32)  # the sums of squares when fm is [B, 1]
+            for b in range(blk * _BLOCK, min(B, blk * _BLOCK + _BLOCK)):
+                if b + _AHEAD < B:  # the rows of a sample a few iterations ahead
+                    for k in range(K):
+                        prefetch_row(weight, rows[b + _AHEAD, k])
+                xb = x[b]
+                sb = s[b]
+                qb = q if summed else fm[b]
+                for d in range(dim):
+                    sb[d] = 0.0
+                    qb[d] = 0.0
+                if weighted:  # pooled fields add up several lookups into their slot
+                    for j in range(base):
+                        xb[j] = 0.0
+                wsum = np.float32(0.0)
                 for k in range(K):
-                    prefetch_row(weight, rows[b + _AHEAD, k])
-            xb = x[b]
-            sb = s[b]
-            qb = fm[b]
-            for d in range(dim):
-                sb[d] = 0.0
-                qb[d] = 0.0
-            if weighted:  # pooled fields add up several lookups into their slot
-                for j in range(base):
-                    xb[j] = 0.0
-            wsum = np.float32(0.0)
-            for k in range(K):
-                e = weight[rows[b, k]]
-                f = field[k]
-                p = deep_pos[f]
-                single = f < singles
-                if p >= 0:
-                    slot = xb[p * dim : p * dim + dim]
-                    if single:  # one lookup: copy the row
-                        for d in range(dim):
-                            slot[d] = e[d]
-                    else:
-                        w = pool_weight[b, k]
-                        for d in range(dim):
-                            slot[d] += w * e[d]
-                if single and fm_mask[f]:  # FM: sum (s) and sum of squares (fm, for now)
-                    for d in range(dim):
-                        ed = e[d]
-                        sb[d] += ed
-                        qb[d] += ed * ed
-                if wide_mask[f]:
-                    t = np.float32(0.0)
-                    for j in range(W):
-                        t += e[dim + j]
-                    wsum += t if single else pool_weight[b, k] * t
-            # the pooled FM fields, from their slots (a multi-valued FM field is in x:
-            # fused.TableLayout.of)
-            for f in range(singles, F):
-                if fm_mask[f]:
+                    e = weight[rows[b, k]]
+                    f = field[k]
                     p = deep_pos[f]
-                    e = xb[p * dim : p * dim + dim]
+                    single = f < singles
+                    if p >= 0:
+                        slot = xb[p * dim : p * dim + dim]
+                        if single:  # one lookup: copy the row
+                            for d in range(dim):
+                                slot[d] = e[d]
+                        else:
+                            w = pool_weight[b, k]
+                            for d in range(dim):
+                                slot[d] += w * e[d]
+                    if single and fm_mask[f]:  # FM: sum (s) and sum of squares (fm, for now)
+                        for d in range(dim):
+                            ed = e[d]
+                            sb[d] += ed
+                            qb[d] += ed * ed
+                    if wide_mask[f]:
+                        t = np.float32(0.0)
+                        for j in range(W):
+                            t += e[dim + j]
+                        wsum += t if single else pool_weight[b, k] * t
+                # the pooled FM fields, from their slots (a multi-valued FM field is in x:
+                # fused.TableLayout.of)
+                for f in range(singles, F):
+                    if fm_mask[f]:
+                        p = deep_pos[f]
+                        e = xb[p * dim : p * dim + dim]
+                        for d in range(dim):
+                            ed = e[d]
+                            sb[d] += ed
+                            qb[d] += ed * ed
+                if summed:  # the FM output summed over its components, as the logits take it
+                    t = np.float32(0.0)
                     for d in range(dim):
-                        ed = e[d]
-                        sb[d] += ed
-                        qb[d] += ed * ed
-            for d in range(dim):
-                qb[d] = np.float32(0.5) * (sb[d] * sb[d] - qb[d])
-            wide[b, 0] = wsum
-            for j in range(nd):
-                xb[base + j] = dense[b, j]
-            for i in range(small_lookup.shape[0]):
-                small_idx[b, i] = rows[b, small_lookup[i]] + small_shift[i]
+                        t += np.float32(0.5) * (sb[d] * sb[d] - qb[d])
+                    fm[b, 0] = t
+                else:
+                    for d in range(dim):
+                        qb[d] = np.float32(0.5) * (sb[d] * sb[d] - qb[d])
+                wide[b, 0] = wsum
+                for j in range(nd):
+                    xb[base + j] = dense[b, j]
+                if narrow:  # while the sample's row is in the core's cache
+                    xh = x16[b]
+                    for j in range(base + nd):
+                        store(xh, j, xb[j])
+                for i in range(small_lookup.shape[0]):
+                    small_idx[b, i] = rows[b, small_lookup[i]] + small_shift[i]
 
     @_jit
     def pooled_backward(
@@ -266,31 +288,47 @@ if numba is not None:
     ):  # fmt: skip
         """The gradient of the lookups in columns ``lookups [K']``: ``grad [B * K', dim +
         wide_dim]`` (row ``b * K' + j`` for column ``lookups[j]``, its table row in
-        ``grad_rows``), from the gradients of ``pooled_forward``'s outputs ``gx``, ``gfm``,
-        ``gwide``. The FM gradient of field ``f`` is ``gfm * (s - e_f)``, ``e_f`` read back
-        from ``x`` or the table."""
+        ``grad_rows``), from the gradients of ``pooled_forward``'s outputs ``gx`` (float32, or
+        bfloat16 as uint16), ``gfm`` (``[B, dim]``, or ``[B, 1]`` when it is the same for
+        every component: the FM output summed) and ``gwide``. The FM gradient of field ``f``
+        is ``gfm * (s - e_f)``, ``e_f`` read back from ``x`` or the table."""
         B = rows.shape[0]
         K = lookups.shape[0]
         weighted = pool_weight.shape[0] > 0
-        for b in prange(B):
-            for j in range(K):
-                k = lookups[j]
-                n = b * K + j
-                grad_rows[n] = rows[b, k]
-                f = field[k]
-                w = pool_weight[b, k] if weighted else np.float32(1.0)
-                p = deep_pos[f]
+        full = gfm.shape[1] == dim
+        blocks = (B + _BLOCK - 1) // _BLOCK
+        for blk in prange(blocks):
+            gf = np.empty(dim, np.float32)  # a sample's FM gradient
+            for b in range(blk * _BLOCK, min(B, blk * _BLOCK + _BLOCK)):
                 for d in range(dim):
-                    g = np.float32(0.0)
+                    gf[d] = gfm[b, d] if full else gfm[b, 0]
+                gxb = gx[b]
+                xb = x[b]
+                sb = s[b]
+                for j in range(K):
+                    k = lookups[j]
+                    n = b * K + j
+                    grad_rows[n] = rows[b, k]
+                    f = field[k]
+                    w = pool_weight[b, k] if weighted else np.float32(1.0)
+                    p = deep_pos[f]
+                    out = grad[n]
                     if p >= 0:
-                        g = gx[b, p * dim + d]
+                        for d in range(dim):
+                            out[d] = load(gxb, p * dim + d)
+                    else:
+                        for d in range(dim):
+                            out[d] = 0.0
                     if fm_mask[f]:
-                        e = x[b, p * dim + d] if p >= 0 else weight[rows[b, k], d]
-                        g += gfm[b, d] * (s[b, d] - e)
-                    grad[n, d] = w * g
-                gw = w * gwide[b, 0] if wide_mask[f] else np.float32(0.0)
-                for i in range(wide_dim):
-                    grad[n, dim + i] = gw
+                        e = xb[p * dim : p * dim + dim] if p >= 0 else weight[rows[b, k]]
+                        for d in range(dim):
+                            out[d] += gf[d] * (sb[d] - e[d])
+                    if weighted:
+                        for d in range(dim):
+                            out[d] *= w
+                    gw = w * gwide[b, 0] if wide_mask[f] else np.float32(0.0)
+                    for i in range(wide_dim):
+                        out[dim + i] = gw
 
     @_jit_serial
     def project_values(weight, dim, value_rows, value_col, w1t, proj):
@@ -315,21 +353,28 @@ if numba is not None:
                         p[j] += ed * w[j]
 
     @_jit
-    def add_values(proj, idx, deep_fields, h1, relu):
-        """``h1[b] += sum of proj[idx[b, i]]`` over the small fields ``i`` in
-        ``deep_fields``, then ``h1 = max(h1, 0)`` when ``relu`` (the first layer's ReLU;
-        NaN stays NaN, as in ``torch.relu``). ``h1`` holds the rest of the first layer, in
-        float32 or bfloat16 (as uint16: the sum is taken in float32 and rounded once)."""
+    def add_values(proj, idx, deep_fields, bias, h1, relu):
+        """``h1[b] += bias + sum of proj[idx[b, i]]`` over the small fields ``i`` in
+        ``deep_fields`` (``bias [H]``, or ``[0]`` for none), then ``h1 = max(h1, 0)`` when
+        ``relu`` (the first layer's ReLU; NaN stays NaN, as in ``torch.relu``). ``h1`` holds
+        the matrix product of the other columns, in float32 or bfloat16 (as uint16: the
+        sum is taken in float32 and rounded once). The bias is added here rather than by
+        ``addmm``, which would first copy it into every row of ``h1``: one pass less."""
         B = idx.shape[0]
         F = deep_fields.shape[0]
         H = h1.shape[1]
+        has_bias = bias.shape[0] > 0
         blocks = (B + _BLOCK - 1) // _BLOCK
         for blk in prange(blocks):
             acc = np.empty(H, np.float32)
             for b in range(blk * _BLOCK, min(B, blk * _BLOCK + _BLOCK)):
                 o = h1[b]
-                for j in range(H):
-                    acc[j] = load(o, j)
+                if has_bias:
+                    for j in range(H):
+                        acc[j] = load(o, j) + bias[j]
+                else:
+                    for j in range(H):
+                        acc[j] = load(o, j)
                 i = 0
                 while i + 1 < F:  # two rows per pass over the sum
                     p = proj[idx[b, deep_fields[i]]]
@@ -361,9 +406,11 @@ if numba is not None:
         ``bias_per_sample`` (else it is read off ``g_sum``). ``ext[:, :H]`` is the first
         layer's output gradient for the matrix products of the other columns.
 
-        ``g`` and ``act`` hold float32 or bfloat16 (as uint16). With ``gh [B, H]`` (bfloat16
-        as uint16, for products in bfloat16) the first layer's output gradient is written
-        there instead, rounded, and ``ext`` may be ``[0, 0]``: each row is then scratch.
+        ``g`` and ``act`` hold float32 or bfloat16 (as uint16); ``gfm`` is ``[B, dim]``, or
+        ``[B, 1]`` when the same for every component (the FM output summed). With ``gh [B,
+        H]`` (bfloat16 as uint16, for products in bfloat16) the first layer's output gradient
+        is written there instead, rounded, and ``ext`` may be ``[0, 0]``: each row is then
+        scratch.
         Without, ``gh`` is ``[0, 0]``; the sums are float32 either way."""
         B = idx.shape[0]
         T = g_sum.shape[0]
@@ -373,6 +420,7 @@ if numba is not None:
         chunk = (B + T - 1) // T
         keep = ext.shape[0] > 0
         narrow = gh.shape[0] > 0
+        full = gfm.shape[1] == dim
         for t in prange(T):
             g_t = g_sum[t]
             w_t = w_sum[t]
@@ -395,11 +443,17 @@ if numba is not None:
                     out = gh[b]
                     for j in range(H):
                         store(out, j, eb[j])
-                gf = gfm[b]
                 sb = s[b]
-                for d in range(dim):
-                    eb[H + d] = gf[d] * sb[d]
-                    eb[H + dim + d] = gf[d]
+                if full:
+                    gf = gfm[b]
+                    for d in range(dim):
+                        eb[H + d] = gf[d] * sb[d]
+                        eb[H + dim + d] = gf[d]
+                else:  # the same FM gradient for every component
+                    g0 = gfm[b, 0]
+                    for d in range(dim):
+                        eb[H + d] = g0 * sb[d]
+                        eb[H + dim + d] = g0
                 if bias_per_sample:
                     for j in range(H):
                         b_t[j] += eb[j]
@@ -413,7 +467,7 @@ if numba is not None:
                 for i in wide_fields:
                     w_t[idx[b, i]] += gwide[b, 0]
 
-    @_jit_reassoc
+    @_jit_serial_reassoc
     def value_grads(
         value_rows, value_col, deep_lo, deep_hi, deep_col, weight, w1t, g_sum, w_sum, b_sum,
         bias_field, grad_values, grad_w1, grad_b1, col_scratch,
@@ -688,21 +742,27 @@ def _warm_up() -> bool:
         wide = np.empty((2, 1), f32)
         small = np.array([0], i64)
         idx = np.empty((2, 1), i64)
-        for pool in (np.empty((0, 0), f32), np.ones((2, 2), f32)):
+        for pool, x16 in (
+            (np.empty((0, 0), f32), np.empty((0, 0), np.uint16)),
+            (np.ones((2, 2), f32), np.empty((2, 3), np.uint16)),  # x in bfloat16 too
+        ):
             pooled_forward(
                 weight, rows, field, pool, deep_pos, masks, masks, 2, np.ones((2, 1), f32),
-                small, small, 2 if pool.shape[0] == 0 else 1, x, s, fm, wide, idx,
+                small, small, 2 if pool.shape[0] == 0 else 1, x, x16, s, fm, wide, idx,
             )  # fmt: skip
             grad = np.empty((4, 3), f32)
+            # the gradient of x in float32, then in bfloat16 (as uint16) with a summed FM
+            gx, gfm = (x, fm) if pool.shape[0] == 0 else (x16, wide)
             pooled_backward(
-                rows, field, pool, deep_pos, masks, masks, 2, 1, weight, x, s, x, fm, wide,
+                rows, field, pool, deep_pos, masks, masks, 2, 1, weight, x, s, gx, gfm, wide,
                 field, grad, np.empty(4, i64),
             )  # fmt: skip
         h = np.ones((2, 3), f32)
         value_col = np.array([0, -1], i64)
         proj = np.empty((2, 3), f32)
         project_values(weight, 2, field, value_col, weight, proj)
-        add_values(proj, idx, small, h, True)
+        bias = np.zeros(3, f32)
+        add_values(proj, idx, small, bias, h, True)
         ends = np.array([3], i64)
         g_sum, w_sum, b_sum = np.empty((2, 2, 7), f32), np.empty((2, 2), f32), np.empty((2, 3), f32)
         value_sums(
@@ -711,7 +771,7 @@ def _warm_up() -> bool:
         )  # fmt: skip
         # bfloat16 (as uint16) first-layer outputs and gradients, for autocast
         h16 = np.full((2, 3), 0x3F80, np.uint16)  # 1.0
-        add_values(proj, idx, small, h16, True)
+        add_values(proj, idx, small, bias[:0], h16, True)
         value_sums(
             idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide,
             np.empty((0, 0), f32), h16.copy(), g_sum, w_sum, b_sum, False,

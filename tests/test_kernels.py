@@ -108,6 +108,8 @@ def test_fused_lookup_equals_the_pytorch_path(
     assert fused_forward.layout.first_is_relu is first_is_relu
     assert fused_forward.batch_plans
     assert all(p.relu is first_is_relu for p in fused_forward.batch_plans.values())
+    # without a final MLP the logits take the FM output summed: the kernels write [B, 1]
+    assert fused_forward.layout.fm_summed is ("final" not in model_cfg)
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
@@ -155,11 +157,12 @@ def _bf16_bits(t: torch.Tensor) -> np.ndarray:
     return t.view(torch.int16).numpy().view(np.uint16)
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("relu", [True, False])
-def test_add_values_on_bfloat16_rounds_once_as_pytorch_does(relu):
-    """``h1`` in bfloat16: each sample's sum is taken in float32 and rounded once to the
-    nearest bfloat16, ties to even, NaN and infinities kept: bit for bit what PyTorch gives
-    for the same float32 sum."""
+def test_add_values_on_bfloat16_rounds_once_as_pytorch_does(relu, bias):
+    """``h1`` in bfloat16: each sample's sum (with the first layer's bias, when it has one)
+    is taken in float32 and rounded once to the nearest bfloat16, ties to even, NaN and
+    infinities kept: bit for bit what PyTorch gives for the same float32 sum."""
     gen = torch.Generator().manual_seed(0)
     h1 = torch.randn(70, 33, generator=gen).bfloat16()  # more rows than one block of 64
     h1[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
@@ -172,17 +175,55 @@ def test_add_values_on_bfloat16_rounds_once_as_pytorch_does(relu):
     idx[1] = torch.tensor([0, 1, 3])
     h1[1, :2] = 1.0
     deep = np.array([0, 2], dtype=np.int64)  # small fields 0 and 2 of the three are deep
-    expected = h1.float() + proj[idx[:, 0]] + proj[idx[:, 2]]
+    b1 = torch.randn(33, generator=gen) if bias else torch.zeros(0)
+    b1[:2] = 0.0  # keeps the ties below
+    # in the kernel's order: output + bias, then the two value rows' sum
+    expected = (h1.float() + (b1 if bias else 0.0)) + (proj[idx[:, 0]] + proj[idx[:, 2]])
     if relu:
         expected = torch.relu(expected)
     expected = expected.bfloat16()
     out = h1.clone()
-    kernels.add_values(proj.numpy(), idx.numpy(), deep, _bf16_bits(out), relu)
+    kernels.add_values(proj.numpy(), idx.numpy(), deep, b1.numpy(), _bf16_bits(out), relu)
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)  # NaN stays NaN (its payload may differ)
     assert torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16))
     assert out[1, 0] == 1.0 and out[1, 1] == 1.0 + 2.0**-6  # the ties, to even
     assert nan[0, 0] and out[0, 1] == float("inf")
+
+
+def test_pooled_forward_writes_x_in_bfloat16_and_the_fm_output_summed():
+    """Beside ``x`` the gather writes it rounded to bfloat16 (the products' input under bf16
+    autocast: no cast pass after), bit for bit PyTorch's rounding; with a ``[B, 1]`` FM
+    output it writes each sample's FM components summed, as the logits take them."""
+    gen = np.random.default_rng(0)
+    batch, dim, wide_dim, rows_n = 70, 4, 1, 12
+    weight = gen.standard_normal((rows_n, dim + wide_dim)).astype(np.float32)
+    rows = gen.integers(0, rows_n, (batch, 3)).astype(np.int64)
+    field = np.arange(3, dtype=np.int64)
+    deep_pos = np.array([0, 1, -1], dtype=np.int64)  # field 2: FM and wide only
+    fm_mask = np.array([True, False, True])
+    wide_mask = np.array([True, True, False])
+    dense = gen.standard_normal((batch, 2)).astype(np.float32)
+    none = np.empty(0, dtype=np.int64)
+
+    def gather(x16: np.ndarray, fm_width: int):
+        x = np.empty((batch, 2 * dim + 2), np.float32)
+        s, fm = np.empty((batch, dim), np.float32), np.empty((batch, fm_width), np.float32)
+        wide = np.empty((batch, 1), np.float32)
+        kernels.pooled_forward(
+            weight, rows, field, np.empty((0, 0), np.float32), deep_pos, fm_mask, wide_mask,
+            dim, dense, none, none, 3, x, x16, s, fm, wide, np.empty((batch, 0), np.int64),
+        )  # fmt: skip
+        return x, fm
+
+    x, fm = gather(np.empty((0, 0), np.uint16), dim)
+    x16 = np.empty((batch, 2 * dim + 2), np.uint16)
+    x_again, fm_sum = gather(x16, 1)
+    np.testing.assert_array_equal(x_again, x)
+    assert np.array_equal(x16, _bf16_bits(torch.from_numpy(x).bfloat16()))
+    e0, e2 = weight[rows[:, 0], :dim], weight[rows[:, 2], :dim]
+    np.testing.assert_allclose(fm, e0 * e2, rtol=1e-6, atol=1e-6)  # FM of two fields
+    np.testing.assert_allclose(fm_sum[:, 0], fm.sum(axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_value_sums_on_bfloat16_equal_the_float32_sums_and_round_the_gradient():
