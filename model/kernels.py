@@ -60,7 +60,8 @@ except Exception:  # pragma: no cover - exercised only where numba is missing
 _lock = threading.Lock()
 _AHEAD = 4  # how many samples (or rows) ahead the kernels prefetch table rows
 _BLOCK = 64  # samples a thread takes at a time where it needs a scratch row for them
-_DENSE_ROWS = 32  # rows of a dense table a thread updates as one flat slice
+DENSE_SHIFT = 5
+DENSE_ROWS = 1 << DENSE_SHIFT  # rows of a dense table a thread updates as one flat slice
 _ready: bool | None = None
 
 
@@ -644,79 +645,117 @@ if numba is not None:
             v[c] = vc
             weight[c] -= step_size * mc / (np.sqrt(vc) / bc2_sqrt + eps)
 
-    @_jit
-    def adam_update(weight, m, v, rows, grads, dense_rows, dense_pos, coef, slot, uniq, gsum, ends):
-        """``model.optim.TableAdam``'s step in one call: the rows of a sparse gradient
-        (``rows [N]``, ``grads [N, C]``, rows may repeat) summed per distinct row as in
-        ``adagrad_update`` (same scratch ``slot``, ``uniq``, ``gsum``, ``ends``), then Adam
-        on every dense row (``dense_rows [D]``, sorted; a zero gradient where the batch did
-        not touch it; ``dense_pos [R]`` each row's position among them, -1 for a lazy row)
-        and on each touched lazy row, in ``torch.optim.Adam``'s order of operations.
-        ``coef`` (float32) is ``[step_size, sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``,
-        each computed in float64 first as PyTorch does with Python scalars.
+    @njit(cache=True, nogil=True, inline="always")
+    def _owner(row, parts):
+        """The thread (of ``parts``) that sums and updates table row ``row`` in
+        ``adam_update``: by blocks of ``DENSE_ROWS`` rows, in turn (a mask, not a division,
+        for a power of two)."""
+        block = row >> DENSE_SHIFT
+        if parts & (parts - 1) == 0:
+            return block & (parts - 1)
+        return block % parts
 
-        One parallel pass after the sums (each wake-up of the threads costs about as much
-        as updating a thousand rows): each thread updates the touched lazy rows of its slice
-        of the lookups, then its share of the dense rows, whose summed gradient it finds in
-        the first slice's slot map that holds the row (where ``sum_duplicates`` merged it)."""
-        parts = slot.shape[0]
-        chunk = sum_duplicates(rows, grads, slot, uniq, gsum, ends)
-        D = dense_rows.shape[0]
-        C = weight.shape[1]
-        blocks = (D + _DENSE_ROWS - 1) // _DENSE_ROWS
+    @_jit
+    def adam_update(
+        weight, m, v, rows, grads, dense_rows, dense_pos, dense_starts, coef, slot, uniq, gsum,
+        ends,
+    ):  # fmt: skip
+        """``model.optim.TableAdam``'s step in one call: the rows of a sparse gradient
+        (``rows [N]``, ``grads [N, C]``, rows may repeat) summed per distinct row, then Adam
+        on every dense row (``dense_rows [D]``, sorted; a zero gradient where the batch did
+        not touch it; ``dense_pos [R]`` each row's position among them, -1 for a lazy row;
+        ``dense_starts`` the positions where a new block of ``DENSE_ROWS`` table rows
+        starts among them, then ``D``) and on each touched lazy row, in
+        ``torch.optim.Adam``'s order of operations. ``coef`` (float32) is ``[step_size,
+        sqrt(1 - b2^t), 1 - b1, b2, 1 - b2, eps, l2]``, each computed in float64 first as
+        PyTorch does with Python scalars.
+
+        The table's rows are shared among ``P = ends.shape[0]`` threads by blocks of
+        ``DENSE_ROWS`` rows (block ``r // DENSE_ROWS`` to thread ``block % P``): each
+        thread sums the gradients of its rows over the lookups, in lookup order (the same
+        sums whatever ``P``), numbering them in the slot map ``slot [R]`` (-1 everywhere on
+        entry and on exit; ``uniq [N]`` the rows, ``gsum [N, C]`` their sums, thread ``t``'s
+        from ``ends[t]``), updates its touched lazy rows, then its dense rows, a block of
+        consecutive rows as one flat slice. No thread reads another's rows: one parallel
+        region (each wake-up of the threads costs about as much as updating a thousand
+        rows) and no merge of per-thread sums."""
+        N, C = grads.shape
+        parts = ends.shape[0]
+        for t in range(parts):  # where each thread's rows go: at most its lookups
+            ends[t] = 0
+        for n in range(N):
+            ends[_owner(rows[n], parts)] += 1
+        first = 0
+        for t in range(parts):
+            count = ends[t]
+            ends[t] = first
+            first += count
+        blocks = dense_starts.shape[0] - 1
         flat_w = weight.reshape(weight.size)
         flat_m = m.reshape(m.size)
         flat_v = v.reshape(v.size)
         for t in prange(parts):
-            # the touched lazy rows of slice t (a dense row's slot entries are left to below)
-            for i in range(t * chunk, ends[t]):
-                if i + _AHEAD < ends[t]:
+            lo = ends[t]
+            end = lo
+            for n in range(N):
+                if n + _AHEAD < N:
+                    prefetch_row(slot, rows[n + _AHEAD])
+                r = rows[n]
+                if _owner(r, parts) != t:
+                    continue
+                u = slot[r]
+                if u < 0:
+                    u = end
+                    slot[r] = u
+                    uniq[u] = r
+                    end += 1
+                    for c in range(C):
+                        gsum[u, c] = grads[n, c]
+                else:
+                    for c in range(C):
+                        gsum[u, c] += grads[n, c]
+            # the touched lazy rows (a dense row's slot entry is left to below)
+            for i in range(lo, end):
+                if i + _AHEAD < end:
                     ahead = uniq[i + _AHEAD]
-                    if ahead >= 0 and dense_pos[ahead] < 0:
+                    if dense_pos[ahead] < 0:
                         prefetch_row(weight, ahead)
                         prefetch_row(m, ahead)
                         prefetch_row(v, ahead)
                 r = uniq[i]
-                merged = r < 0
-                if merged:
-                    r = -1 - r
                 if dense_pos[r] >= 0:
                     continue
-                slot[t, r] = -1
-                if not merged:
-                    _adam(weight[r], m[r], v[r], gsum[i], coef)
-            # every dense row, touched or not: by blocks of rows, a block of consecutive
-            # table rows (a field's rows are consecutive) as one flat slice
-            g = np.empty(_DENSE_ROWS * C, np.float32)
-            for blk in range(t, blocks, parts):
-                d0 = blk * _DENSE_ROWS
-                d1 = min(D, d0 + _DENSE_ROWS)
+                slot[r] = -1
+                _adam(weight[r], m[r], v[r], gsum[i], coef)
+            # every dense row of this thread's blocks, touched or not
+            g = np.empty(DENSE_ROWS * C, np.float32)
+            for j in range(blocks):
+                d0, d1 = dense_starts[j], dense_starts[j + 1]
                 r0 = dense_rows[d0]
-                flat = dense_rows[d1 - 1] - r0 == d1 - 1 - d0
+                if _owner(r0, parts) != t:
+                    continue
                 for d in range(d0, d1):
                     r = dense_rows[d]
-                    i = -1
-                    for u in range(parts):
-                        if slot[u, r] >= 0:
-                            if i < 0:  # the first slice holding the row has its sum
-                                i = slot[u, r]
-                            slot[u, r] = -1
+                    i = slot[r]
                     gd = g[(d - d0) * C : (d - d0 + 1) * C]
                     if i >= 0:
+                        slot[r] = -1
                         src = gsum[i]
                         for c in range(C):
                             gd[c] = src[c]
                     else:
                         for c in range(C):
                             gd[c] = 0.0
-                if flat:
-                    lo, hi = r0 * C, (r0 + d1 - d0) * C
-                    _adam(flat_w[lo:hi], flat_m[lo:hi], flat_v[lo:hi], g[: hi - lo], coef)
+                if dense_rows[d1 - 1] - r0 == d1 - 1 - d0:  # consecutive rows: one slice
+                    lo_c, hi_c = r0 * C, (r0 + d1 - d0) * C
+                    _adam(
+                        flat_w[lo_c:hi_c], flat_m[lo_c:hi_c], flat_v[lo_c:hi_c],
+                        g[: hi_c - lo_c], coef,
+                    )  # fmt: skip
                 else:  # row by row
                     for d in range(d0, d1):
                         r = dense_rows[d]
-                        gd = g[(d - d0) * C : (d - d0 + 1) * C]
-                        _adam(weight[r], m[r], v[r], gd, coef)
+                        _adam(weight[r], m[r], v[r], g[(d - d0) * C : (d - d0 + 1) * C], coef)
 
 
 def _warm_up() -> bool:
@@ -793,8 +832,9 @@ def _warm_up() -> bool:
         coef = np.array([0.1, 0.5, 0.1, 0.999, 0.001, 1e-8, 0.01], f32)
         m, v = np.zeros((3, 3), f32), np.zeros((3, 3), f32)
         adam_update(
-            weight, m, v, rows.reshape(-1), grad, dense_rows, dense_pos, coef, slot,
-            np.empty(4, i64), np.empty((4, 3), f32), np.empty(2, i64),
+            weight, m, v, rows.reshape(-1), grad, dense_rows, dense_pos,
+            np.array([0, 2], i64), coef, slot[0], np.empty(4, i64), np.empty((4, 3), f32),
+            np.empty(2, i64),
         )  # fmt: skip
         return True
     except Exception as err:  # noqa: BLE001 - any failure means: use the PyTorch path

@@ -286,24 +286,25 @@ class TableAdam(torch.optim.Optimizer):
         kernels, rows, values, parts = inputs
         n, width = values.shape
         scratch = self._scratch.get(p)
-        if scratch is None or scratch["slot"].shape[0] != parts or scratch["uniq"].shape[0] < n:
+        if scratch is None or scratch["ends"].shape[0] != parts or scratch["uniq"].shape[0] < n:
             scratch = self._scratch[p] = _adam_scratch(p.shape[0], width, parts, n, dense)
         step_size, bc2_sqrt, b1, b2, eps, l2 = coef
         # the scalars as PyTorch takes them: computed in float64, then float32
         factors = np.array([step_size, bc2_sqrt, 1 - b1, b2, 1 - b2, eps, l2], dtype=np.float32)
         kernels.adam_update(
             p.detach().numpy(), m.numpy(), v.numpy(), rows.numpy(), values.numpy(),
-            scratch["dense_rows"], scratch["dense_pos"], factors, scratch["slot"],
-            scratch["uniq"], scratch["gsum"], scratch["ends"],
+            scratch["dense_rows"], scratch["dense_pos"], scratch["dense_starts"], factors,
+            scratch["slot"], scratch["uniq"], scratch["gsum"], scratch["ends"],
         )  # fmt: skip
         return True
 
 
 def _adam_scratch(rows: int, width: int, parts: int, n: int, dense) -> dict[str, np.ndarray]:
-    """``kernels.adam_update``'s arrays for a table of ``rows`` rows: the dense rows and
-    each row's position among them (``dense``: ``TableAdam._dense``'s entry), per thread a
-    slot map row -> scratch position (the kernel leaves it all -1), the distinct rows and
-    their summed gradients for ``n`` lookups and the slices' ends. Kept between steps:
+    """``kernels.adam_update``'s arrays for a table of ``rows`` rows: the dense rows, each
+    row's position among them (``dense``: ``TableAdam._dense``'s entry) and where each
+    block of ``kernels.DENSE_ROWS`` table rows starts among them, a slot map row -> scratch
+    position (the kernel leaves it all -1), the distinct rows and their summed gradients for
+    ``n`` lookups and the ``parts`` threads' first positions there. Kept between steps:
     fresh pages every step cost more than the update."""
     if dense is None:
         dense_rows = np.arange(rows, dtype=np.int64)
@@ -311,10 +312,15 @@ def _adam_scratch(rows: int, width: int, parts: int, n: int, dense) -> dict[str,
     else:
         dense_rows = dense[0].cpu().numpy().astype(np.int64)
         dense_pos = dense[1].cpu().numpy().astype(np.int64)
+    from model import kernels  # (imported where the kernels run: numba loads with it)
+
+    block = dense_rows // kernels.DENSE_ROWS
+    starts = np.flatnonzero(np.diff(block, prepend=-1)) if len(block) else np.empty(0, np.int64)
     return {
         "dense_rows": dense_rows,
         "dense_pos": dense_pos,
-        "slot": np.full((parts, rows), -1, dtype=np.int32),
+        "dense_starts": np.append(starts, len(dense_rows)).astype(np.int64),
+        "slot": np.full(rows, -1, dtype=np.int32),
         "uniq": np.empty(n, dtype=np.int64),
         "gsum": np.empty((n, width), dtype=np.float32),
         "ends": np.empty(parts, dtype=np.int64),

@@ -63,17 +63,13 @@ def _table_adam_run(
     ],
     ids=["default", "l2", "dense-and-lazy", "dense-apart", "lazy", "all-dense"],
 )
-@pytest.mark.parametrize("threads", [1, 2], ids=["one-slice", "two-slices"])
+@pytest.mark.parametrize("threads", [1, 2], ids=["one-thread", "two-threads"])
 def test_table_adam_kernel_equals_its_pytorch_ops(kw: dict, threads: int) -> None:
-    """With two threads the lookups are summed in two slices: a row in both is merged into
-    the first, where the update (lazy or dense) must find it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fast, fast_state, opt = _table_adam_run(True, **kw)
-    finally:
-        torch.set_num_threads(before)
-    assert next(iter(opt._scratch.values()))["slot"].shape[0] == threads
+    """With two threads the table's rows are shared by blocks of ``kernels.DENSE_ROWS``:
+    each thread sums and updates its own rows, lazy and dense (a dense block that is not
+    consecutive rows goes row by row)."""
+    fast, fast_state, opt = _threaded_run(threads, **kw)
+    assert next(iter(opt._scratch.values()))["ends"].shape[0] == threads
     ref, ref_state, _ = _table_adam_run(False, **kw)
     assert opt._scratch  # the kernel ran
     w0 = torch.randn(501, 5, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -85,6 +81,25 @@ def test_table_adam_kernel_equals_its_pytorch_ops(kw: dict, threads: int) -> Non
     # the kernel leaves its maps clean for the next step
     for scratch in opt._scratch.values():
         assert (scratch["slot"] == -1).all()
+
+
+def _threaded_run(threads: int, **kw) -> tuple[torch.Tensor, dict, TableAdam]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _table_adam_run(True, **kw)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_table_adam_kernel_gives_the_same_table_on_any_number_of_threads() -> None:
+    """Each row's gradients are summed in lookup order by the one thread that owns the row,
+    so one and two threads give the same weights and moments bit for bit."""
+    one, one_state, _ = _threaded_run(1, dense_max_rows=50)
+    two, two_state, _ = _threaded_run(2, dense_max_rows=50)
+    assert torch.equal(one, two)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(one_state[key], two_state[key])
 
 
 def _optimizers(kind: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
