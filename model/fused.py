@@ -217,6 +217,15 @@ class FusedForward:
         self.batch_plans: dict[tuple[int, int], BatchPlan] = {}
         self._lookup_fields: dict[int, np.ndarray] = {}
         self._finish = torch.compile(self.finish, dynamic=False) if compile else self.finish
+        # the logits of one class without a final MLP: the output layer and the sums in one
+        # kernel (eager only: a compiled finish keeps the model's own logits)
+        output = model.output
+        self.fused_logits = (
+            not compile
+            and layout.fm_summed
+            and isinstance(output, nn.Linear)
+            and output.out_features == 1
+        )
 
     @classmethod
     def attach(
@@ -272,6 +281,9 @@ class FusedForward:
         """The rest of the deep MLP after its first ``Linear`` (``relu``: and its ReLU), then
         ``DeepFM.logits``: ``[B, 1], [B, D], [B, H] -> [B, C]``."""
         y_deep = (self.after_relu if relu else self.after_linear)(h1)
+        if self.fused_logits:
+            output = self.model.output
+            return _FusedLogits.apply(y_deep, output.weight, output.bias, y_wide, y_fm)
         return self.model.logits(y_wide, y_fm, y_deep)
 
     def batch_plan(self, batch: int, lookups: int) -> BatchPlan:
@@ -475,3 +487,44 @@ class _FusedFirstLayer(torch.autograd.Function):
         )
         grads = (grad_table, grad_w1, grad_b1 if ctx.has_bias else None)
         return (*grads, None, None, None, None, None, None)
+
+
+class _FusedLogits(torch.autograd.Function):
+    """``DeepFM.logits`` of one class without a final MLP, ``(y_wide + y_fm) + output(y_deep)``
+    with ``y_fm`` already summed (``[B, 1]``), as one serial kernel each way
+    (``kernels.output_forward`` / ``output_backward``). The output layer's matrix products
+    are ``[B, H] x [H, 1]`` and its transposes: three parallel regions in PyTorch, each
+    costing more to start (waking the other threads) than the work. Under autocast the
+    deep output comes in its dtype and its gradient goes back in it; the sums are float32
+    (the products ``Linear`` would run in bfloat16, rounded, here are not)."""
+
+    @staticmethod
+    def forward(ctx, y_deep, weight, bias, y_wide, y_fm):
+        with torch.autocast("cpu", enabled=False):
+            y = (y_deep if y_deep.dtype in KERNEL_DTYPES else y_deep.float()).contiguous()
+            w = weight.detach().float().reshape(-1).contiguous()
+            b = torch.zeros(1) if bias is None else bias.detach().float().reshape(1)
+            out = torch.empty(y.shape[0], 1)
+            kernels.output_forward(
+                _numpy(y), w.numpy(), b.numpy(), y_wide.detach().float().contiguous().numpy(),
+                y_fm.detach().float().contiguous().numpy(), out.numpy(),
+            )  # fmt: skip
+        ctx.save_for_backward(y, w)
+        ctx.deep_dtype, ctx.weight_shape = y_deep.dtype, weight.shape
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, w = ctx.saved_tensors
+        g = grad.float().contiguous()
+        gy = torch.empty_like(y)
+        gw, gb = torch.empty(w.shape[0]), torch.empty(1)
+        kernels.output_backward(_numpy(y), w.numpy(), g.numpy(), _numpy(gy), gw.numpy(), gb.numpy())
+        return (
+            gy.to(ctx.deep_dtype),
+            gw.view(ctx.weight_shape),
+            gb if ctx.has_bias else None,
+            g,
+            g,
+        )

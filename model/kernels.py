@@ -22,6 +22,8 @@ rows. Here:
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
   merged), for the two updates below;
 - ``adagrad_update``: applies Adagrad to each touched row once, after those sums;
+- ``output_forward`` and ``output_backward``: the logits from the deep MLP's output (the
+  output layer's one-column matrix product) plus the wide and FM sums, on one thread;
 - ``adam_update``: the tables' Adam (``model.optim.TableAdam``) in one call: the
   duplicate sums, then one pass over the small fields' rows (every step, as dense Adam)
   and the touched rows of the large ones, instead of a dozen PyTorch passes and index
@@ -545,6 +547,40 @@ if numba is not None:
                     for j in range(H):
                         grad_b1[j] += bt[j]
 
+    @_jit_serial_reassoc
+    def output_forward(y, w, bias, wide, fm, out):
+        """DeepFM's logits without a final MLP, for one class: ``out [B, 1] = (wide + fm) +
+        (y w + bias)`` (``y [B, H]`` the deep MLP's output in float32 or bfloat16 as uint16,
+        ``w [H]``, ``bias [1]``, ``wide``/``fm [B, 1]``: the wide sum, the FM output summed),
+        in the order ``DeepFM.logits`` adds them. One thread: a matrix-vector product this
+        small is done before a second thread would wake."""
+        B, H = y.shape
+        for i in range(B):
+            yi = y[i]
+            acc = np.float32(0.0)
+            for j in range(H):
+                acc += load(yi, j) * w[j]
+            out[i, 0] = (wide[i, 0] + fm[i, 0]) + (acc + bias[0])
+
+    @_jit_serial_reassoc
+    def output_backward(y, w, g, gy, gw, gb):
+        """``output_forward``'s backward for the logits' gradient ``g [B, 1]``: ``gy [B, H] =
+        g w`` (in ``y``'s dtype: bfloat16 as uint16 is rounded), ``gw [H] = g^T y``, ``gb [1] =
+        sum g``. One thread, as the forward."""
+        B, H = y.shape
+        for j in range(H):
+            gw[j] = 0.0
+        total = np.float32(0.0)
+        for i in range(B):
+            gi = g[i, 0]
+            total += gi
+            yi = y[i]
+            out = gy[i]
+            for j in range(H):
+                gw[j] += gi * load(yi, j)
+                store(out, j, gi * w[j])
+        gb[0] = total
+
     @_jit
     def sum_duplicates(rows, grads, slot, uniq, gsum, ends):
         """Sum the gradients of repeated rows (``rows [N]``, ``grads [N, C]``): ``P =
@@ -815,6 +851,10 @@ def _warm_up() -> bool:
             idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide,
             np.empty((0, 0), f32), h16.copy(), g_sum, w_sum, b_sum, False,
         )  # fmt: skip
+        for y in (h, h16):  # the logits from a float32 and a bfloat16 deep output
+            out = np.empty((2, 1), f32)
+            output_forward(y, bias, bias[:1], wide, wide, out)
+            output_backward(y, bias, out, np.empty_like(y), np.empty(3, f32), np.empty(1, f32))
         value_grads(
             field, value_col, small, ends - 1, small, weight, weight, g_sum, w_sum, b_sum, 0,
             np.empty((2, 3), f32), np.empty((3, 3), f32), np.empty(3, f32),

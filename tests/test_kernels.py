@@ -110,6 +110,8 @@ def test_fused_lookup_equals_the_pytorch_path(
     assert all(p.relu is first_is_relu for p in fused_forward.batch_plans.values())
     # without a final MLP the logits take the FM output summed: the kernels write [B, 1]
     assert fused_forward.layout.fm_summed is ("final" not in model_cfg)
+    # and the output layer runs in the logits kernel then (one class)
+    assert fused_forward.fused_logits is ("final" not in model_cfg)
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
