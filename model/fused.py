@@ -217,6 +217,9 @@ class FusedForward:
         self.batch_plans: dict[tuple[int, int], BatchPlan] = {}
         self._lookup_fields: dict[int, np.ndarray] = {}
         self._finish = torch.compile(self.finish, dynamic=False) if compile else self.finish
+        # the later layers when each is Linear -> ReLU: the products in PyTorch, bias and
+        # ReLU (and their backward) in the kernels (eager only, as the logits below)
+        self.relu_layers = None if compile else _relu_layers(self.after_relu)
         # the logits of one class without a final MLP: the output layer and the sums in one
         # kernel (eager only: a compiled finish keeps the model's own logits)
         output = model.output
@@ -280,7 +283,12 @@ class FusedForward:
     ) -> torch.Tensor:
         """The rest of the deep MLP after its first ``Linear`` (``relu``: and its ReLU), then
         ``DeepFM.logits``: ``[B, 1], [B, D], [B, H] -> [B, C]``."""
-        y_deep = (self.after_relu if relu else self.after_linear)(h1)
+        if relu and self.relu_layers is not None:
+            y_deep = h1
+            for linear in self.relu_layers:
+                y_deep = _LinearReLU.apply(y_deep, linear.weight, linear.bias)
+        else:
+            y_deep = (self.after_relu if relu else self.after_linear)(h1)
         if self.fused_logits:
             output = self.model.output
             return _FusedLogits.apply(y_deep, output.weight, output.bias, y_wide, y_fm)
@@ -487,6 +495,63 @@ class _FusedFirstLayer(torch.autograd.Function):
         )
         grads = (grad_table, grad_w1, grad_b1 if ctx.has_bias else None)
         return (*grads, None, None, None, None, None, None)
+
+
+def _relu_layers(rest: nn.Sequential | None) -> list[nn.Linear] | None:
+    """The ``Linear`` of each of the MLP's layers after its first ReLU when every one is a
+    plain ``Linear -> ReLU`` (no normalisation, other activation or dropout), else None."""
+    if rest is None:
+        return None
+    layers = []
+    for block in rest:
+        parts = list(block) if isinstance(block, nn.Sequential) else [block]
+        if len(parts) != 2 or type(parts[0]) is not nn.Linear or type(parts[1]) is not nn.ReLU:
+            return None
+        layers.append(parts[0])
+    return layers
+
+
+def _mm_dtype() -> torch.dtype:
+    """The dtype a ``Linear`` runs its products in here: autocast's, else float32."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+
+
+class _LinearReLU(torch.autograd.Function):
+    """``relu(x W^T + b)``: one of the MLP's later layers, its matrix products in PyTorch
+    (in autocast's dtype, as the ``Linear`` would run them), the bias and ReLU in one
+    serial pass after (``kernels.bias_relu``) and, backward, the ReLU's mask with the
+    bias's gradient in one (``kernels.relu_grad_bias``). PyTorch runs the bias copy, the
+    ReLU, its mask and the bias's sum as four parallel regions a layer, each costing more
+    to start (waking the other threads) than its work at these sizes."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        mm = _mm_dtype()
+        with torch.autocast("cpu", enabled=False):
+            xm, wm = x.to(mm), weight.to(mm)
+            y = torch.mm(xm, wm.t())
+            y_k = y if y.dtype in KERNEL_DTYPES else y.float()  # what the kernel reads
+            b = _NO_BIAS if bias is None else bias.detach().float().contiguous()
+            kernels.bias_relu(_numpy(y_k), b.numpy())
+            y = y_k.to(mm)
+        ctx.save_for_backward(xm, wm, y)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        xm, wm, y = ctx.saved_tensors
+        with torch.autocast("cpu", enabled=False):
+            direct = y.dtype in KERNEL_DTYPES
+            g = grad.to(y.dtype if direct else torch.float32).contiguous()
+            y_k = y if direct else y.float()
+            masked = torch.empty_like(g)
+            grad_b = torch.empty(y.shape[1])
+            kernels.relu_grad_bias(_numpy(g), _numpy(y_k), _numpy(masked), grad_b.numpy())
+            masked = masked.to(y.dtype)
+            grad_x = masked @ wm if ctx.needs_input_grad[0] else None
+            grad_w = masked.t() @ xm
+        return grad_x, grad_w, grad_b if ctx.has_bias else None
 
 
 class _FusedLogits(torch.autograd.Function):

@@ -22,6 +22,9 @@ rows. Here:
   numbers the distinct rows of its slice of the lookups in a slot map, then slices are
   merged), for the two updates below;
 - ``adagrad_update``: applies Adagrad to each touched row once, after those sums;
+- ``bias_relu`` and ``relu_grad_bias``: the deep MLP's later ``Linear -> ReLU`` layers'
+  bias and activation after their matrix product, and their backward with the bias's
+  gradient, one pass each on one thread;
 - ``output_forward`` and ``output_backward``: the logits from the deep MLP's output (the
   output layer's one-column matrix product) plus the wide and FM sums, on one thread;
 - ``adam_update``: the tables' Adam (``model.optim.TableAdam``) in one call: the
@@ -581,6 +584,42 @@ if numba is not None:
                 store(out, j, gi * w[j])
         gb[0] = total
 
+    @_jit_serial
+    def bias_relu(y, bias):
+        """A hidden layer's bias and ReLU on its matrix product, in place: ``y = max(y +
+        bias, 0)`` (``y [B, H]`` float32 or bfloat16 as uint16, rounded once; ``bias [H]``
+        or ``[0]``; NaN stays NaN, as in ``torch.relu``). One pass on one thread instead of
+        ``addmm``'s copy of the bias into every row and a separate ReLU, each a parallel
+        region that costs more to start than its work."""
+        B, H = y.shape
+        has_bias = bias.shape[0] > 0
+        for i in range(B):
+            row = y[i]
+            for j in range(H):
+                v = load(row, j)
+                if has_bias:
+                    v += bias[j]
+                if v < 0:
+                    v = np.float32(0.0)
+                store(row, j, v)
+
+    @_jit_serial
+    def relu_grad_bias(g, y, out, gb):
+        """``bias_relu``'s backward: ``out = g`` where the layer's output ``y > 0``, else 0
+        (``g``, ``y`` and ``out`` float32, or bfloat16 as uint16), and the bias's gradient
+        ``gb [H]`` (float32), the column sums of ``out``; one pass, one thread."""
+        B, H = g.shape
+        for j in range(H):
+            gb[j] = 0.0
+        for i in range(B):
+            gi, yi, oi = g[i], y[i], out[i]
+            for j in range(H):
+                if load(yi, j) > 0:
+                    oi[j] = gi[j]
+                    gb[j] += load(gi, j)
+                else:
+                    oi[j] = 0
+
     @_jit
     def sum_duplicates(rows, grads, slot, uniq, gsum, ends):
         """Sum the gradients of repeated rows (``rows [N]``, ``grads [N, C]``): ``P =
@@ -851,6 +890,9 @@ def _warm_up() -> bool:
             idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide,
             np.empty((0, 0), f32), h16.copy(), g_sum, w_sum, b_sum, False,
         )  # fmt: skip
+        for y in (h, h16):  # a hidden layer's bias and ReLU, and its backward
+            bias_relu(y, bias)
+            relu_grad_bias(y, y, np.empty_like(y), np.empty(3, f32))
         for y in (h, h16):  # the logits from a float32 and a bfloat16 deep output
             out = np.empty((2, 1), f32)
             output_forward(y, bias, bias[:1], wide, wide, out)

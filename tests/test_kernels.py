@@ -112,6 +112,11 @@ def test_fused_lookup_equals_the_pytorch_path(
     assert fused_forward.layout.fm_summed is ("final" not in model_cfg)
     # and the output layer runs in the logits kernel then (one class)
     assert fused_forward.fused_logits is ("final" not in model_cfg)
+    # the later Linear -> ReLU layers run their bias and ReLU in the kernels
+    layers = fused_forward.relu_layers
+    plain = first_is_relu and all(len(list(p)) == 2 for p in list(model.deep.mlp)[1:])
+    assert (layers is not None) is plain
+    assert layers is None or len(layers) == len(model.deep.mlp) - 1
     assert fused["grad_is_sparse"]
     torch.testing.assert_close(fused["logits"], torch_path["logits"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused["table_grad"], torch_path["table_grad"], rtol=1e-5, atol=1e-6)
