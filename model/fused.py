@@ -451,14 +451,12 @@ class _FusedFirstLayer(torch.autograd.Function):
         grad_w1 = torch.empty(hidden, w1t.shape[0])  # every column is written below
         # the small fields' per-value sums first (in float32): they also write the first
         # layer's output gradient (through the ReLU's mask) that the matrix products use,
-        # in their dtype (float32 in ext; bfloat16 straight into gh; else cast from ext)
+        # into gh: in bfloat16 under bf16 autocast, else float32 (cast after for fp16)
         parts = min(torch.get_num_threads(), 4)
         direct = mm in KERNEL_DTYPES
         grad = grad_h1.to(mm if direct else torch.float32).contiguous()
         act = grad if act is None else (act if direct else act.float())
-        bf16 = mm == torch.bfloat16
-        ext = torch.empty(0 if bf16 else batch, hidden + 2 * dim)
-        gh = torch.empty(batch if bf16 else 0, hidden, dtype=torch.bfloat16)
+        gh = torch.empty(batch, hidden, dtype=torch.bfloat16 if mm == torch.bfloat16 else None)
         g_sum = torch.empty(parts, len(value_rows), hidden + 2 * dim)
         w_sum = torch.empty(parts, len(value_rows))
         b_sum = torch.empty(parts, hidden)
@@ -466,7 +464,7 @@ class _FusedFirstLayer(torch.autograd.Function):
         kernels.value_sums(
             small_idx.numpy(), plan.seg_lo, plan.seg_hi, plan.wide_fields,
             _numpy(grad), _numpy(act), ctx.relu, gfm.numpy(), s.numpy(), gwide.numpy(),
-            ext.numpy(), _numpy(gh), g_sum.numpy(), w_sum.numpy(), b_sum.numpy(),
+            _EMPTY.numpy(), _numpy(gh), g_sum.numpy(), w_sum.numpy(), b_sum.numpy(),
             ctx.has_bias and bias_field < 0,
         )  # fmt: skip
         grad_b1 = torch.empty(hidden if ctx.has_bias else 0)
@@ -477,8 +475,7 @@ class _FusedFirstLayer(torch.autograd.Function):
             grad_b1.numpy(), np.empty((len(plan.deep_fields) * dim, hidden), np.float32),
         )  # fmt: skip
         # the other columns' products in the autocast dtype (float32 without it)
-        if not bf16:
-            gh = ext[:, :hidden].to(mm)
+        gh = gh.to(mm)  # (fp16 autocast: from float32)
         if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
             grad_w1.index_copy_(1, plan.x_cols, (x_mm.t() @ gh).t().float())
         gx = gh @ w1t_x_mm.t()  # read in bfloat16 as it comes, else in float32

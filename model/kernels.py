@@ -414,9 +414,9 @@ if numba is not None:
 
         ``g`` and ``act`` hold float32 or bfloat16 (as uint16); ``gfm`` is ``[B, dim]``, or
         ``[B, 1]`` when the same for every component (the FM output summed). With ``gh [B,
-        H]`` (bfloat16 as uint16, for products in bfloat16) the first layer's output gradient
-        is written there instead, rounded, and ``ext`` may be ``[0, 0]``: each row is then
-        scratch.
+        H]`` (float32, or bfloat16 as uint16 for products in bfloat16) the first layer's output
+        gradient is written there instead (rounded to bfloat16), a contiguous operand for the
+        matrix products, and ``ext`` may be ``[0, 0]``: each row is then scratch.
         Without, ``gh`` is ``[0, 0]``; the sums are float32 either way."""
         B = idx.shape[0]
         T = g_sum.shape[0]
@@ -882,6 +882,10 @@ def _warm_up() -> bool:
         value_sums(
             idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((2, 7), f32),
             np.empty((0, 0), np.uint16), g_sum, w_sum, b_sum, False,
+        )  # fmt: skip
+        value_sums(  # the gradient written to a float32 gh, no ext
+            idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((0, 0), f32),
+            np.empty((2, 3), f32), g_sum, w_sum, b_sum, False,
         )  # fmt: skip
         # bfloat16 (as uint16) first-layer outputs and gradients, for autocast
         h16 = np.full((2, 3), 0x3F80, np.uint16)  # 1.0
