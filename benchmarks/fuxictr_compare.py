@@ -24,6 +24,8 @@ threads and seed; the test set is the last ``--test-fraction`` by time (or ``spl
 
 Both run in one process, so under the same OpenMP wait policy: ``model.threads`` (imported
 first) makes idle threads sleep unless ``OMP_WAIT_POLICY`` is set; the JSON records it.
+FuxiCTR's steps run on the threads ours take at that batch size (``step_threads`` in the
+JSON: ``model.threads.step_threads``, fewer than ``--threads`` for small batches).
 
 Prints ONE JSON line (``ours_train_samples_per_s``, ``fuxictr_train_samples_per_s``, their
 ``ratio``, each one's ``test_auc`` / ``test_logloss``, batch size, threads, rows) and appends
@@ -241,12 +243,23 @@ def main(argv=None) -> dict:
         y = torch.from_numpy(train_df[args.label].to_numpy(np.float32))
         fmap = feature_map(cats, list(spec.dense), args.label, args.embedding_dim, tmp)
 
+        # the threads a training step of ours uses at this batch size (model.threads)
+        step_threads = tt.threads.step_threads(
+            args.batch_size, args.threads, cfg.train.min_samples_per_thread
+        )
         ours_sps, fuxi_sps, first = [], [], {}
         for r in range(args.repeats):
             result = train(cfg, train_df, None, device="cpu", progress=False)
             ours_sps.append(result.samples_per_s)
             model = fuxictr_deepfm(fmap, args.embedding_dim, hidden, args.dense_lr, args.seed, tmp)
-            seconds = train_fuxictr(model, train_cols, y, args.label, args.batch_size, args.epochs)
+            # FuxiCTR's steps on the threads ours take (fewer for small batches), then back
+            torch.set_num_threads(step_threads)
+            try:
+                seconds = train_fuxictr(
+                    model, train_cols, y, args.label, args.batch_size, args.epochs
+                )
+            finally:
+                torch.set_num_threads(args.threads)
             fuxi_sps.append(len(y) * args.epochs / sum(seconds))
             if r == 0:
                 ours_p = score(result.model, result.encoder.transform(test_df), 65536)
@@ -272,6 +285,7 @@ def main(argv=None) -> dict:
         **first,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "step_threads": step_threads,
         "host": tt.host(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_runtime_spins": tt.threads.torch_runtime_spins(),

@@ -75,6 +75,10 @@ def main() -> None:
         stop = start + batch
         _train_step(run, features.slice(start, stop), labels[start:stop], None).item()
 
+    # both steps on the threads a training step takes at this batch size (model.threads)
+    step_threads = threads.step_threads(batch, args.threads, cfg.train.min_samples_per_thread)
+    kernels.set_threads(step_threads)
+    torch.set_num_threads(step_threads)
     hidden = [int(h) for h in args.hidden.split(",")]
     # the bound in the same precision (autocast to bf16 / fp16 as the trainer does)
     bound = bound_step(model.deep_in_features, hidden, batch, torch.device("cpu"), args.precision)
@@ -102,6 +106,7 @@ def main() -> None:
                 "sparse_lr": run.cfg.train.sparse_optimizer.lr,
                 "precision": args.precision,
                 "threads": args.threads,
+                "step_threads": step_threads,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                 "torch_runtime_spins": threads.torch_runtime_spins(),
                 "host": host(),

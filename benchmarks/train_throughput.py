@@ -9,7 +9,8 @@ last ``--test-fraction`` by ``--timestamp`` is the test set. Prints ONE JSON lin
 
 - ``train_samples_per_s``: DeepFM training loop only (encoding and evaluation excluded);
 - ``mlp_bound_samples_per_s``: the deep MLP alone (forward + backward + Adam step) on random
-  input of the same width, same batch size, threads and precision: the compute bound;
+  input of the same width, same batch size, threads (those a training step takes at that
+  batch size: model.threads.step_threads) and precision: the compute bound;
 - ``ratio_to_mlp_bound``: the first divided by the second;
 - ``mlp_with_input_grad_samples_per_s`` and ``ratio_to_mlp_with_input_grad``: the same MLP
   also computing the gradient of its input, as it must inside DeepFM (to reach the
@@ -343,6 +344,11 @@ def main() -> None:
 
     device = next(result.model.parameters()).device
     hidden = [int(h) for h in args.hidden.split(",")]
+    # the bound on the threads a training step takes at this batch size (model.threads)
+    step_threads = threads.step_threads(
+        args.batch_size, args.threads, cfg.train.min_samples_per_thread
+    )
+    torch.set_num_threads(step_threads)
     bound, bound_in = (
         mlp_bound(
             result.model.deep_in_features,
@@ -355,11 +361,13 @@ def main() -> None:
         )
         for input_grad in (False, True)
     )
+    torch.set_num_threads(args.threads)
     out = {
         "device": str(device),
         "cpu_kernels": device.type == "cpu" and kernels.available(),
         "compile": args.compile,
         "threads": args.threads,
+        "step_threads": step_threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_runtime_spins": threads.torch_runtime_spins(),
         "host": host(),

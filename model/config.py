@@ -310,6 +310,10 @@ class TrainConfig(_Section):
     # which gains little on CPU; off by default.
     compile: bool = False
     num_threads: Positive | None = None
+    # A CPU training step uses at most one thread per this many samples of its batch (at
+    # least 1, at most num_threads): waking a thread costs more than a small share of work
+    # (model/threads.py: step_threads). 0: every thread at any batch size.
+    min_samples_per_thread: int = Field(1024, ge=0)
     # Checkpoints (with a model directory): every save_checkpoints_steps steps or
     # save_checkpoints_secs seconds, whichever comes first (0: not by that measure), and at
     # each epoch end; a 1-epoch run on 1M rows at batch 1024 (977 steps) writes 4 + 1.

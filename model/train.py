@@ -543,12 +543,9 @@ def _set_up_processes(device: str, num_threads: int | None) -> tuple[torch.devic
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if dev.type == "cpu":
-        n = num_threads or _default_threads()
-        if kernels.numba is not None and not os.environ.get("DEEPFM_NO_KERNELS"):
-            # numba's pool first: starting it sets the OpenMP thread count PyTorch reads
-            # back to numba's maximum, which would undo a smaller count set before
-            kernels.set_threads(n)
-        torch.set_num_threads(n)
+        # numba's pool first: starting it sets the OpenMP thread count PyTorch reads back
+        # to numba's maximum, which would undo a smaller count set before
+        _use_threads(num_threads or _default_threads())
         if threads.torch_runtime_spins():
             log.info(
                 "PyTorch was imported before deepfm could make idle OpenMP threads sleep; "
@@ -796,7 +793,7 @@ def _train_epoch(run: _Run, data: EncodedDataset | _BatchSource, epoch: int) -> 
     line_level = logging.DEBUG if run.show_bar else logging.INFO
     epoch_loss = torch.zeros((), device=dev)
     t0 = time.perf_counter()
-    with _epoch_bar(run, epoch, samples) as bar:
+    with _epoch_bar(run, epoch, samples) as bar, _step_threads(run):
         for step, (features, labels, weights) in zip(range(first, steps), batches, strict=True):
             loss = _train_step(run, features, labels, weights)
             run.at.global_step += 1
@@ -834,6 +831,31 @@ def _train_epoch(run: _Run, data: EncodedDataset | _BatchSource, epoch: int) -> 
         "train_seconds": seconds,
         "train_samples_per_s": samples / max(seconds, 1e-9),
     }
+
+
+@contextmanager
+def _step_threads(run: _Run) -> Iterator[None]:
+    """The training steps' thread count on a CPU (``threads.step_threads``: at most one
+    thread per ``train.min_samples_per_thread`` samples of a batch), the process's own
+    count restored after (evaluation keeps every thread)."""
+    available = torch.get_num_threads()
+    tc = run.cfg.train
+    n = threads.step_threads(tc.batch_size, available, tc.min_samples_per_thread)
+    if run.dev.type != "cpu" or n == available:
+        yield
+        return
+    _use_threads(n)
+    try:
+        yield
+    finally:
+        _use_threads(available)
+
+
+def _use_threads(n: int) -> None:
+    """``n`` threads for PyTorch and the kernels (numba's pool first, as at set-up)."""
+    if kernels.numba is not None and not os.environ.get("DEEPFM_NO_KERNELS"):
+        kernels.set_threads(n)
+    torch.set_num_threads(n)
 
 
 def _checkpoint_due(run: _Run) -> bool:

@@ -107,6 +107,59 @@ def test_the_trainer_uses_the_cpu_quota_unless_threads_are_given(
         )
 
 
+@pytest.mark.parametrize(
+    ("batch", "available", "min_samples", "expected"),
+    [(256, 2, 1024, 1), (1024, 2, 1024, 1), (2048, 2, 1024, 2), (4096, 2, 1024, 2),
+     (4096, 8, 1024, 4), (65536, 8, 1024, 8), (100, 4, 1024, 1), (256, 2, 0, 2)],
+)  # fmt: skip
+def test_a_small_step_takes_fewer_threads(batch, available, min_samples, expected):
+    """One thread per ``min_samples`` samples at most, within what is available."""
+    assert threads.step_threads(batch, available, min_samples) == expected
+
+
+@pytest.mark.parametrize(
+    ("batch", "per_thread", "step"), [(256, 1024, 1), (256, 0, 2), (2048, 1024, 2)]
+)
+def test_training_steps_run_on_the_step_threads_and_evaluation_on_all(
+    monkeypatch, restore_threads, batch, per_thread, step
+):
+    """At batch 256 the steps run on one thread of two (waking the second costs more than
+    its share); evaluation after the epoch, and the process after training, have both."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from toy_data import toy_config, toy_table
+
+    from model.config import config_from_dict
+
+    seen = {"step": set(), "eval": set()}
+    step_fn, eval_fn = train_module._train_step, train_module.evaluate
+
+    def counting_step(*args):
+        seen["step"].add((torch.get_num_threads(), _numba_threads()))
+        return step_fn(*args)
+
+    def counting_eval(*args, **kw):
+        seen["eval"].add(torch.get_num_threads())
+        return eval_fn(*args, **kw)
+
+    monkeypatch.setattr(train_module, "_train_step", counting_step)
+    monkeypatch.setattr(train_module, "evaluate", counting_eval)
+    cfg = toy_config(
+        batch_size=batch, num_epochs=1, num_threads=2, min_samples_per_thread=per_thread
+    )
+    df = toy_table(3000)
+    train_module.train(config_from_dict(cfg), df.iloc[:2500], df.iloc[2500:], progress=False)
+    numba_step = step if _numba_threads() is not None else None
+    assert seen["step"] == {(step, numba_step)}
+    assert seen["eval"] == {2}
+    assert torch.get_num_threads() == 2
+
+
+def _numba_threads() -> int | None:
+    if kernels.numba is None or kernels.numba.config.NUMBA_NUM_THREADS < 2:
+        return None
+    return kernels.numba.get_num_threads()
+
+
 def _policy_in_child(code: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(ROOT)
