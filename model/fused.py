@@ -18,6 +18,7 @@ Two plans drive the kernels, both computed once and cached:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,17 @@ _EMPTY_BITS = np.empty((0, 0), np.uint16)  # no bfloat16 array (the kernels' uin
 _NO_BIAS = torch.empty(0)
 # the first layer's output (and its gradient) dtypes the kernels read and write directly
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _without_autocast():
+    """Autocast off inside: its context where it is on, else nothing (entering a disabled
+    autocast costs a few microseconds, several times a step)."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.autocast("cpu", enabled=False)
+    return _NO_CONTEXT
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -368,7 +380,7 @@ class _FusedFirstLayer(torch.autograd.Function):
             torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
         )
         ctx.mm_dtype = mm_dtype
-        with torch.autocast("cpu", enabled=False):
+        with _without_autocast():
             kernels.set_threads(torch.get_num_threads())
             batch, dim = rows.shape[0], layout.dim
             table = weight.detach()
@@ -425,7 +437,7 @@ class _FusedFirstLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h1, grad_fm, grad_wide):
-        with torch.autocast("cpu", enabled=False):
+        with _without_autocast():
             return _FusedFirstLayer._backward(ctx, grad_h1, grad_fm, grad_wide)
 
     @staticmethod
@@ -524,7 +536,7 @@ class _LinearReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         mm = _mm_dtype()
-        with torch.autocast("cpu", enabled=False):
+        with _without_autocast():
             xm, wm = x.to(mm), weight.to(mm)
             y = torch.mm(xm, wm.t())
             y_k = y if y.dtype in KERNEL_DTYPES else y.float()  # what the kernel reads
@@ -538,7 +550,7 @@ class _LinearReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         xm, wm, y = ctx.saved_tensors
-        with torch.autocast("cpu", enabled=False):
+        with _without_autocast():
             direct = y.dtype in KERNEL_DTYPES
             g = grad.to(y.dtype if direct else torch.float32).contiguous()
             y_k = y if direct else y.float()
@@ -562,7 +574,7 @@ class _FusedLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y_deep, weight, bias, y_wide, y_fm):
-        with torch.autocast("cpu", enabled=False):
+        with _without_autocast():
             y = (y_deep if y_deep.dtype in KERNEL_DTYPES else y_deep.float()).contiguous()
             w = weight.detach().float().reshape(-1).contiguous()
             b = torch.zeros(1) if bias is None else bias.detach().float().reshape(1)
