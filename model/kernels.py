@@ -620,6 +620,24 @@ if numba is not None:
                 else:
                     oi[j] = 0
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _accumulate(slot, r, grads, n, uniq, gsum, end):
+        """Add lookup ``n``'s gradient into the sum of its row ``r``: the row gets the next
+        free position ``end`` in ``uniq``/``gsum`` (noted in ``slot[r]``) the first time it
+        is seen. Returns the next free position."""
+        u = slot[r]
+        if u < 0:
+            u = end
+            slot[r] = u
+            uniq[u] = r
+            end += 1
+            for c in range(grads.shape[1]):
+                gsum[u, c] = grads[n, c]
+        else:
+            for c in range(grads.shape[1]):
+                gsum[u, c] += grads[n, c]
+        return end
+
     @_jit
     def sum_duplicates(rows, grads, slot, uniq, gsum, ends):
         """Sum the gradients of repeated rows (``rows [N]``, ``grads [N, C]``): ``P =
@@ -637,18 +655,7 @@ if numba is not None:
             for n in range(lo, min(N, lo + chunk)):
                 if n + _AHEAD < N:
                     prefetch_row(slot[t], rows[n + _AHEAD])
-                r = rows[n]
-                u = slot[t, r]
-                if u < 0:
-                    u = end
-                    slot[t, r] = u
-                    uniq[u] = r
-                    end += 1
-                    for c in range(C):
-                        gsum[u, c] = grads[n, c]
-                else:
-                    for c in range(C):
-                        gsum[u, c] += grads[n, c]
+                end = _accumulate(slot[t], rows[n], grads, n, uniq, gsum, end)
             ends[t] = end
         for t in range(1, parts):  # few rows: serial
             for i in range(t * chunk, ends[t]):
@@ -778,17 +785,7 @@ if numba is not None:
                 r = rows[n]
                 if _owner(r, parts) != t:
                     continue
-                u = slot[r]
-                if u < 0:
-                    u = end
-                    slot[r] = u
-                    uniq[u] = r
-                    end += 1
-                    for c in range(C):
-                        gsum[u, c] = grads[n, c]
-                else:
-                    for c in range(C):
-                        gsum[u, c] += grads[n, c]
+                end = _accumulate(slot, r, grads, n, uniq, gsum, end)
             # the touched lazy rows (a dense row's slot entry is left to below)
             for i in range(lo, end):
                 if i + _AHEAD < end:
