@@ -490,7 +490,9 @@ class _FusedFirstLayer(torch.autograd.Function):
         gh = gh.to(mm)  # (fp16 autocast: from float32)
         if x.shape[1] > 0:  # x^T gh, then transposed: faster than gh^T x for few columns
             grad_w1.index_copy_(1, plan.x_cols, (x_mm.t() @ gh).t().float())
-        gx = gh @ w1t_x_mm.t()  # read in bfloat16 as it comes, else in float32
+        # the gradient of x's embedding columns only (the dense columns after them take
+        # none), read in bfloat16 as it comes, else in float32
+        gx = gh @ w1t_x_mm[: x.shape[1] - layout.num_dense].t()
         gx = (gx if gx.dtype in KERNEL_DTYPES else gx.float()).contiguous()
         kernels.pooled_backward(
             rows.numpy(), ctx.field, pool.numpy(), plan.deep_pos, layout.fm_mask,
