@@ -3,7 +3,10 @@
 ``DeepFM.forward`` is the reference computation. On a CPU with sparse table gradients the
 trainer may instead run ``FusedForward``, which computes the same logits (and, through its
 autograd function, the same gradients) with the embedding side of DeepFM and the deep MLP's
-first ``Linear`` in a few kernel passes (docs/ARCHITECTURE.md, "The model"). It is the one
+first ``Linear`` in a few kernel passes (docs/ARCHITECTURE.md, "The model"), the later
+``Linear -> ReLU`` layers' bias and activation in one pass each (``_LinearReLU``) and, for
+one class without a final MLP, the output layer and the sums in one (``_FusedLogits``):
+each saves PyTorch's parallel regions, which cost a thread's wake-up apiece. It is the one
 seam: ``FusedForward.attach(model)`` returns it when it applies, else None, and the caller
 then trains through ``model`` itself. Evaluation, export and GPUs always use the model.
 
