@@ -377,6 +377,7 @@ class _Run:
     validation_split: bool = False  # a validation split was held out of the training rows
     last_checkpoint: float = field(default_factory=time.monotonic)
     params: list[nn.Parameter] = field(default_factory=list)  # the model's, for the step
+    told_threads: bool = False  # the steps' thread count was logged
 
     def __post_init__(self) -> None:
         if not self.params:  # the step sets their gradients to None: never miss one
@@ -844,6 +845,13 @@ def _step_threads(run: _Run) -> Iterator[None]:
     if run.dev.type != "cpu" or n == available:
         yield
         return
+    if not run.told_threads:
+        log.info(
+            f"training steps run on {n} of {available} threads: batch {tc.batch_size}, at "
+            f"most one thread per {tc.min_samples_per_thread} samples "
+            "(train.min_samples_per_thread; 0 uses every thread)"
+        )
+        run.told_threads = True
     _use_threads(n)
     try:
         yield

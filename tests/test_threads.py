@@ -121,7 +121,7 @@ def test_a_small_step_takes_fewer_threads(batch, available, min_samples, expecte
     ("batch", "per_thread", "step"), [(256, 1024, 1), (256, 0, 2), (2048, 1024, 2)]
 )
 def test_training_steps_run_on_the_step_threads_and_evaluation_on_all(
-    monkeypatch, restore_threads, batch, per_thread, step
+    monkeypatch, caplog, restore_threads, batch, per_thread, step
 ):
     """At batch 256 the steps run on one thread of two (waking the second costs more than
     its share); evaluation after the epoch, and the process after training, have both."""
@@ -147,7 +147,12 @@ def test_training_steps_run_on_the_step_threads_and_evaluation_on_all(
         batch_size=batch, num_epochs=1, num_threads=2, min_samples_per_thread=per_thread
     )
     df = toy_table(3000)
-    train_module.train(config_from_dict(cfg), df.iloc[:2500], df.iloc[2500:], progress=False)
+    with caplog.at_level("INFO", logger=train_module.log.name):
+        train_module.train(config_from_dict(cfg), df.iloc[:2500], df.iloc[2500:], progress=False)
+    told = [r.message for r in caplog.records if "training steps run on" in r.message]
+    # said once, when a step takes fewer threads than the process has
+    expected = f"training steps run on 1 of 2 threads: batch {batch}, at most one thread per"
+    assert [m.startswith(expected) for m in told] == ([True] if step == 1 else [])
     numba_step = step if _numba_threads() is not None else None
     assert seen["step"] == {(step, numba_step)}
     assert seen["eval"] == {2}
