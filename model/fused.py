@@ -379,9 +379,7 @@ class _FusedFirstLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, w1, b1, rows, pool_weight, dense, field, layout, plan):
         # under autocast the matrix products run in its dtype, as they would in the Linear
-        mm_dtype = (
-            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-        )
+        mm_dtype = _mm_dtype()
         ctx.mm_dtype = mm_dtype
         with _without_autocast():
             kernels.set_threads(torch.get_num_threads())
@@ -397,16 +395,16 @@ class _FusedFirstLayer(torch.autograd.Function):
             small_idx = torch.empty(batch, len(plan.small_lookup), dtype=torch.long)
             pool = _EMPTY if pool_weight is None else pool_weight.float().contiguous()
             # under bf16 autocast the gather also writes x in bfloat16 for the products
-            narrow = batch if mm_dtype == torch.bfloat16 else 0
-            x_mm = torch.empty(narrow, x.shape[1], dtype=mm_dtype)
+            narrow = mm_dtype == torch.bfloat16
+            x_mm = torch.empty(batch, x.shape[1], dtype=mm_dtype) if narrow else None
             kernels.pooled_forward(
                 table.numpy(), rows.numpy(), field, pool.numpy(), plan.deep_pos,
                 layout.fm_mask, layout.wide_mask, dim, dense.numpy(),
                 plan.small_lookup, plan.small_shift, layout.num_sparse, x.numpy(),
-                _numpy(x_mm) if len(x_mm) else _EMPTY_BITS, s.numpy(), fm.numpy(),
+                _numpy(x_mm) if narrow else _EMPTY_BITS, s.numpy(), fm.numpy(),
                 wide.numpy(), small_idx.numpy(),
             )  # fmt: skip
-            if len(x_mm) == 0:
+            if not narrow:
                 x_mm = x.to(mm_dtype)
             w1t = w1.t().contiguous()  # [in, H]
             w1t_x = w1t.index_select(0, plan.x_cols)  # [x columns, H]
@@ -479,7 +477,7 @@ class _FusedFirstLayer(torch.autograd.Function):
         kernels.value_sums(
             small_idx.numpy(), plan.seg_lo, plan.seg_hi, plan.wide_fields,
             _numpy(grad), _numpy(act), ctx.relu, gfm.numpy(), s.numpy(), gwide.numpy(),
-            _EMPTY.numpy(), _numpy(gh), g_sum.numpy(), w_sum.numpy(), b_sum.numpy(),
+            _numpy(gh), g_sum.numpy(), w_sum.numpy(), b_sum.numpy(),
             ctx.has_bias and bias_field < 0,
         )  # fmt: skip
         grad_b1 = torch.empty(hidden if ctx.has_bias else 0)

@@ -400,32 +400,28 @@ if numba is not None:
 
     @_jit
     def value_sums(
-        idx, seg_lo, seg_hi, wide_fields, g, act, relu, gfm, s, gwide, ext, gh, g_sum,
-        w_sum, b_sum, bias_per_sample,
+        idx, seg_lo, seg_hi, wide_fields, g, act, relu, gfm, s, gwide, gh, g_sum, w_sum,
+        b_sum, bias_per_sample,
     ):  # fmt: skip
-        """First half of the small fields' backward: the per-sample gradient row ``ext[b] =
-        [gh | gfm * s | gfm]`` (``gh`` is ``g`` through the ReLU's mask when ``relu``:
-        zero where ``act <= 0``) and its sums per value row, ``g_sum[t, v]`` over one slice
-        of the batch per thread ``t`` (small field ``i`` adds ``ext[b, seg_lo[i]:
-        seg_hi[i]]``: the first-layer part if it is deep, the FM part if it is in FM),
-        ``w_sum[t, v]`` the wide gradient's sums, ``b_sum[t]`` the bias's when
-        ``bias_per_sample`` (else it is read off ``g_sum``). ``ext[:, :H]`` is the first
-        layer's output gradient for the matrix products of the other columns.
+        """First half of the small fields' backward: each sample's gradient row ``[gh | gfm *
+        s | gfm]`` (``gh`` is ``g`` through the ReLU's mask when ``relu``: zero where ``act
+        <= 0``) and its sums per value row, ``g_sum[t, v]`` over one slice of the batch per
+        thread ``t`` (small field ``i`` adds the row's ``seg_lo[i]:seg_hi[i]``: the
+        first-layer part if it is deep, the FM part if it is in FM), ``w_sum[t, v]`` the
+        wide gradient's sums, ``b_sum[t]`` the bias's when ``bias_per_sample`` (else it is
+        read off ``g_sum``). ``gh [B, H]`` receives the first layer's output gradient, a
+        contiguous operand for the matrix products of the other columns: float32, or
+        bfloat16 as uint16 (rounded) for products in bfloat16.
 
         ``g`` and ``act`` hold float32 or bfloat16 (as uint16); ``gfm`` is ``[B, dim]``, or
-        ``[B, 1]`` when the same for every component (the FM output summed). With ``gh [B,
-        H]`` (float32, or bfloat16 as uint16 for products in bfloat16) the first layer's output
-        gradient is written there instead (rounded to bfloat16), a contiguous operand for the
-        matrix products, and ``ext`` may be ``[0, 0]``: each row is then scratch.
-        Without, ``gh`` is ``[0, 0]``; the sums are float32 either way."""
+        ``[B, 1]`` when the same for every component (the FM output summed); the sums are
+        float32 either way."""
         B = idx.shape[0]
         T = g_sum.shape[0]
         H = g.shape[1]
         dim = s.shape[1]
         F = seg_lo.shape[0]
         chunk = (B + T - 1) // T
-        keep = ext.shape[0] > 0
-        narrow = gh.shape[0] > 0
         full = gfm.shape[1] == dim
         for t in prange(T):
             g_t = g_sum[t]
@@ -436,7 +432,7 @@ if numba is not None:
             b_t[:] = 0
             row = np.empty(H + 2 * dim, np.float32)
             for b in range(t * chunk, min(B, (t + 1) * chunk)):
-                eb = ext[b] if keep else row
+                eb = row
                 src = g[b]
                 if relu:
                     ab = act[b]
@@ -445,10 +441,9 @@ if numba is not None:
                 else:
                     for j in range(H):
                         eb[j] = load(src, j)
-                if narrow:
-                    out = gh[b]
-                    for j in range(H):
-                        store(out, j, eb[j])
+                out = gh[b]
+                for j in range(H):
+                    store(out, j, eb[j])
                 sb = s[b]
                 if full:
                     gf = gfm[b]
@@ -877,19 +872,15 @@ def _warm_up() -> bool:
         ends = np.array([3], i64)
         g_sum, w_sum, b_sum = np.empty((2, 2, 7), f32), np.empty((2, 2), f32), np.empty((2, 3), f32)
         value_sums(
-            idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((2, 7), f32),
-            np.empty((0, 0), np.uint16), g_sum, w_sum, b_sum, False,
-        )  # fmt: skip
-        value_sums(  # the gradient written to a float32 gh, no ext
-            idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((0, 0), f32),
-            np.empty((2, 3), f32), g_sum, w_sum, b_sum, False,
+            idx, small, ends * 2 + 1, small, h, h, True, fm, s, wide, np.empty((2, 3), f32),
+            g_sum, w_sum, b_sum, False,
         )  # fmt: skip
         # bfloat16 (as uint16) first-layer outputs and gradients, for autocast
         h16 = np.full((2, 3), 0x3F80, np.uint16)  # 1.0
         add_values(proj, idx, small, bias[:0], h16, True)
         value_sums(
-            idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide,
-            np.empty((0, 0), f32), h16.copy(), g_sum, w_sum, b_sum, False,
+            idx, small, ends * 2 + 1, small, h16, h16, True, fm, s, wide, h16.copy(), g_sum,
+            w_sum, b_sum, False,
         )  # fmt: skip
         for y in (h, h16):  # a hidden layer's bias and ReLU, and its backward
             bias_relu(y, bias)
