@@ -5,6 +5,7 @@ the same gradients, the same optimizer updates."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -489,6 +490,53 @@ def test_training_with_and_without_kernels_reaches_the_same_model(monkeypatch):
         models.append(train(cfg, df, None, progress=False).model)
         # the trainer chose the fused forward with the kernels (every step), else not
         assert len(calls) == (24 if use_kernels else 0)  # 2 epochs of 12 steps
+    for (name, a), (_, b) in zip(
+        models[0].state_dict().items(), models[1].state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_the_retail_example_trains_the_same_model_with_and_without_kernels(tmp_path, monkeypatch):
+    """The second example dataset (string and integer keys, nullable ints, lists) with its
+    own spec and the shipped config: the fused path runs every step, including the later
+    Linear -> ReLU layers and the fused logits, and reaches the model the PyTorch ops do."""
+    from feature_repo import retail_data
+    from feature_repo.spec import load_spec
+    from training.config import read_config_dict
+
+    root = Path(__file__).resolve().parents[1]
+    out = retail_data.generate(3000, seed=0, out_dir=tmp_path / "retail")
+    df = pd.read_parquet(out["paths"]["flat"])
+    section = load_spec(root / "feature_repo" / "retail_features.yaml").model_section()
+    settings = read_config_dict(root / "configs" / "deepfm.yaml")
+    settings["features"], settings["feature_groups"] = (
+        section["features"],
+        section["feature_groups"],
+    )
+    settings["data"] = {"label": section["label"], "timestamp": section["timestamp"]}
+    settings["model"]["metrics"] = ["auc"]
+    settings["train"].update(
+        {"batch_size": 256, "num_epochs": 1, "validation_fraction": 0.0, "seed": 3}
+    )
+    cfg = config_from_dict(settings)
+    fused, calls = [], []
+    attach = FusedForward.attach.__func__
+
+    def spy(cls, model, **kw):
+        forward = attach(cls, model, **kw)
+        fused.append(forward)
+        return forward
+
+    monkeypatch.setattr(FusedForward, "attach", classmethod(spy))
+    logits = kernels.output_forward
+    monkeypatch.setattr(kernels, "output_forward", lambda *a: (calls.append(1), logits(*a))[1])
+    models = []
+    for use_kernels in (True, False):
+        monkeypatch.setattr(kernels, "_ready", use_kernels)
+        models.append(train(cfg, df, None, progress=False).model)
+    assert fused[0] is not None and fused[0].relu_layers and fused[0].fused_logits
+    assert fused[1] is None  # without the kernels: the model's own forward
+    assert len(calls) == -(-len(df) // 256)  # the fused logits ran every step
     for (name, a), (_, b) in zip(
         models[0].state_dict().items(), models[1].state_dict().items(), strict=True
     ):
