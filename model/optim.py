@@ -22,9 +22,10 @@ row when it is touched). On a CPU both run as one compiled call per table
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
+
+from model import threads  # isort: skip - before torch loads its OpenMP runtime
 
 import numpy as np
 import torch
@@ -434,24 +435,17 @@ def _fused_adam_step(opt: torch.optim.Adam) -> bool:
         kind is not None
         and kind[0].type == "cpu"
         and numel <= SERIAL_ADAM_MAX_ELEMENTS
-        and _openmp_backend()
+        and threads.openmp_backend()
     )
-    threads = torch.get_num_threads()
-    if serial and threads > 1:
+    count = torch.get_num_threads()
+    if serial and count > 1:
         torch.set_num_threads(1)
     try:
         _fused_adam_calls(calls)
     finally:
-        if serial and threads > 1:
-            torch.set_num_threads(threads)
+        if serial and count > 1:
+            torch.set_num_threads(count)
     return True
-
-
-@functools.cache
-def _openmp_backend() -> bool:
-    """PyTorch's intra-op threads are OpenMP's: ``set_num_threads`` may change them between
-    steps (the native backend refuses once parallel work has started, with a warning)."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def _fused_adam_calls(calls) -> None:

@@ -39,6 +39,7 @@ every thread.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -63,6 +64,16 @@ def torch_runtime_spins() -> bool:
 
 
 MIN_SAMPLES_PER_THREAD = 1024  # train.min_samples_per_thread's default
+
+
+@functools.cache
+def openmp_backend() -> bool:
+    """PyTorch's intra-op threads are OpenMP's, so ``torch.set_num_threads`` may change
+    them between steps (the native backend refuses once parallel work has started, with a
+    warning). Imports PyTorch: call it after the policy is set."""
+    import torch
+
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def step_threads(batch: int, available: int, min_samples: int = MIN_SAMPLES_PER_THREAD) -> int:

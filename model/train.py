@@ -842,7 +842,8 @@ def _step_threads(run: _Run) -> Iterator[None]:
     available = torch.get_num_threads()
     tc = run.cfg.train
     n = threads.step_threads(tc.batch_size, available, tc.min_samples_per_thread)
-    if run.dev.type != "cpu" or n == available:
+    # (PyTorch's native thread pool cannot change its size once it has run: OpenMP only)
+    if run.dev.type != "cpu" or n == available or not threads.openmp_backend():
         yield
         return
     if not run.told_threads:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import kernels, optim
+from model import kernels, optim, threads
 from model import train as train_module
 from model.config import config_from_dict
 from model.deepfm import DeepFM, to_predictions
@@ -177,7 +177,7 @@ def test_small_fused_adam_steps_on_one_thread_bit_for_bit(limit: int, monkeypatc
         torch.set_num_threads(before)
     # the first step is opt.step() (it makes the state), at the process's threads
     # (where PyTorch's threads are not OpenMP's, the threads are left alone)
-    one = bool(limit) and optim._openmp_backend()
+    one = bool(limit) and threads.openmp_backend()
     assert seen == [2] + [1 if one else 2] * 3
     reference = [torch.nn.Parameter(w.clone()) for w in w0]
     ref_opt = torch.optim.Adam(reference, lr=0.01, fused=True)
