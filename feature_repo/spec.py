@@ -71,6 +71,7 @@ _MODEL_TYPES = {
     "id": ("int64", "string", "bool"),
     "multi_id": ("list<int64>", "list<string>"),
     "raw": ("int64", "float64", "bool"),
+    "match": ("list<int64>", "list<string>"),
 }
 
 
@@ -179,7 +180,8 @@ class ModelFeature(_Schema):
     name: Name | None = None
     column: str = ""
     groups: tuple[Group, ...] = Field(min_length=1, strict=False)
-    type: Literal["id", "multi_id", "raw"]
+    type: Literal["id", "multi_id", "raw", "match"]
+    key: Any = None
     vocab: Any = None
     hash_bucket_size: Any = None
     num_buckets: Any = None
@@ -472,6 +474,21 @@ class _SpecFile(_Schema):
                     )
                 model_names[name] = key
         by_name = {f.name: f for f in self.features}
+        for i, f in enumerate(self.features):
+            for j, m in enumerate(f.model_features):
+                if m.type != "match" or not isinstance(m.key, str):
+                    continue  # model.config names a missing key
+                key = f"features[{i}] ({f.name}).model_features[{j}].key"
+                other = by_name.get(m.key)
+                element = f.dtype.removeprefix("list<").removesuffix(">")
+                if other is None:
+                    _fail(key, f"{m.key!r} is not a feature of this spec")
+                if other.dtype not in (element, f.dtype):
+                    _fail(
+                        key,
+                        f"{m.key!r} has dtype {other.dtype}; looking it up in {f.name!r} "
+                        f"({f.dtype}) needs {element} or {f.dtype}",
+                    )
         for name, entity in self.entities.items():
             column = by_name.get(entity.join_key)
             if column is None or column.view is not None:

@@ -93,11 +93,20 @@ class FeatureConfig(_Section):
     - ``type: raw``: a number. With ``boundaries`` it is bucketised (bucket = how many
       boundaries are <= the value; missing values get their own bucket) and embedded;
       without, it is a dense input normalised by ``normalizer`` (missing -> the training mean).
+    - ``type: match``: how many of the row's ``key`` ids (a column of one id, or of a list)
+      are among the ids of its list column ``column`` (e.g. the ad's category among the
+      user's interest categories; the topics a product's tags share with a customer's
+      interests), embedded as one of ``max_length + 2`` rows: 0 = unknown (null or empty
+      key or list), else 1 + the number found, at most ``max_length`` (one key id: 1 = not
+      in the list, 2 = in it). Nothing to fit: ids are compared by value (ints as ints, else
+      as strings). A cross of a user and an item field that the FM's dot products of
+      separate (or shared) embeddings learn only slowly.
     """
 
     name: str = Field(min_length=1)
-    type: Literal["id", "multi_id", "raw"]
+    type: Literal["id", "multi_id", "raw", "match"]
     column: str | None = None
+    key: str | None = None  # type match: the column whose ids are looked for in ``column``
     embedding_dim: Positive = 16
     vocab: VocabConfig | None = None
     hash_bucket_size: Positive | None = None
@@ -115,6 +124,11 @@ class FeatureConfig(_Section):
         return self.column or self.name
 
     @property
+    def source_columns(self) -> tuple[str, ...]:
+        """Every raw column the feature reads: its column, and a match's key column."""
+        return (self.source_column, self.key) if self.key else (self.source_column,)
+
+    @property
     def is_sparse(self) -> bool:
         """Embedded through a table (ids, multi-valued ids, bucketised numbers)."""
         return self.type != "raw" or self.boundaries is not None
@@ -124,6 +138,14 @@ class FeatureConfig(_Section):
         _check_init_fn("init_fn", self.init_fn)
         chosen = [n for n in ("vocab", "hash_bucket_size", "num_buckets") if getattr(self, n)]
         b = self.boundaries
+        if self.type == "match":
+            if not self.key:
+                _fail("key", "a match feature needs key: the column looked for in its list")
+            if chosen or b is not None:
+                _fail(chosen[0] if chosen else "boundaries", "a match feature takes no encoding")
+            return self
+        if self.key is not None:
+            _fail("key", f"only match features take a key, not {self.type}")
         if self.type != "raw":
             if len(chosen) != 1:
                 _fail(
@@ -363,7 +385,7 @@ class Config(_Section):
 
     def input_columns(self) -> list[str]:
         """The raw columns the features read (what scoring needs)."""
-        return sorted({self.feature(n).source_column for n in self.group_features})
+        return sorted({c for n in self.group_features for c in self.feature(n).source_columns})
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -468,9 +490,9 @@ def check_columns(cfg: Config, columns: typing.Iterable[str], where: str) -> Non
     """Raise ConfigError naming the first feature whose column is missing from ``where``."""
     have = set(columns)
     for name in cfg.group_features:
-        col = cfg.feature(name).source_column
-        if col not in have:
-            raise ConfigError(f"features.{name}: column {col!r} is not in {where}")
+        for col in cfg.feature(name).source_columns:
+            if col not in have:
+                raise ConfigError(f"features.{name}: column {col!r} is not in {where}")
     if cfg.data.label not in have:
         raise ConfigError(f"data.label: column {cfg.data.label!r} is not in {where}")
     if cfg.data.sample_weight and cfg.data.sample_weight not in have:

@@ -10,7 +10,8 @@ A fitted ``FeatureEncoder`` turns a DataFrame into ``EncodedFeatures``:
 Row conventions (per feature): vocabulary ids use row 0 for a missing value and row 1 for
 out-of-vocabulary ids (unseen, or seen fewer than ``min_count`` times); hashed ids use
 ``hash(value) % hash_bucket_size`` with a fixed-key SipHash (stable across processes and
-machines); bucketised numbers use ``#boundaries <= value`` and a last row for missing values.
+machines); bucketised numbers use ``#boundaries <= value`` and a last row for missing values;
+a match uses row 0 for unknown, else 1 + the number of key ids found in the list.
 The fitted state is plain JSON (no pickle), saved beside the model.
 
 Columns are read by value, not by dtype, so training (a DataFrame read from parquet, with
@@ -118,8 +119,8 @@ class EncodedFeatures:
 # ------------------------------------------------------------------ column helpers
 
 
-def _column(df: pd.DataFrame, feature: FeatureConfig) -> pd.Series:
-    col = feature.source_column
+def _column(df: pd.DataFrame, feature: FeatureConfig, col: str | None = None) -> pd.Series:
+    col = col or feature.source_column
     if col not in df.columns:
         raise ConfigError(f"features.{feature.name}: column {col!r} is missing from the data")
     return df[col]
@@ -355,18 +356,80 @@ class RawEncoder:
         return np.nan_to_num(values, nan=0.0).astype(np.float32)
 
 
+class MatchEncoder:
+    """A ``match`` feature: how many of the row's ``key`` ids are among the ids of its list
+    ``column`` -> rows ``[n]`` int64: 0 unknown (null or empty key or list), else 1 + the
+    number of distinct key ids found, at most ``max_length`` (a single key: 1 no, 2 yes).
+    Stateless: ids compare by value, as ints when both columns hold integer ids (whatever
+    their dtypes, as ``IdEncoder`` reads them), else as strings."""
+
+    def __init__(self, feature: FeatureConfig, state: dict | None = None) -> None:
+        self.feature = feature
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.feature.max_length + 2
+
+    def state(self) -> dict:
+        return {}
+
+    def fit(self, df: pd.DataFrame) -> MatchEncoder:
+        self.transform_single(df.head(1000))  # fails early on columns of the wrong shape
+        return self
+
+    def transform_single(self, df: pd.DataFrame) -> np.ndarray:
+        f = self.feature
+        flat, lengths = _flatten_lists(_column(df, f), f.name)
+        key = pd.Series(_column(df, f, f.key), copy=False)
+        n = len(lengths)
+        if _is_list_column(key):
+            key, key_lengths = _flatten_lists(key, f"{f.name} (key {f.key})")
+        else:
+            key_lengths = np.ones(n, dtype=np.int64)
+        kind = "int" if _id_kind(flat) == "int" and _id_kind(key) == "int" else "str"
+        values, missing = _id_values(flat, kind, f.name)
+        keys, key_missing = _id_values(key, kind, f"{f.name} (key {f.key})")
+        owner = np.repeat(np.arange(n), lengths)
+        key_owner = np.repeat(np.arange(n), key_lengths)
+        if len(key) == n and (key_lengths == 1).all():  # one key id a row: compare in place
+            found = np.zeros(n, dtype=np.int64)
+            found[owner[(values == keys[owner]) & ~missing & ~key_missing[owner]]] = 1
+            known = ~key_missing
+        else:  # distinct (row, id) pairs of the key found among the list's
+            pairs = pd.DataFrame({"o": owner[~missing], "v": values[~missing]})
+            wanted = pd.DataFrame({"o": key_owner[~key_missing], "v": keys[~key_missing]})
+            hits = pairs.drop_duplicates().merge(wanted.drop_duplicates(), on=["o", "v"])
+            found = np.bincount(hits["o"].to_numpy(dtype=np.int64), minlength=n)
+            known = np.bincount(wanted["o"].to_numpy(dtype=np.int64), minlength=n) > 0
+        rows = 1 + np.minimum(found, f.max_length)
+        rows[~known | (lengths == 0)] = 0
+        return rows.astype(np.int64)
+
+
+def _is_list_column(values: pd.Series) -> bool:
+    """Whether a column holds lists (an Arrow list dtype, or list-like Python values)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.ArrowDtype):
+        return pa.types.is_list(dtype.pyarrow_dtype) or pa.types.is_large_list(dtype.pyarrow_dtype)
+    if not pd.api.types.is_object_dtype(dtype):
+        return False
+    given = values[values.notna().to_numpy(dtype=bool)]
+    return bool(len(given)) and isinstance(given.iloc[0], list | tuple | np.ndarray)
+
+
 class FeatureEncoder:
     """All features of a config: ``fit`` on training rows, ``transform`` any rows."""
 
     def __init__(self, cfg: Config, state: dict | None = None) -> None:
         self.cfg = cfg
         used = [cfg.feature(n) for n in cfg.group_features]
-        self.encoders: dict[str, IdEncoder | RawEncoder] = {}
+        self.encoders: dict[str, IdEncoder | RawEncoder | MatchEncoder] = {}
+        kinds = {"raw": RawEncoder, "match": MatchEncoder}
         for f in used:
             s = None if state is None else state.get(f.name)
             if state is not None and s is None:
                 raise ValueError(f"fitted encoder state has no entry for feature {f.name!r}")
-            self.encoders[f.name] = RawEncoder(f, s) if f.type == "raw" else IdEncoder(f, s)
+            self.encoders[f.name] = kinds.get(f.type, IdEncoder)(f, s)
         self.single = [f for f in used if f.is_sparse and f.type != "multi_id"]
         self.multi = [f for f in used if f.type == "multi_id"]
         self.dense = [f for f in used if not f.is_sparse]

@@ -61,6 +61,7 @@ from model.features import (
     EncodedFeatures,
     FeatureEncoder,
     IdEncoder,
+    MatchEncoder,
     RawEncoder,
     _id_kind,
     _id_values,
@@ -269,7 +270,9 @@ def fit_encoder(cfg: Config, frames: Iterable[pd.DataFrame]) -> FeatureEncoder:
     """``FeatureEncoder(cfg).fit`` over the rows of ``frames`` taken together, one pass."""
     encoder = FeatureEncoder(cfg)
     fits = [
-        _RawFit(e) if isinstance(e, RawEncoder) else _IdFit(e) for e in encoder.encoders.values()
+        _RawFit(e) if isinstance(e, RawEncoder) else _IdFit(e)
+        for e in encoder.encoders.values()
+        if not isinstance(e, MatchEncoder)  # nothing to fit
     ]
     rows = 0
     for df in frames:

@@ -38,6 +38,7 @@ I_BUCKETS = _index(lambda f: f["type"] == "raw" and "boundaries" in f)
 I_DENSE = _index(lambda f: f["type"] == "raw" and "boundaries" not in f)
 ID, ID2, MULTI, BUCKETS, DENSE = (NAMES[i] for i in (I_ID, I_ID2, I_MULTI, I_BUCKETS, I_DENSE))
 LABEL = BASE["data"]["label"]
+(MATCH,) = (m for m in SPEC.model_features() if m.type == "match")  # an id in a list
 WIDE, FM, DEEP = (BASE["feature_groups"][g] for g in ("wide", "fm", "deep"))
 
 
@@ -71,7 +72,7 @@ def error_of(data: dict) -> str:
 def test_example_config_loads_with_its_values():
     cfg = load_config(DEEPFM)
     assert isinstance(cfg, Config)
-    assert len(cfg.features) == 16
+    assert len(cfg.features) == 17
     assert (cfg.data.label, cfg.data.timestamp, cfg.data.group_key) == (
         SPEC.label.name,
         SPEC.timestamp,
@@ -91,9 +92,12 @@ def test_example_config_loads_with_its_values():
     assert cfg.feature(SPEC.group_key).vocab.min_count == 2
     (context,) = SPEC.context_features()
     assert cfg.feature(context.name).vocab.min_count == 1
-    assert len(cfg.feature_groups.wide) == 14 and dense not in cfg.feature_groups.wide
-    assert len(cfg.feature_groups.fm) == 15
-    assert cfg.feature_groups.deep[-1] == dense and len(cfg.feature_groups.deep) == 16
+    match = cfg.feature(MATCH.name)  # the ad's category among the user's interests
+    assert (match.type, match.source_column, match.key) == ("match", MULTI, MATCH.key)
+    assert match.source_columns == (MULTI, MATCH.key) and match.is_sparse
+    assert len(cfg.feature_groups.wide) == 15 and dense not in cfg.feature_groups.wide
+    assert len(cfg.feature_groups.fm) == 16
+    assert cfg.feature_groups.deep[-1] == dense and len(cfg.feature_groups.deep) == 17
     assert cfg.model.deep.hidden_units == [256, 128, 64]
     assert cfg.model.final is None
     assert cfg.model.wide_embedding_dim == 4
@@ -246,6 +250,18 @@ def _feature(d: dict, name: str) -> dict:
         (
             lambda d: d["train"].update(save_checkpoints_steps=-1),
             r"^train\.save_checkpoints_steps: must be >= 0",
+        ),
+        (
+            lambda d: _feature(d, MATCH.name).pop("key"),
+            rf"\({MATCH.name}\)\.key: a match feature needs key",
+        ),
+        (
+            lambda d: _feature(d, MATCH.name).update(hash_bucket_size=10),
+            rf"\({MATCH.name}\)\.hash_bucket_size: a match feature takes no encoding",
+        ),
+        (
+            lambda d: _feature(d, ID).update(key=ID2),
+            rf"^features\[{I_ID}\] \({ID}\)\.key: only match features take a key, not id",
         ),
         (
             lambda d: _feature(d, BUCKETS).update(boundaries=[5, 10, 10, 20]),
@@ -465,3 +481,10 @@ def test_check_columns_names_the_missing_column():
     with pytest.raises(ConfigError, match=r"^data\.sample_weight: column 'w' is not in x"):
         check_columns(weighted, columns, "x")
     check_columns(weighted, columns | {"w"}, "x")
+    # a match reads its key column too, which no other feature may read
+    keyed = load_config(DEEPFM, overrides={})
+    keyed.feature(MATCH.name).key = "ad_cate"
+    assert "ad_cate" in keyed.input_columns()
+    with pytest.raises(ConfigError, match=rf"^features\.{MATCH.name}: column 'ad_cate' is not"):
+        check_columns(keyed, columns, "x")
+    check_columns(keyed, columns | {"ad_cate"}, "x")

@@ -34,7 +34,7 @@ I_SET = next(
     i for i, f in enumerate(SPEC.features) if f.view and f.dtype == "int64" and f.valid.values
 )
 (I_LIST,) = (i for i, f in enumerate(SPEC.features) if f.dtype.startswith("list"))
-(I_TWO,) = (i for i, f in enumerate(SPEC.features) if len(f.model_features) == 2)
+(I_TWO,) = (i for i, f in enumerate(SPEC.features) if len(f.model_features) == 2 and i != I_LIST)
 RANGED, LIST_COL, TWO = NAMES[I_RANGED], NAMES[I_LIST], NAMES[I_TWO]
 VIEW = SPEC.feature(RANGED).view
 (OTHER_VIEW,) = (v for v in SPEC.feature_views if v != VIEW)
@@ -112,6 +112,10 @@ def test_new_dtypes_string_keys_and_offline_views(tmp_path):
     raw["features"][I_RANGED].update(dtype="bool", valid={"values": [True, False]}, nullable=True)
     raw["features"][I_LIST]["dtype"] = "list<string>"
     del raw["features"][I_LIST]["valid"]
+    # an int64 key is not looked up in a list of strings (test_a_match_key_...)
+    raw["features"][I_LIST]["model_features"] = [
+        m for m in raw["features"][I_LIST]["model_features"] if m["type"] != "match"
+    ]
     raw["feature_views"][OTHER_VIEW]["online"] = False
     path = tmp_path / "features.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -370,6 +374,20 @@ def _unused_source(raw):
             _set(f"features.{I_LIST}.model_features.0.type", "id"),
             rf"\({LIST_COL}\).model_features\[0\].type: type id needs dtype int64, "
             r"string or bool, the column is list<int64>",
+        ),
+        (
+            _set(f"features.{I_LIST}.model_features.1.key", "cate"),
+            rf"\({LIST_COL}\).model_features\[1\].key: 'cate' is not a feature of this spec",
+        ),
+        (
+            _set(f"features.{I_LIST}.model_features.1.key", NAMES[I_CONTEXT]),
+            rf"model_features\[1\].key: '{NAMES[I_CONTEXT]}' has dtype string; looking it up in "
+            rf"'{LIST_COL}' \(list<int64>\) needs int64 or list<int64>",
+        ),
+        (
+            _set(f"features.{I_RANGED}.model_features.0.type", "match"),
+            rf"\({RANGED}\).model_features\[0\].type: type match needs dtype list<int64> or "
+            "list<string>",
         ),
         (_set(f"features.{I_RANGED}.valid", {"min": 6, "max": 0}), "min 6 is greater than max 0"),
         (

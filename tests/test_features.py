@@ -8,11 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
 from model.config import ConfigError, FeatureConfig, VocabConfig, config_from_dict
-from model.features import MISSING_ROW, OOV_ROW, FeatureEncoder, IdEncoder, RawEncoder
+from model.features import (
+    MISSING_ROW,
+    OOV_ROW,
+    FeatureEncoder,
+    IdEncoder,
+    MatchEncoder,
+    RawEncoder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,6 +299,60 @@ def test_multi_valued_strings_and_hashing():
     single = fitted_id(hashed_feature(100, name="tags"), ["a", "b"])
     a, b = encode(single, ["a", "b"]).tolist()
     assert out.tolist() == [[a, b], [b, -1], [-1, -1]]
+
+
+# ------------------------------------------------------------------------ match
+
+MATCH = FeatureConfig(name="likes_cate", type="match", column="likes", key="cate")
+
+
+def match_rows(likes: list | pd.Series, cate: list, cate_dtype: str | None = None) -> list[int]:
+    if not isinstance(likes, pd.Series):
+        likes = pd.Series(likes, dtype=object)
+    df = pd.DataFrame({"likes": likes, "cate": pd.Series(cate, dtype=cate_dtype)})
+    return MatchEncoder(MATCH).fit(df).transform_single(df).tolist()
+
+
+def test_a_match_is_2_when_the_key_is_in_the_list_1_when_not_0_when_unknown():
+    likes = [[3, 7], [3, 7], [7], [], None, [5, None], [5]]
+    cate = [7, 4, 7, 7, 7, 4, None]
+    assert match_rows(likes, cate, "Int64") == [2, 1, 2, 0, 0, 1, 0]
+    assert MatchEncoder(MATCH).state() == {}  # nothing fitted
+    assert MatchEncoder(MATCH).num_embeddings == MATCH.max_length + 2 == 18
+    one = MATCH.model_copy(update={"max_length": 1})
+    assert MatchEncoder(one).num_embeddings == 3
+
+
+def test_a_match_reads_ids_by_value_whatever_the_columns_dtypes():
+    """Training reads parquet (Arrow lists, Int64 or float64 with NaN), a server builds
+    object columns of Python values: the same ids match alike."""
+    want = [2, 1, 0, 2]
+    likes = [[1, 2], [1, 2], None, [10**7]]
+    assert match_rows(likes, [2, 3, 2, 10**7]) == want
+    assert match_rows(likes, [2.0, 3.0, 2.0, 1e7]) == want  # a nullable int read as float
+    arrow = pd.Series(likes, dtype=pd.ArrowDtype(pa.list_(pa.int64())))
+    assert match_rows(arrow, [2, 3, 2, 10**7], "Int64") == want
+    strings = [["a", "b"], ["a", "b"], None, ["ü"]]
+    assert match_rows(strings, ["b", "c", "b", "ü"], "string") == want
+    # int ids against string ids compare as strings: 2 is "2", never "2.5"
+    assert match_rows([[2], [2], [3]], ["2", "2.5", "x"]) == [2, 1, 1]
+
+
+def test_a_match_of_a_list_key_counts_the_distinct_ids_found_up_to_max_length():
+    likes = [[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 1], [1], None, [4]]
+    tags = [[2, 3, 9], [9], [3, 3], [1, 1], None, [1], []]
+    assert match_rows(likes, tags) == [3, 1, 2, 2, 0, 0, 0]
+    arrow = pd.Series(tags, dtype=pd.ArrowDtype(pa.list_(pa.int64())))
+    df = pd.DataFrame({"likes": pd.Series(likes, dtype=object), "cate": arrow})
+    capped = MatchEncoder(MATCH.model_copy(update={"max_length": 1}))
+    assert capped.transform_single(df).tolist() == [2, 1, 2, 2, 0, 0, 0]
+    # a list key of one id per row is the single key
+    assert match_rows([[5, 6], [5]], [[6], [7]]) == match_rows([[5, 6], [5]], [6, 7]) == [2, 1]
+
+
+def test_a_match_without_its_key_column_names_the_feature_and_the_column():
+    with pytest.raises(ConfigError, match="features.likes_cate: column 'cate' is missing"):
+        MatchEncoder(MATCH).transform_single(pd.DataFrame({"likes": [[1]]}))
 
 
 # ------------------------------------------------------------- FeatureEncoder (all)

@@ -224,3 +224,18 @@ def test_invalid_arguments(tmp_path: Path, kwargs: dict[str, int], word: str) ->
     with pytest.raises(ValueError, match=word):
         generate(**args)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_match_of_the_sample_is_the_generators_interest_match():
+    """The shipped spec's interest_match is the true model's interest term, row for row."""
+    from model.features import MatchEncoder
+    from training.config import load_config
+
+    flat = sample_data._simulate(3000, 3, "2026-11-01", 2).frames["flat"]
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "deepfm.yaml")
+    rows = MatchEncoder(cfg.feature("interest_match")).transform_single(flat)
+    truth = sample_data._interest_match(flat["interest_cates"], flat["cate_id"].to_numpy())
+    known = flat["interest_cates"].notna().to_numpy()
+    assert 0.05 < truth.mean() < 0.95 and 0 < (~known).sum() < len(flat)
+    assert np.array_equal(rows[known], np.where(truth[known], 2, 1))
+    assert (rows[~known] == 0).all()

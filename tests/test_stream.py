@@ -20,7 +20,7 @@ from feature_repo import shards, store
 from feature_repo.spec import SPEC_FILE, load_spec
 from model import stream
 from model import train as train_module
-from model.features import EncodedFeatures, FeatureEncoder, IdEncoder
+from model.features import EncodedFeatures, FeatureEncoder, IdEncoder, MatchEncoder
 from model.metrics import auc, logloss
 from model.train import EncodedDataset, latest_checkpoint, train
 from training.config import load_config
@@ -66,6 +66,8 @@ def test_the_one_pass_encoder_fit_equals_the_in_memory_fit(data, merge_ids, monk
         if isinstance(enc, IdEncoder):
             assert got == want, name  # kind, and vocabulary in order
             vocabularies += "vocab" in want and len(want["vocab"]) > 0
+        elif isinstance(enc, MatchEncoder):
+            assert got == want == {}, name  # nothing to fit
         else:
             assert got["mean"] == pytest.approx(want["mean"], rel=1e-12, abs=1e-12), name
             assert got["std"] == pytest.approx(want["std"], rel=1e-12), name
@@ -303,7 +305,8 @@ def test_run_training_streams_a_shard_folder_as_data_streaming_says(data, tmp_pa
     d = evaluate_model(tmp_path / "m", data["eval"].folder, "", 0.5, 1)  # in memory, alone
     bound = c.baseline_metrics["auc_error_bound"] + 1e-9
     assert c.baseline_version == "v1" and abs(c.baseline_auc - d.auc) <= bound
-    assert c.baseline_metrics["logloss"] == pytest.approx(d.metrics["logloss"], rel=1e-12)
+    # the scores of a batch depend a little on its size (float32 products): rel 1e-9 as above
+    assert c.baseline_metrics["logloss"] == pytest.approx(d.metrics["logloss"], rel=1e-9)
     assert len(c.baseline_roc) > 2 and c.auc == b.auc
 
 
