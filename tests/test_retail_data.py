@@ -437,3 +437,28 @@ def test_generated_repo_applies_and_retrieves_the_flat_table(tmp_path):
     want = want.sort_values(order, kind="stable").reset_index(drop=True)
     for name in want.columns:
         assert _values(got[name]) == _values(want[name]), name
+
+
+def test_the_specs_shared_topics_count_the_tags_the_customer_follows():
+    """The retail spec's match feature is the true model's overlap |interests & tags|, the
+    topics a product's tags share with a customer's interests (row 1 + that count, row 0
+    where either list is unknown)."""
+    from feature_repo.spec import load_spec
+    from model.config import FeatureConfig
+    from model.features import MatchEncoder
+
+    flat = retail_data._simulate(3000, 5, "2026-11-01", 2)[0]["flat"]
+    spec = load_spec(Path(retail_data.__file__).with_name("retail_features.yaml"))
+    (match,) = (m for m in spec.model_features() if m.type == "match")
+    rows = MatchEncoder(FeatureConfig(**match.config())).transform_single(flat)
+    lists, keys = flat[match.column], flat[match.key]
+
+    def given(cell) -> bool:  # a null list reads as None or NaN
+        return isinstance(cell, list | tuple | np.ndarray) and len(cell) > 0
+
+    want = [
+        1 + len(set(a) & set(b)) if given(a) and given(b) else 0
+        for a, b in zip(lists, keys, strict=True)
+    ]
+    assert rows.tolist() == want
+    assert {0, 1, 2} <= set(want)  # unknown, no topic shared, some shared
