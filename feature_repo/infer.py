@@ -19,7 +19,9 @@ What is inferred, per column (statistics on at most ``SAMPLE_ROWS`` rows of each
   columns named like ids) -> ``id`` with ``vocab: {min_count: 2}``, or
   ``hash_bucket_size`` beyond ``VOCAB_LIMIT`` distinct values; a list -> ``multi_id``
   pooled by mean; another number -> bucketised by its deciles (wide, fm, deep) plus a
-  normalised dense input (deep only).
+  normalised dense input (deep only); a list of ids and an id column (or list) of another
+  table holding the same ids -> a ``match`` feature (``<key>_in_<list>``), see
+  ``_propose_matches``.
 
 A feature view per entity table, its ``ttl_days`` the days between the table's oldest
 version and the last event, rounded up; the grouping key of grouped AUC is the first
@@ -67,6 +69,9 @@ VOCAB_LIMIT = 100_000
 given a fitted vocabulary."""
 
 EMBEDDING_DIM = 16
+MATCH_OVERLAP = 0.5
+"""Two columns hold the same ids (and a list of them gets a match feature) when the smaller
+set of distinct ids is at least this share of the larger and this share of it is shared."""
 MAX_LIST_LENGTH = 64
 """The largest ``max_length`` proposed for a list column (its longest list seen, capped)."""
 
@@ -109,6 +114,7 @@ class _Column:
     valid: dict[str, Any] | None
     model_features: list[dict[str, Any]] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
+    ids: set | None = None  # the distinct ids of an id or id-list column (for matches)
 
 
 # --------------------------------------------------------------------------- reading
@@ -304,7 +310,9 @@ def _infer_column(name: str, values: pa.ChunkedArray, *, key: bool = False) -> _
             else "review: valid is the range seen; widen it if values may go beyond"
         )
     groups = ["wide", "fm", "deep"]
+    ids = set(distinct_values.to_pylist()) if element in ("int64", "string") else None
     if dtype.startswith("list"):
+        col.ids = ids
         lengths = pc.list_value_length(array).drop_null()
         longest = max(1, min(MAX_LIST_LENGTH, pc.max(lengths).as_py() or 1))
         col.model_features.append(
@@ -317,6 +325,8 @@ def _infer_column(name: str, values: pa.ChunkedArray, *, key: bool = False) -> _
             {"type": "id", **_id_encoding(distinct, small), "embedding_dim": EMBEDDING_DIM,
              "groups": groups}
         )  # fmt: skip
+        # a few small ints (a level, an age) are codes, not ids another table shares
+        col.ids = None if small and element == "int64" and not _ID_LIKE.search(name) else ids
         encoding = "a vocabulary of every value" if small else "a vocabulary (min_count 2)"
         if not small and distinct > VOCAB_LIMIT:
             encoding = "hashed ids"
@@ -326,6 +336,7 @@ def _infer_column(name: str, values: pa.ChunkedArray, *, key: bool = False) -> _
             {"type": "id", **_id_encoding(distinct, False), "embedding_dim": EMBEDDING_DIM,
              "groups": groups}
         )  # fmt: skip
+        col.ids = ids
         col.comments.append(
             "inferred: ids (by the name, or few values spread over a wide range); review: "
             "a number? bucketise it"
@@ -489,6 +500,7 @@ def infer_spec(
                 used.add(name)
         if not view_columns[entity]:
             raise ValueError(f"--entity {entity}: {table.path.name} has no feature column")
+    _propose_matches([row_columns, *view_columns.values()], used)
     _unique_model_names([*row_columns, *(c for cs in view_columns.values() for c in cs)], used)
 
     label_col = _infer_column(label, events_table.data.column(label))
@@ -569,6 +581,51 @@ def _infer_one(table: _Table, name: str, *, key: bool, skipped: list[str]) -> _C
         skipped.append(f"{name} of {table.path.name}: {got}")
         return None
     return got
+
+
+def _propose_matches(tables: list[list[_Column]], taken: set[str]) -> None:
+    """A ``match`` feature for each list of ids and each id column (or list of ids) of
+    another table drawn from the same ids: a cross of two entities (the ad's category among
+    the user's interest categories) that the FM's dot products learn slowly. "The same ids":
+    the two hold ids of one dtype, the smaller set of distinct ids is at least
+    ``MATCH_OVERLAP`` of the larger one's size, and at least that share of it is in the
+    other (so a 6-value store id is not matched against 20 interest ids). A column of at
+    most ``SMALL_VOCAB`` ints not named like ids (a level, an age) is taken for codes, not
+    ids, and gets none."""
+    paired: set[frozenset[str]] = set()  # two lists match once, not both ways
+    for i, lists in enumerate(tables):
+        for col in lists:
+            if not col.dtype.startswith("list") or not col.ids:
+                continue
+            element = col.dtype.removeprefix("list<").removesuffix(">")
+            longest = col.model_features[0]["max_length"]
+            for other in (c for j, cs in enumerate(tables) if j != i for c in cs):
+                if other.dtype not in (element, col.dtype) or not other.ids:
+                    continue
+                small, large = sorted((len(col.ids), len(other.ids)))
+                shared = len(col.ids & other.ids)
+                pair = frozenset((col.name, other.name))
+                if (
+                    small < MATCH_OVERLAP * large
+                    or shared < MATCH_OVERLAP * small
+                    or pair in paired
+                ):
+                    continue
+                paired.add(pair)
+                is_list = other.dtype == col.dtype
+                cap = min(longest, other.model_features[0]["max_length"]) if is_list else 1
+                # final name in _unique_model_names (the same unless it clashes)
+                name = _unique(f"{other.name}_in_{col.name}", set(taken))
+                col.model_features.append(
+                    {"name": name, "type": "match", "key": other.name, "max_length": cap,
+                     "embedding_dim": EMBEDDING_DIM, "groups": ["wide", "fm", "deep"]}
+                )  # fmt: skip
+                what = "how many of its ids are" if is_list else "whether its id is"
+                col.comments.append(
+                    f"inferred: {other.name} holds the same ids ({shared:,} of "
+                    f"{len(other.ids):,} seen in both) -> {name}: {what} in the list; review: "
+                    "drop it if they are different things"
+                )
 
 
 def _unique_model_names(columns: list[_Column], taken: set[str]) -> None:

@@ -345,3 +345,73 @@ def test_the_inferred_repo_applies_and_retrieves_every_type(tables, tmp_path):
     assert str(table["age"].dtype) == "Int64" and table["age"].isna().any()
     assert table["price"].isna().any() and table["is_member"].notna().all()
     assert isinstance(table["tags"].iloc[0][0], str)
+
+
+# ------------------------------------------------------------------------- matches
+
+
+def test_no_match_is_proposed_between_columns_of_different_ids(spec):
+    """The tables' lists (interest ints 1-20, tag strings) share no ids with another
+    table's column: a 6-value store id is not matched against 20 interest ids."""
+    spec, _ = spec
+    assert not [m.name for m in spec.model_features() if m.type == "match"]
+
+
+def test_a_list_and_another_tables_ids_of_the_same_ids_get_one_match(tables, tmp_path):
+    rng = np.random.default_rng(3)
+    products = pd.read_parquet(tables["products"])
+    products["category_id"] = rng.integers(1, 21, len(products)).astype("int64")
+    products["level"] = products["category_id"]  # the same values, named like a level
+    products["topics"] = [
+        list(rng.choice(np.arange(1, 21), 3, replace=False)) for _ in products.index
+    ]
+    customers = pd.read_parquet(tables["customers"])
+    customers["topics_followed"] = customers["interests"]
+    paths = dict(tables, products=tmp_path / "products.parquet", customers=tmp_path / "c.parquet")
+    products.to_parquet(paths["products"])
+    customers.to_parquet(paths["customers"])
+    text = infer_spec(paths["visits"], entity_args(paths), "purchased", "visit_ts")
+    (tmp_path / "features.yaml").write_text(text)
+    got = load_spec(tmp_path / "features.yaml")
+    matches = {
+        m.name: (m.column, m.key, m.max_length) for m in got.model_features() if m.type == "match"
+    }
+    # an id: in the list or not; a list: how many of its 3 ids (the customer's lists hold
+    # up to 4); two lists of one table are not matched with each other, two of different
+    # tables once, not both ways
+    assert matches == {
+        "category_id_in_interests": ("interests", "category_id", 1),
+        "topics_in_interests": ("interests", "topics", 3),
+        "category_id_in_topics_followed": ("topics_followed", "category_id", 1),
+        "topics_in_topics_followed": ("topics_followed", "topics", 3),
+    }
+    assert "-> category_id_in_interests: whether its id is in the list; review:" in text
+    assert "level_in_interests" not in text  # 20 small ints not named like ids: codes
+
+
+@pytest.mark.parametrize("dataset", ["sample", "retail"])
+def test_the_example_datasets_get_their_specs_match_from_their_tables(dataset, tmp_path):
+    """Inferred from the generators' source files alone, each example's proposal has the
+    match its shipped spec has: same list, same key, same cap."""
+    from feature_repo import retail_data, sample_data
+    from feature_repo.spec import REPO_DIR
+
+    generate, file = {
+        "sample": (sample_data.generate, "features.yaml"),
+        "retail": (retail_data.generate, "retail_features.yaml"),
+    }[dataset]
+    generate(3000, 1, tmp_path)
+    shipped = load_spec(REPO_DIR / file)
+    source = {name: tmp_path / s.path for name, s in shipped.sources.items()}
+    entities = {
+        v.entity: (shipped.entities[v.entity].join_key, source[v.source])
+        for v in shipped.feature_views.values()
+    }
+    text = infer_spec(source[shipped.entity_rows], entities, shipped.label.name, shipped.timestamp)
+    (tmp_path / "features.yaml").write_text(text)
+    inferred = load_spec(tmp_path / "features.yaml")
+
+    def matches(s):
+        return {(m.column, m.key, m.max_length) for m in s.model_features() if m.type == "match"}
+
+    assert matches(inferred) == matches(shipped) and len(matches(shipped)) == 1
