@@ -99,3 +99,30 @@ def test_train_throughput_with_a_busy_neighbour_reports_both_runs(flat):
     assert out["loaded_to_quiet"] == pytest.approx(ratio, abs=1e-3)
     assert out["loaded_weights_identical"] is True  # the load changes the speed only
     assert out["omp_wait_policy"] == "PASSIVE" and out["torch_runtime_spins"] is False
+
+
+def test_auc_headroom_scores_the_models_test_rows_against_the_true_click_model(flat, tmp_path):
+    """On the rows the model was evaluated on (the last tenth by time): the model's AUC is
+    the one its training reported, the Bayes AUC that of the generator's true
+    probabilities, and each term's leftover is a weight in [-0.5, 1.5]."""
+    from model.metrics import auc
+
+    model_dir = tmp_path / "model"
+    config = str(ROOT / "configs" / "deepfm.yaml")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--config", config, "--data", str(flat), "--epochs", "1",
+                     "--model-dir", str(model_dir)]) == 0  # fmt: skip
+    out = run_script("auc_headroom.py", "--model", str(model_dir), "--rows", "40000",
+                     "--seed", "1")  # fmt: skip
+    reported = json.loads((model_dir / "metrics.json").read_text())
+    assert out["model_auc"] == pytest.approx(reported["auc"], abs=2e-4)
+    rows = pd.read_parquet(flat)
+    truth = pd.read_parquet(flat.with_name("click_prob.parquet")).iloc[:, 0].to_numpy()
+    order = rows[SPEC.timestamp].argsort(kind="stable").to_numpy()
+    test = order[int(0.9 * len(rows)) :]
+    assert out["test_rows"] == len(test) == reported["rows_eval"]
+    bayes = auc(rows[SPEC.label.name].to_numpy()[test], truth[test])
+    assert out["bayes_auc"] == pytest.approx(bayes, abs=1e-5)
+    assert set(out["terms"]) >= {"user_bias", "ad_quality", "interest_boost", "price_penalty"}
+    for name, term in out["terms"].items():
+        assert term["std"] > 0 and -0.5 < term["left_over"] < 1.5, name
