@@ -141,6 +141,8 @@ class FeatureConfig(_Section):
         if self.type == "match":
             if not self.key:
                 _fail("key", "a match feature needs key: the column looked for in its list")
+            if self.key == self.source_column:
+                _fail("key", f"{self.key!r} is the list itself; a match compares two columns")
             if chosen or b is not None:
                 _fail(chosen[0] if chosen else "boundaries", "a match feature takes no encoding")
             return self

@@ -256,6 +256,10 @@ def _feature(d: dict, name: str) -> dict:
             rf"\({MATCH.name}\)\.key: a match feature needs key",
         ),
         (
+            lambda d: _feature(d, MATCH.name).update(key=MULTI),
+            rf"\({MATCH.name}\)\.key: '{MULTI}' is the list itself",
+        ),
+        (
             lambda d: _feature(d, MATCH.name).update(hash_bucket_size=10),
             rf"\({MATCH.name}\)\.hash_bucket_size: a match feature takes no encoding",
         ),
