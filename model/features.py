@@ -395,15 +395,26 @@ class MatchEncoder:
             found = np.zeros(n, dtype=np.int64)
             found[owner[(values == keys[owner]) & ~missing & ~key_missing[owner]]] = 1
             known = ~key_missing
-        else:  # distinct (row, id) pairs of the key found among the list's
-            pairs = pd.DataFrame({"o": owner[~missing], "v": values[~missing]})
-            wanted = pd.DataFrame({"o": key_owner[~key_missing], "v": keys[~key_missing]})
-            hits = pairs.drop_duplicates().merge(wanted.drop_duplicates(), on=["o", "v"])
-            found = np.bincount(hits["o"].to_numpy(dtype=np.int64), minlength=n)
-            known = np.bincount(wanted["o"].to_numpy(dtype=np.int64), minlength=n) > 0
+        else:  # distinct (row, id) pairs of the key found among the list's, as int64 codes
+            given, wanted = values[~missing], keys[~key_missing]
+            codes, uniques = pd.factorize(np.concatenate([given, wanted]))
+            span = max(len(uniques), 1)
+            pairs = _distinct(owner[~missing] * span + codes[: len(given)])
+            asked = _distinct(key_owner[~key_missing] * span + codes[len(given) :])
+            at = np.minimum(np.searchsorted(asked, pairs), max(len(asked) - 1, 0))
+            hits = pairs[asked[at] == pairs] // span if len(asked) else pairs[:0]
+            found = np.bincount(hits, minlength=n)
+            known = np.bincount(key_owner[~key_missing], minlength=n) > 0
         rows = 1 + np.minimum(found, f.max_length)
         rows[~known | (lengths == 0)] = 0
         return rows.astype(np.int64)
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+    """The distinct values of an int64 array, sorted (a sort and a mask: numpy 2.4's
+    ``np.unique`` takes 2 s on 3M values here, this 0.03 s)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
 
 
 def _is_list_column(values: pd.Series) -> bool:
