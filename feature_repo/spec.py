@@ -410,6 +410,20 @@ def data_dir(repo_dir: str | Path | None = None) -> Path:
 # ------------------------------------------------------------------------ the file
 
 
+def _check_match_key(key: str, column: Feature, name: str, other: Feature | None) -> None:
+    """A match looks ``name``'s ids up in the list ``column``: ``name`` must be a feature
+    holding ids of the list's element dtype, or a list of them."""
+    element = column.dtype.removeprefix("list<").removesuffix(">")
+    if other is None:
+        _fail(key, f"{name!r} is not a feature of this spec")
+    if other.dtype not in (element, column.dtype):
+        _fail(
+            key,
+            f"{name!r} has dtype {other.dtype}; looking it up in {column.name!r} "
+            f"({column.dtype}) needs {element} or {column.dtype}",
+        )
+
+
 class _SpecFile(_Schema):
     """``features.yaml``; the cross-key checks: references name what exists, names are
     unique, every entity, source and view is used."""
@@ -464,6 +478,7 @@ class _SpecFile(_Schema):
                 _fail(key, f"duplicate column name {name!r} (also {seen[name]})")
             seen[name] = key
         model_names: dict[str, str] = {}
+        by_name = {f.name: f for f in self.features}
         for i, f in enumerate(self.features):
             for j, m in enumerate(f.model_features):
                 key, name = f"features[{i}] ({f.name}).model_features[{j}]", m.name or f.name
@@ -473,22 +488,8 @@ class _SpecFile(_Schema):
                         f"duplicate model feature name {name!r} (also {model_names[name]})",
                     )
                 model_names[name] = key
-        by_name = {f.name: f for f in self.features}
-        for i, f in enumerate(self.features):
-            for j, m in enumerate(f.model_features):
-                if m.type != "match" or not isinstance(m.key, str):
-                    continue  # model.config names a missing key
-                key = f"features[{i}] ({f.name}).model_features[{j}].key"
-                other = by_name.get(m.key)
-                element = f.dtype.removeprefix("list<").removesuffix(">")
-                if other is None:
-                    _fail(key, f"{m.key!r} is not a feature of this spec")
-                if other.dtype not in (element, f.dtype):
-                    _fail(
-                        key,
-                        f"{m.key!r} has dtype {other.dtype}; looking it up in {f.name!r} "
-                        f"({f.dtype}) needs {element} or {f.dtype}",
-                    )
+                if m.type == "match" and isinstance(m.key, str):  # else model.config names it
+                    _check_match_key(f"{key}.key", f, m.key, by_name.get(m.key))
         for name, entity in self.entities.items():
             column = by_name.get(entity.join_key)
             if column is None or column.view is not None:
