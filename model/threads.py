@@ -63,9 +63,6 @@ def torch_runtime_spins() -> bool:
     return "torch" in sys.modules and _POLICY_AT_START != "PASSIVE"
 
 
-MIN_SAMPLES_PER_THREAD = 1024  # train.min_samples_per_thread's default
-
-
 @functools.cache
 def openmp_backend() -> bool:
     """PyTorch's intra-op threads are OpenMP's, so ``torch.set_num_threads`` may change
@@ -76,9 +73,10 @@ def openmp_backend() -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
-def step_threads(batch: int, available: int, min_samples: int = MIN_SAMPLES_PER_THREAD) -> int:
+def step_threads(batch: int, available: int, min_samples: int) -> int:
     """Threads for one CPU training step of ``batch`` samples: ``available``, but at most
-    one per ``min_samples`` samples (at least 1); ``min_samples`` 0: ``available``."""
+    one per ``min_samples`` samples (``train.min_samples_per_thread``; at least 1);
+    ``min_samples`` 0: ``available``."""
     if min_samples <= 0:
         return max(1, available)
     return max(1, min(available, batch // min_samples))
